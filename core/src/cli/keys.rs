@@ -1,0 +1,336 @@
+//! `vprov keys …`: generate, list, check and revoke provisioning keys.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use vprov_core::keys::{Pid, Pps};
+use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+
+use super::output::{self, KeyListFormat, ListFormat};
+use super::{actor, Context};
+
+/// Largest batch `keys generate` makes in one call.
+const MAX_BATCH: u32 = 1_000_000;
+/// Batches at least this large show a progress bar on a terminal.
+const PROGRESS_FROM: u32 = 10_000;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a batch of new PID/PPS pairs from the OS random generator
+    ///
+    /// PIDs are unique across the whole store and never reissued. Prints the batch id;
+    /// see the pairs with `vprov keys list --batch ID --reveal`.
+    Generate {
+        /// Number of pairs, 1 to 1000000
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BATCH)))]
+        count: u32,
+        /// A note stored with the batch, e.g. the site or purchase order
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List provisioning keys (PIDs; PPSs only with --reveal)
+    List {
+        /// Only keys of this batch
+        #[arg(long, value_name = "ID")]
+        batch: Option<i64>,
+        /// Only keys in this state
+        #[arg(long, value_enum)]
+        state: Option<KeyState>,
+        /// Also show each PPS; every reveal is written to the audit log
+        #[arg(long)]
+        reveal: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: KeyListFormat,
+    },
+    /// List key batches with how many keys are available, used and revoked
+    Batches {
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Check a PID (and optionally its PPS) for typing errors
+    ///
+    /// Validates length, alphabet and every check character; dashes, spaces and lower
+    /// case are accepted. Exits 0 when valid, 1 with the bad part named otherwise.
+    /// Does not look the key up in the store.
+    Check {
+        /// Provisioning ID, e.g. 0000-037M
+        pid: String,
+        /// Provisioning passphrase, e.g. NKLD-G5DC-RRNQ-E9YZ-ZIJL-7LFL-VJED-69XJ
+        pps: Option<String>,
+    },
+    /// Revoke keys so that hellos with their PIDs are refused
+    ///
+    /// Revoked PIDs are never reissued. Either name PIDs or give --batch to revoke
+    /// every still-available key of a batch.
+    Revoke {
+        /// PIDs to revoke; if any is unknown, nothing is revoked
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        pids: Vec<String>,
+        /// Revoke every available key of this batch
+        #[arg(long, value_name = "ID")]
+        batch: Option<i64>,
+    },
+}
+
+pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCommand::Generate { count, comment } => generate(ctx, count, comment.as_deref()),
+        KeysCommand::List {
+            batch,
+            state,
+            reveal,
+            format,
+        } => list(ctx, KeyFilter { batch, state }, reveal, format),
+        KeysCommand::Batches { format } => batches(ctx, format),
+        KeysCommand::Check { pid, pps } => Ok(check(&pid, pps.as_deref())),
+        KeysCommand::Revoke { pids, batch } => revoke(ctx, &pids, batch),
+    }
+}
+
+fn generate(ctx: &Context, count: u32, comment: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut store = ctx.store()?;
+    let bar = (count >= PROGRESS_FROM).then(|| {
+        // Hidden automatically when stderr is not a terminal.
+        let bar = ProgressBar::new(u64::from(count));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} keys ({per_sec}, {eta} left)")
+                .expect("static template"),
+        );
+        bar
+    });
+    let batch = store
+        .generate_batch(count, comment, &actor(), |n| {
+            if let Some(bar) = &bar {
+                bar.set_position(n);
+            }
+        })
+        .context("generating keys")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!("batch {}: {} keys generated", batch.id, batch.size);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(
+    ctx: &Context,
+    filter: KeyFilter,
+    reveal: bool,
+    format: KeyListFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut store = ctx.store()?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut writer = KeyWriter::start(&mut out, format, reveal)?;
+    if reveal {
+        store.reveal_keys(&filter, &actor(), |k| writer.row(&k))?;
+    } else {
+        store.for_each_key(&filter, |k| writer.row(&k))?;
+    }
+    writer.finish()?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams key rows in one of the list formats, so a million keys need no buffer.
+struct KeyWriter<'a> {
+    out: &'a mut dyn Write,
+    format: KeyListFormat,
+    reveal: bool,
+    first: bool,
+}
+
+impl<'a> KeyWriter<'a> {
+    fn start(out: &'a mut dyn Write, format: KeyListFormat, reveal: bool) -> io::Result<Self> {
+        match format {
+            KeyListFormat::Table => {
+                write!(
+                    out,
+                    "{:<7} {:<9}  {:<9}  {:<36}  {:<20}",
+                    "BATCH", "PID", "STATE", "DEVICE", "CHANGED"
+                )?;
+                if reveal {
+                    write!(out, "  PPS")?;
+                }
+                writeln!(out)?;
+            }
+            KeyListFormat::Csv => {
+                write!(out, "batch,pid,state,device_uuid,state_changed_at")?;
+                if reveal {
+                    write!(out, ",pps")?;
+                }
+                writeln!(out)?;
+            }
+            KeyListFormat::Json => write!(out, "[")?,
+        }
+        Ok(KeyWriter {
+            out,
+            format,
+            reveal,
+            first: true,
+        })
+    }
+
+    fn row(&mut self, k: &KeyRecord) -> anyhow::Result<()> {
+        let pps = match (&k.pps, self.reveal) {
+            (Some(pps), true) => Some(pps.expose_dashed()),
+            _ => None,
+        };
+        let changed = output::time(k.state_changed_at);
+        let device = k.device_uuid.as_deref();
+        match self.format {
+            KeyListFormat::Table => {
+                write!(
+                    self.out,
+                    "{:<7} {:<9}  {:<9}  {:<36}  {:<20}",
+                    k.batch_id,
+                    k.pid.dashed(),
+                    k.state,
+                    device.unwrap_or("-"),
+                    changed
+                )?;
+                if let Some(pps) = &pps {
+                    write!(self.out, "  {}", pps.as_str())?;
+                }
+                writeln!(self.out)?;
+            }
+            KeyListFormat::Csv => {
+                // Every field is a number, a key, a state, a UUID or a time stamp: none
+                // needs CSV quoting.
+                write!(
+                    self.out,
+                    "{},{},{},{},{}",
+                    k.batch_id,
+                    k.pid.dashed(),
+                    k.state,
+                    device.unwrap_or(""),
+                    changed
+                )?;
+                if let Some(pps) = &pps {
+                    write!(self.out, ",{}", pps.as_str())?;
+                }
+                writeln!(self.out)?;
+            }
+            KeyListFormat::Json => {
+                let mut obj = serde_json::json!({
+                    "batch": k.batch_id,
+                    "pid": k.pid.dashed(),
+                    "state": k.state,
+                    "device_uuid": device,
+                    "state_changed_at": changed,
+                });
+                if let Some(pps) = &pps {
+                    obj["pps"] = serde_json::Value::String(pps.to_string());
+                }
+                let sep = if self.first { "\n  " } else { ",\n  " };
+                write!(self.out, "{sep}{obj}")?;
+            }
+        }
+        self.first = false;
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<()> {
+        if self.format == KeyListFormat::Json {
+            writeln!(self.out, "{}]", if self.first { "" } else { "\n" })?;
+        }
+        Ok(())
+    }
+}
+
+fn batches(ctx: &Context, format: ListFormat) -> anyhow::Result<ExitCode> {
+    let batches = ctx.store()?.batches()?;
+    match format {
+        ListFormat::Json => output::json(&serde_json::json!(batches
+            .iter()
+            .map(|b| serde_json::json!({
+                "id": b.id,
+                "created_at": output::time(b.created_at),
+                "comment": b.comment,
+                "size": b.size,
+                "available": b.available,
+                "used": b.used,
+                "revoked": b.revoked,
+            }))
+            .collect::<Vec<_>>()))?,
+        ListFormat::Table => output::table(
+            &[
+                "BATCH",
+                "CREATED",
+                "SIZE",
+                "AVAILABLE",
+                "USED",
+                "REVOKED",
+                "COMMENT",
+            ],
+            &batches
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.id.to_string(),
+                        output::time(b.created_at),
+                        b.size.to_string(),
+                        b.available.to_string(),
+                        b.used.to_string(),
+                        b.revoked.to_string(),
+                        output::cell(b.comment.as_deref()),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(pid: &str, pps: Option<&str>) -> ExitCode {
+    let pid = match pid.parse::<Pid>() {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(pps) = pps {
+        if let Err(e) = pps.parse::<Pps>() {
+            eprintln!("invalid: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("valid: PID {pid} and its PPS are well formed");
+    } else {
+        println!("valid: PID {pid} is well formed");
+    }
+    ExitCode::SUCCESS
+}
+
+fn revoke(ctx: &Context, pids: &[String], batch: Option<i64>) -> anyhow::Result<ExitCode> {
+    let mut store = ctx.store()?;
+    if let Some(batch) = batch {
+        let n = store.revoke_batch(batch, &actor())?;
+        println!("batch {batch}: {n} available keys revoked");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let parsed = pids
+        .iter()
+        .map(|p| p.parse::<Pid>().with_context(|| format!("{p:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outcomes = store.revoke_pids(&parsed, &actor())?;
+    let mut all_done = true;
+    for (pid, outcome) in outcomes {
+        match outcome {
+            RevokeOutcome::Revoked => println!("{pid}: revoked"),
+            RevokeOutcome::AlreadyRevoked => println!("{pid}: already revoked"),
+            RevokeOutcome::Used { device_uuid } => {
+                all_done = false;
+                println!("{pid}: not revoked: already used by device {device_uuid}");
+            }
+        }
+    }
+    if !all_done {
+        bail!("some keys could not be revoked because devices were provisioned with them");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! Command-line definitions (clap) and dispatch to the subcommands.
+
+mod keys;
+mod output;
+mod records;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use vprov_core::config::Config;
+use vprov_core::store::{KeySource, Store, StoreOptions};
+use zeroize::Zeroizing;
+
+/// vprov: one-touch provisioning server for Intel vPro / AMT devices.
+///
+/// Technicians enter a PID/PPS pair generated here into each device's MEBx screen;
+/// the device then says hello on port 9971 and vprov provisions it. This command
+/// manages the provisioning keys, the provisioning password and the device store.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vprov",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Directory holding the store (vprov.db) and its master key [default: ./data]
+    #[arg(long, env = "VPROV_DATA_DIR", global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Configuration file (see config/vprov.toml); embedded defaults when absent
+    #[arg(long, env = "VPROV_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Master key file sealing the store's secrets [default: DIR/master.key]. The key
+    /// itself may instead be given as 64 hex digits in VPROV_MASTER_KEY.
+    #[arg(
+        long,
+        env = "VPROV_MASTER_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    master_key_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Provisioning keys: generate, list, check and revoke PID/PPS pairs
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// The provisioning password technicians set in MEBx
+    #[command(subcommand)]
+    Password(records::PasswordCommand),
+    /// Provisioned devices
+    #[command(subcommand)]
+    Devices(records::DevicesCommand),
+    /// The alert log: unknown PIDs, PID/PPS mismatches, bad hellos, unreachable devices
+    #[command(subcommand)]
+    Alerts(records::AlertsCommand),
+    /// The audit log: who changed or revealed what, and when
+    #[command(subcommand)]
+    Audit(records::AuditCommand),
+}
+
+/// Everything a subcommand needs to open the store.
+pub struct Context {
+    config: Config,
+    master_key_file: Option<PathBuf>,
+}
+
+impl Context {
+    fn store(&self) -> anyhow::Result<Store> {
+        let key = match std::env::var("VPROV_MASTER_KEY") {
+            Ok(hex) => Some(KeySource::Hex(Zeroizing::new(hex))),
+            Err(_) => self
+                .master_key_file
+                .clone()
+                .or_else(|| self.config.master_key_file.clone())
+                .map(KeySource::File),
+        };
+        let options = StoreOptions {
+            data_dir: self.config.data_dir.clone(),
+            key,
+            busy_timeout: self.config.busy_timeout,
+        };
+        Ok(Store::open(&options)?)
+    }
+}
+
+/// Who is acting, for the audit log: the local user running the command.
+pub fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    let ctx = Context {
+        config,
+        master_key_file: cli.master_key_file,
+    };
+    match cli.command {
+        Command::Keys(cmd) => keys::run(cmd, &ctx),
+        Command::Password(cmd) => records::password(cmd, &ctx),
+        Command::Devices(cmd) => records::devices(cmd, &ctx),
+        Command::Alerts(cmd) => records::alerts(cmd, &ctx),
+        Command::Audit(cmd) => records::audit(cmd, &ctx),
+    }
+}

@@ -1,0 +1,257 @@
+//! `vprov password …`, `vprov devices …`, `vprov alerts …` and `vprov audit …`.
+
+use std::io::{self, BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use serde_json::json;
+use vprov_core::password::ProvisioningPassword;
+use vprov_core::store::{DeviceFilter, DeviceState, Severity};
+use zeroize::Zeroizing;
+
+use super::output::{self, cell, ListFormat};
+use super::{actor, Context};
+
+#[derive(Debug, Subcommand)]
+pub enum PasswordCommand {
+    /// Set the provisioning password (prompted twice without echo)
+    ///
+    /// AMT's rules apply: 8-32 printable ASCII characters with at least one lower-case
+    /// letter, one upper-case letter, one digit and one other character, and none of
+    /// " , : . The password is stored sealed and never printed.
+    Set {
+        /// Read the password from the first line of standard input instead of prompting
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Show whether the provisioning password is set and when it last changed
+    Status {
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List provisioned devices
+    List {
+        /// Only devices in this state
+        #[arg(long, value_enum)]
+        state: Option<DeviceState>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts, newest first
+    List {
+        /// Only alerts of at least this severity
+        #[arg(long, value_enum)]
+        severity: Option<Severity>,
+        /// At most this many alerts
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit entries, newest first
+    List {
+        /// At most this many entries
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+pub fn password(cmd: PasswordCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PasswordCommand::Set { stdin } => {
+            let password = if stdin {
+                read_password_line()?
+            } else {
+                prompt_password()?
+            };
+            let mut store = ctx.store()?;
+            store.set_provisioning_password(&password, &actor())?;
+            println!("provisioning password set");
+        }
+        PasswordCommand::Status { format } => {
+            let status = ctx.store()?.password_status()?;
+            let changed = status.changed_at.map(output::time);
+            match format {
+                ListFormat::Json => output::json(&json!({
+                    "set": status.set,
+                    "changed_at": changed,
+                }))?,
+                ListFormat::Table => match changed {
+                    Some(at) => println!("provisioning password: set (changed {at})"),
+                    None => println!(
+                        "provisioning password: not set (set it with `vprov password set`)"
+                    ),
+                },
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password_line() -> anyhow::Result<ProvisioningPassword> {
+    let mut line = Zeroizing::new(String::new());
+    io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let trimmed = line.trim_end_matches(['\n', '\r']);
+    Ok(ProvisioningPassword::new(trimmed)?)
+}
+
+fn prompt_password() -> anyhow::Result<ProvisioningPassword> {
+    if !io::stdin().is_terminal() {
+        bail!("no terminal to prompt on: pass the password on standard input with --stdin");
+    }
+    let first = Zeroizing::new(
+        rpassword::prompt_password("New provisioning password: ").context("reading password")?,
+    );
+    let password = ProvisioningPassword::new(&first)?;
+    let second =
+        Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading password")?);
+    if first != second {
+        bail!("the two entries differ; nothing was changed");
+    }
+    Ok(password)
+}
+
+pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let DevicesCommand::List { state, format } = cmd;
+    let devices = ctx.store()?.devices(&DeviceFilter { state })?;
+    match format {
+        ListFormat::Json => output::json(&json!(devices
+            .iter()
+            .map(|d| json!({
+                "uuid": d.uuid,
+                "host_name": d.host_name,
+                "address": d.address,
+                "amt_version": d.amt_version,
+                "state": d.state,
+                "management_mode": d.management_mode,
+                "provisioned_pid": d.provisioned_pid,
+                "provisioned_at": output::time(d.provisioned_at),
+                "last_contact_at": d.last_contact_at.map(output::time),
+            }))
+            .collect::<Vec<_>>()))?,
+        ListFormat::Table => output::table(
+            &[
+                "UUID",
+                "HOST",
+                "ADDRESS",
+                "AMT",
+                "STATE",
+                "MODE",
+                "PROVISIONED",
+            ],
+            &devices
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.uuid.clone(),
+                        cell(d.host_name.as_deref()),
+                        cell(d.address.as_deref()),
+                        cell(d.amt_version.as_deref()),
+                        d.state.as_str().to_string(),
+                        cell(d.management_mode.as_deref()),
+                        output::time(d.provisioned_at),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let AlertsCommand::List {
+        severity,
+        limit,
+        format,
+    } = cmd;
+    let alerts = ctx.store()?.alerts(severity, limit)?;
+    match format {
+        ListFormat::Json => output::json(&json!(alerts
+            .iter()
+            .map(|a| json!({
+                "id": a.id,
+                "at": output::time(a.at),
+                "severity": a.severity,
+                "source": a.source,
+                "message": a.message,
+                "pid": a.pid,
+                "device_uuid": a.device_uuid,
+                "address": a.address,
+            }))
+            .collect::<Vec<_>>()))?,
+        ListFormat::Table => output::table(
+            &[
+                "TIME", "SEVERITY", "SOURCE", "ADDRESS", "PID", "DEVICE", "MESSAGE",
+            ],
+            &alerts
+                .iter()
+                .map(|a| {
+                    vec![
+                        output::time(a.at),
+                        a.severity.to_string(),
+                        a.source.clone(),
+                        cell(a.address.as_deref()),
+                        cell(a.pid.as_deref()),
+                        cell(a.device_uuid.as_deref()),
+                        a.message.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit(cmd: AuditCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let AuditCommand::List { limit, format } = cmd;
+    let entries = ctx.store()?.audit_log(limit)?;
+    match format {
+        ListFormat::Json => output::json(&json!(entries
+            .iter()
+            .map(|e| json!({
+                "id": e.id,
+                "at": output::time(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "detail": e.detail,
+            }))
+            .collect::<Vec<_>>()))?,
+        ListFormat::Table => output::table(
+            &["TIME", "ACTOR", "ACTION", "DETAIL"],
+            &entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        output::time(e.at),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.detail.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

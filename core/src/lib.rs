@@ -1,0 +1,17 @@
+//! vprov-core: the provisioning core of vprov, an Intel AMT one-touch (PID/PPS)
+//! provisioning server.
+//!
+//! Layout (see `ARCHITECTURE.md` at the repository root for the whole map):
+//! - [`keys`]: the PID/PPS format, Intel's check characters and key generation;
+//! - [`password`]: the provisioning password and AMT's password rules;
+//! - [`secrets`]: the master key and AES-256-GCM sealing of secrets at rest;
+//! - [`store`]: the SQLite store (key batches, keys, devices, alerts, audit log);
+//! - [`config`]: the configuration file and its embedded defaults.
+//!
+//! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
+
+pub mod config;
+pub mod keys;
+pub mod password;
+pub mod secrets;
+pub mod store;

@@ -1,0 +1,322 @@
+//! The device store: one SQLite file (`vprov.db`) in the data directory.
+//!
+//! Owns the connection, the schema ([`schema`]), and every read and write of key
+//! batches, provisioning keys, the provisioning password, devices, alerts and the
+//! audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
+//! the database file never holds a PPS or a password in plain text.
+//!
+//! **Single owner.** A [`Store`] owns its `Connection` and is not shared between
+//! threads; the CLI opens one per command, and the server gives one to a dedicated
+//! thread. Several *processes* may use one store at once: the file runs in WAL mode,
+//! every write is an `IMMEDIATE` transaction, and a busy timeout makes a writer wait
+//! for another instead of failing.
+//!
+//! **Nothing is overwritten.** A file that is not SQLite, or is another
+//! application's SQLite database, or a store written by a newer vprov, is refused
+//! before anything is written to it. A store whose master key is missing or wrong is
+//! refused too, and vprov never creates a new key for an existing store.
+
+mod keys;
+mod records;
+pub mod schema;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use crate::secrets::{MasterKey, SecretError};
+use schema::SchemaState;
+
+pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+pub use records::{
+    AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, PasswordStatus, Severity,
+};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "vprov.db";
+/// File name of the default master key file inside the data directory.
+pub const KEY_FILE: &str = "master.key";
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const KEY_CHECK_CONTEXT: &str = "meta:key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"vprov master key check v1";
+
+/// Where the master key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A key file; created (mode 0600) only when the store itself is new.
+    File(PathBuf),
+    /// 64 hex digits supplied by the operator (e.g. `VPROV_MASTER_KEY`).
+    Hex(Zeroizing<String>),
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    /// `None`: the key file `master.key` in the data directory.
+    pub key: Option<KeySource>,
+    /// How long a writer waits for another process's write transaction.
+    pub busy_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Defaults for `data_dir`: key file in the data dir, 30 s busy timeout.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            data_dir: data_dir.into(),
+            key: None,
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything that can go wrong with the store. Messages say what to do and never
+/// include secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a vprov store: it is not an SQLite database (corrupt or foreign file); it was left untouched")]
+    NotADatabase { path: PathBuf },
+    #[error("{path} is not a vprov store: it is another application's SQLite database (application_id {application_id:#x}); it was left untouched")]
+    ForeignDatabase { path: PathBuf, application_id: i32 },
+    #[error("{path} was written by a newer vprov (schema {found}, this build knows up to {supported}); upgrade vprov")]
+    NewerSchema {
+        path: PathBuf,
+        found: i32,
+        supported: i32,
+    },
+    #[error("the store {db} exists but its master key file {key} is missing: restore it from backup (or pass the key with VPROV_MASTER_KEY); vprov never creates a new key for an existing store")]
+    MissingKey { db: PathBuf, key: PathBuf },
+    #[error("the master key does not match the store {db}: it was created with a different key")]
+    WrongKey { db: PathBuf },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("the store is busy: another vprov process held it for longer than the busy timeout")]
+    Busy,
+    #[error("the store's file system is full; nothing was changed")]
+    DiskFull,
+    #[error("store error: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error("no key batch with id {0}")]
+    BatchNotFound(i64),
+    #[error("unknown PID {0}")]
+    UnknownPid(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy) | Some(DatabaseLocked) => StoreError::Busy,
+            Some(DiskFull) => StoreError::DiskFull,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's time stamps.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An open store. See the module docs for its guarantees.
+pub struct Store {
+    conn: Connection,
+    key: MasterKey,
+    db_path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("db_path", &self.db_path)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or, in an empty data directory, creates) the store.
+    pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
+        let dir = &options.data_dir;
+        fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let db_path = dir.join(DB_FILE);
+        let existed = check_file_header(&db_path)?;
+        let flags = if existed {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase)
+            | Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::NotADatabase {
+                path: db_path.clone(),
+            },
+            Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => {
+                StoreError::DataDir {
+                    path: dir.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("cannot open {} for writing", db_path.display()),
+                    ),
+                }
+            }
+            _ => StoreError::from(e),
+        };
+        let mut conn = Connection::open_with_flags(&db_path, flags).map_err(not_db)?;
+        // Wait for other writers rather than failing at once (two CLI processes).
+        conn.busy_timeout(options.busy_timeout).map_err(not_db)?;
+
+        let state = schema::inspect(&conn).map_err(not_db)?;
+        match state {
+            SchemaState::Foreign { application_id } => {
+                return Err(StoreError::ForeignDatabase {
+                    path: db_path,
+                    application_id,
+                })
+            }
+            SchemaState::Vprov { version } if version > schema::SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    path: db_path,
+                    found: version,
+                    supported: schema::SCHEMA_VERSION,
+                })
+            }
+            _ => {}
+        }
+        let is_new = state == SchemaState::Empty;
+        let key = resolve_key(options, &db_path, is_new)?;
+
+        // WAL: readers never block the writer, and two processes can share the file.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(not_db)?;
+        // FULL: a committed transaction survives power loss (no lost provisioning).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Enforce the REFERENCES clauses of the schema.
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut conn).map_err(not_db)?;
+
+        let store = Store { conn, key, db_path };
+        store.verify_key()?;
+        Ok(store)
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// Proves the master key is the one this store was created with, recording a
+    /// check value on first use.
+    fn verify_key(&self) -> Result<(), StoreError> {
+        let existing: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let check = match existing {
+            Some(check) => check,
+            None => {
+                let sealed = self.key.seal(KEY_CHECK_CONTEXT, KEY_CHECK_PLAINTEXT);
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('key_check', ?1)",
+                    [&sealed],
+                )?;
+                self.conn
+                    .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
+                        r.get(0)
+                    })?
+            }
+        };
+        match self.key.open(KEY_CHECK_CONTEXT, &check) {
+            Ok(p) if p.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(StoreError::WrongKey {
+                db: self.db_path.clone(),
+            }),
+        }
+    }
+
+    /// Starts a write transaction (waiting for other writers up to the busy timeout).
+    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+/// `Ok(true)` if `path` holds an SQLite database, `Ok(false)` if it is missing or
+/// empty, an error if it holds anything else.
+fn check_file_header(path: &Path) -> Result<bool, StoreError> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StoreError::DataDir {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut header = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut header)
+        .map_err(|source| StoreError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match header.len() {
+        0 => Ok(false),
+        _ if header.as_slice() == SQLITE_MAGIC => Ok(true),
+        _ => Err(StoreError::NotADatabase {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn resolve_key(options: &StoreOptions, db: &Path, is_new: bool) -> Result<MasterKey, StoreError> {
+    let path = match &options.key {
+        Some(KeySource::Hex(hex)) => return Ok(MasterKey::from_hex(hex, "VPROV_MASTER_KEY")?),
+        Some(KeySource::File(path)) => path.clone(),
+        None => options.data_dir.join(KEY_FILE),
+    };
+    match MasterKey::load_file(&path) {
+        Ok(key) => Ok(key),
+        Err(SecretError::KeyFileMissing { .. }) if is_new => match MasterKey::create_file(&path) {
+            Ok(key) => {
+                tracing::info!(path = %path.display(), "created a new master key file; back it up");
+                Ok(key)
+            }
+            // Another process created it a moment ago: use that one.
+            Err(SecretError::KeyFileCreate { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(MasterKey::load_file(&path)?)
+            }
+            Err(e) => Err(e.into()),
+        },
+        Err(SecretError::KeyFileMissing { .. }) => Err(StoreError::MissingKey {
+            db: db.to_path_buf(),
+            key: path,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

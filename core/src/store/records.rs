@@ -1,0 +1,296 @@
+//! The provisioning password, devices, alerts and the audit log in the store.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{now_ms, Store, StoreError};
+use crate::password::ProvisioningPassword;
+
+const PASSWORD_SECRET: &str = "provisioning_password";
+
+/// Appends an audit entry inside `tx`, so it commits or rolls back with the change
+/// it describes. `detail` must never contain a secret.
+pub(super) fn audit(
+    tx: &Transaction<'_>,
+    actor: &str,
+    action: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), actor, action, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Whether the provisioning password is set, and when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PasswordStatus {
+    pub set: bool,
+    pub changed_at: Option<i64>,
+}
+
+/// Whether vprov manages a provisioned device yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Unmanaged,
+    Managed,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Unmanaged => "unmanaged",
+            DeviceState::Managed => "managed",
+        }
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unmanaged" => Ok(DeviceState::Unmanaged),
+            "managed" => Ok(DeviceState::Managed),
+            other => Err(format!("unknown device state {other:?}")),
+        }
+    }
+}
+
+/// Which devices to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub state: Option<DeviceState>,
+}
+
+/// A provisioned device as listed (credentials and certificate are not included).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRecord {
+    pub uuid: String,
+    pub host_name: Option<String>,
+    pub address: Option<String>,
+    pub amt_version: Option<String>,
+    pub state: DeviceState,
+    pub management_mode: Option<String>,
+    pub provisioned_pid: Option<String>,
+    pub provisioned_at: i64,
+    pub last_contact_at: Option<i64>,
+}
+
+/// Severity of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!("unknown severity {other:?}")),
+        }
+    }
+}
+
+/// One entry of the alert log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub at: i64,
+    pub severity: Severity,
+    pub source: String,
+    pub message: String,
+    pub pid: Option<String>,
+    pub device_uuid: Option<String>,
+    pub address: Option<String>,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: serde_json::Value,
+}
+
+fn parse_col<T: FromStr>(idx: usize, text: String) -> rusqlite::Result<T> {
+    text.parse()
+        .map_err(|_| rusqlite::Error::InvalidColumnType(idx, text, rusqlite::types::Type::Text))
+}
+
+impl Store {
+    /// Seals and stores the provisioning password, replacing any previous one.
+    pub fn set_provisioning_password(
+        &mut self,
+        password: &ProvisioningPassword,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let sealed = self.key.seal(
+            &format!("secret:{PASSWORD_SECRET}"),
+            password.expose().as_bytes(),
+        );
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT INTO secrets (name, sealed, changed_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed,
+                                              changed_at = excluded.changed_at",
+            params![PASSWORD_SECRET, sealed, now_ms()],
+        )?;
+        audit(&tx, actor, "password.set", &serde_json::json!({}))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The provisioning password, if one has been set.
+    pub fn provisioning_password(&self) -> Result<Option<ProvisioningPassword>, StoreError> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sealed FROM secrets WHERE name = ?1",
+                [PASSWORD_SECRET],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = self
+            .key
+            .open(&format!("secret:{PASSWORD_SECRET}"), &sealed)?;
+        let text = std::str::from_utf8(&plain).ok();
+        text.and_then(|t| ProvisioningPassword::new(t).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
+                    0,
+                    "sealed provisioning password".into(),
+                    rusqlite::types::Type::Blob,
+                ))
+            })
+    }
+
+    /// Whether the provisioning password is set and when it changed.
+    pub fn password_status(&self) -> Result<PasswordStatus, StoreError> {
+        let changed_at: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT changed_at FROM secrets WHERE name = ?1",
+                [PASSWORD_SECRET],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(PasswordStatus {
+            set: changed_at.is_some(),
+            changed_at,
+        })
+    }
+
+    /// Provisioned devices, most recently provisioned first.
+    pub fn devices(&self, filter: &DeviceFilter) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT uuid, host_name, address, amt_version, state, management_mode,
+                    provisioned_pid, provisioned_at, last_contact_at
+             FROM devices WHERE (?1 IS NULL OR state = ?1)
+             ORDER BY provisioned_at DESC, uuid",
+        )?;
+        let rows = stmt.query_map([filter.state.map(DeviceState::as_str)], |r| {
+            Ok(DeviceRecord {
+                uuid: r.get(0)?,
+                host_name: r.get(1)?,
+                address: r.get(2)?,
+                amt_version: r.get(3)?,
+                state: parse_col(4, r.get(4)?)?,
+                management_mode: r.get(5)?,
+                provisioned_pid: r.get(6)?,
+                provisioned_at: r.get(7)?,
+                last_contact_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest `limit` alerts at or above `min_severity`, newest first.
+    pub fn alerts(
+        &self,
+        min_severity: Option<Severity>,
+        limit: u32,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        let levels: Vec<&str> = [
+            Severity::Info,
+            Severity::Warning,
+            Severity::Error,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .filter(|s| min_severity.is_none_or(|min| *s >= min))
+        .map(Severity::as_str)
+        .collect();
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, severity, source, message, pid, device_uuid, address
+             FROM alerts WHERE severity IN (SELECT value FROM json_each(?1))
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let levels = serde_json::to_string(&levels).expect("a list of strings serialises");
+        let rows = stmt.query_map(params![levels, limit], |r| {
+            Ok(AlertRecord {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                severity: parse_col(2, r.get(2)?)?,
+                source: r.get(3)?,
+                message: r.get(4)?,
+                pid: r.get(5)?,
+                device_uuid: r.get(6)?,
+                address: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            let detail: String = r.get(4)?;
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

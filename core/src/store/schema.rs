@@ -1,0 +1,199 @@
+//! The store's schema as an append-only list of migrations.
+//!
+//! **Never edit or reorder a migration that has shipped; append a new one.** The
+//! number of applied migrations is kept in `PRAGMA user_version`, and every store
+//! carries vprov's `PRAGMA application_id` so that a foreign SQLite file is refused
+//! instead of being written to.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// `PRAGMA application_id` of a vprov store: ASCII "vprv".
+pub const APPLICATION_ID: i32 = 0x7670_7276;
+
+/// Migration `i` moves a store from `user_version = i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, password, devices, alerts, audit log.
+    r#"
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) STRICT;
+
+    CREATE TABLE secrets (
+        name       TEXT PRIMARY KEY,
+        sealed     BLOB NOT NULL,
+        changed_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE key_batches (
+        id         INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        comment    TEXT,
+        size       INTEGER NOT NULL CHECK (size > 0)
+    ) STRICT;
+
+    CREATE TABLE provisioning_keys (
+        seq              INTEGER PRIMARY KEY,
+        pid              TEXT NOT NULL UNIQUE CHECK (length(pid) = 8),
+        batch_id         INTEGER NOT NULL REFERENCES key_batches(id),
+        pps_sealed       BLOB NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'available'
+                         CHECK (state IN ('available', 'used', 'revoked')),
+        device_uuid      TEXT,
+        state_changed_at INTEGER NOT NULL,
+        CHECK ((state = 'used') = (device_uuid IS NOT NULL))
+    ) STRICT;
+    CREATE INDEX provisioning_keys_by_batch ON provisioning_keys (batch_id, seq);
+
+    CREATE TRIGGER provisioning_keys_never_deleted
+    BEFORE DELETE ON provisioning_keys
+    BEGIN
+        SELECT RAISE(ABORT, 'provisioning keys are never deleted: a PID is never reissued');
+    END;
+
+    CREATE TRIGGER provisioning_keys_immutable
+    BEFORE UPDATE OF seq, pid, batch_id, pps_sealed ON provisioning_keys
+    BEGIN
+        SELECT RAISE(ABORT, 'a provisioning key''s PID, PPS and batch never change');
+    END;
+
+    CREATE TRIGGER provisioning_keys_state_moves_forward
+    BEFORE UPDATE OF state ON provisioning_keys
+    WHEN OLD.state <> 'available' AND NEW.state <> OLD.state
+    BEGIN
+        SELECT RAISE(ABORT, 'a used or revoked provisioning key never changes state again');
+    END;
+
+    CREATE TABLE devices (
+        uuid                  TEXT PRIMARY KEY,
+        host_name             TEXT,
+        address               TEXT,
+        amt_version           TEXT,
+        state                 TEXT NOT NULL DEFAULT 'unmanaged'
+                              CHECK (state IN ('unmanaged', 'managed')),
+        management_mode       TEXT CHECK (management_mode IN ('agentless', 'agent')),
+        admin_user            TEXT,
+        admin_password_sealed BLOB,
+        certificate_der       BLOB,
+        provisioned_pid       TEXT REFERENCES provisioning_keys (pid),
+        provisioned_at        INTEGER NOT NULL,
+        last_contact_at       INTEGER,
+        CHECK ((state = 'managed') = (management_mode IS NOT NULL))
+    ) STRICT;
+
+    CREATE TABLE alerts (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        severity    TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
+        source      TEXT NOT NULL,
+        message     TEXT NOT NULL,
+        pid         TEXT,
+        device_uuid TEXT,
+        address     TEXT
+    ) STRICT;
+
+    CREATE TABLE audit_log (
+        id     INTEGER PRIMARY KEY,
+        at     INTEGER NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// Number of migrations this build knows: the schema version it writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// What [`migrate`] found before applying anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SchemaState {
+    /// An empty database (or none): safe to initialise.
+    Empty,
+    /// A vprov store at this schema version.
+    Vprov { version: i32 },
+    /// Some other SQLite database.
+    Foreign { application_id: i32 },
+}
+
+/// Classifies the database without writing to it.
+pub fn inspect(conn: &Connection) -> rusqlite::Result<SchemaState> {
+    let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    Ok(match app_id {
+        APPLICATION_ID => SchemaState::Vprov { version },
+        0 if version == 0 && objects == 0 => SchemaState::Empty,
+        other => SchemaState::Foreign {
+            application_id: other,
+        },
+    })
+}
+
+/// Applies every migration the store lacks, all in one immediate transaction, so
+/// that two processes opening a new store at once initialise it exactly once.
+/// Returns the schema version found before migrating.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i32> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for sql in MIGRATIONS.iter().skip(found.max(0) as usize) {
+        tx.execute_batch(sql)?;
+    }
+    if found < SCHEMA_VERSION {
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(inspect(&conn).unwrap(), SchemaState::Empty);
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        assert_eq!(migrate(&mut conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            inspect(&conn).unwrap(),
+            SchemaState::Vprov {
+                version: SCHEMA_VERSION
+            }
+        );
+    }
+
+    #[test]
+    fn a_foreign_database_is_recognised() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE customers (id INTEGER)")
+            .unwrap();
+        assert_eq!(
+            inspect(&conn).unwrap(),
+            SchemaState::Foreign { application_id: 0 }
+        );
+    }
+
+    #[test]
+    fn keys_are_never_deleted_and_never_revived() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO key_batches (id, created_at, size) VALUES (1, 0, 1);
+             INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
+             VALUES ('0000037M', 1, x'00', 0);",
+        )
+        .unwrap();
+        assert!(conn.execute("DELETE FROM provisioning_keys", []).is_err());
+        conn.execute("UPDATE provisioning_keys SET state = 'revoked'", [])
+            .unwrap();
+        assert!(conn
+            .execute("UPDATE provisioning_keys SET state = 'available'", [])
+            .is_err());
+        assert!(conn
+            .execute("UPDATE provisioning_keys SET pid = '11111111'", [])
+            .is_err());
+    }
+}

@@ -1,0 +1,217 @@
+use super::*;
+use crate::keys::Pid;
+use crate::password::ProvisioningPassword;
+use std::collections::HashSet;
+
+fn open(dir: &Path) -> Store {
+    Store::open(&StoreOptions::new(dir)).unwrap()
+}
+
+fn all_pids(store: &Store, filter: &KeyFilter) -> Vec<Pid> {
+    let mut pids = Vec::new();
+    store
+        .for_each_key(filter, |k| -> Result<(), StoreError> {
+            pids.push(k.pid);
+            Ok(())
+        })
+        .unwrap();
+    pids
+}
+
+#[test]
+fn first_open_creates_store_and_private_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    open(&data);
+    assert!(data.join(DB_FILE).exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(data.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Reopening uses the same key.
+    open(&data);
+}
+
+#[test]
+fn pids_are_unique_within_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let a = store
+        .generate_batch(3000, Some("first"), "test", |_| {})
+        .unwrap();
+    let b = store.generate_batch(3000, None, "test", |_| {}).unwrap();
+    assert_ne!(a.id, b.id);
+    let pids = all_pids(&store, &KeyFilter::default());
+    assert_eq!(pids.len(), 6000);
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 6000);
+    let only_a = all_pids(
+        &store,
+        &KeyFilter {
+            batch: Some(a.id),
+            state: None,
+        },
+    );
+    assert_eq!(only_a.len(), 3000);
+    let batches = store.batches().unwrap();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].comment.as_deref(), Some("first"));
+    assert_eq!(batches[0].available, 3000);
+}
+
+#[test]
+fn revealed_pps_match_their_pids_and_the_reveal_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let batch = store.generate_batch(50, None, "alice", |_| {}).unwrap();
+    let mut seen = 0;
+    let filter = KeyFilter {
+        batch: Some(batch.id),
+        state: None,
+    };
+    store
+        .reveal_keys(&filter, "bob", |k| -> Result<(), StoreError> {
+            let pps = k.pps.expect("revealed");
+            // Re-parsing validates every check character.
+            assert!(pps.expose_dashed().parse::<crate::keys::Pps>().is_ok());
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, 50);
+    let audit = store.audit_log(10).unwrap();
+    assert_eq!(audit[0].action, "keys.reveal");
+    assert_eq!(audit[0].actor, "bob");
+    assert_eq!(audit[0].detail["count"], 50);
+    assert_eq!(audit[1].action, "keys.generate");
+}
+
+#[test]
+fn revoke_moves_keys_forward_only_and_unknown_pids_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.generate_batch(3, None, "t", |_| {}).unwrap();
+    let pids = all_pids(&store, &KeyFilter::default());
+    let unknown: Pid = "0000-037M".parse().unwrap();
+    let err = store.revoke_pids(&[pids[0], unknown], "t").unwrap_err();
+    assert!(matches!(err, StoreError::UnknownPid(ref p) if p == "0000-037M"));
+    let available = KeyFilter {
+        batch: None,
+        state: Some(KeyState::Available),
+    };
+    assert_eq!(all_pids(&store, &available).len(), 3);
+
+    let out = store.revoke_pids(&[pids[0], pids[0]], "t").unwrap();
+    assert_eq!(out[0].1, RevokeOutcome::Revoked);
+    assert_eq!(out[1].1, RevokeOutcome::AlreadyRevoked);
+    assert_eq!(store.revoke_batch(1, "t").unwrap(), 2);
+    assert_eq!(all_pids(&store, &available).len(), 0);
+    assert!(matches!(
+        store.revoke_batch(9, "t"),
+        Err(StoreError::BatchNotFound(9))
+    ));
+}
+
+#[test]
+fn the_database_never_holds_a_plaintext_pps_or_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.generate_batch(200, None, "t", |_| {}).unwrap();
+    let password = ProvisioningPassword::new("Unm1stakable!Pass").unwrap();
+    store.set_provisioning_password(&password, "t").unwrap();
+    let mut secrets = vec![password.expose().as_bytes().to_vec()];
+    store
+        .reveal_keys(&KeyFilter::default(), "t", |k| -> Result<(), StoreError> {
+            let pps = k.pps.unwrap();
+            secrets.push(pps.expose_bytes().to_vec());
+            secrets.push(pps.expose_dashed().as_bytes().to_vec());
+            // Even one group of a PPS is too much; 12 characters is plenty to look for.
+            secrets.push(pps.expose_bytes()[..12].to_vec());
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let mut bytes = fs::read(dir.path().join(DB_FILE)).unwrap();
+    if let Ok(wal) = fs::read(dir.path().join(format!("{DB_FILE}-wal"))) {
+        bytes.extend(wal);
+    }
+    for secret in &secrets {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_slice()));
+    }
+}
+
+#[test]
+fn password_round_trip_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    assert!(!store.password_status().unwrap().set);
+    assert!(store.provisioning_password().unwrap().is_none());
+    let password = ProvisioningPassword::new("HeyH0Password!").unwrap();
+    store.set_provisioning_password(&password, "t").unwrap();
+    let status = store.password_status().unwrap();
+    assert!(status.set && status.changed_at.is_some());
+    assert_eq!(store.provisioning_password().unwrap(), Some(password));
+}
+
+#[test]
+fn a_wrong_or_missing_key_is_refused_and_no_new_key_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path())
+        .generate_batch(1, None, "t", |_| {})
+        .unwrap();
+
+    let mut wrong = StoreOptions::new(dir.path());
+    wrong.key = Some(KeySource::Hex(Zeroizing::new("11".repeat(32))));
+    assert!(matches!(
+        Store::open(&wrong),
+        Err(StoreError::WrongKey { .. })
+    ));
+
+    fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+    assert!(matches!(
+        Store::open(&StoreOptions::new(dir.path())),
+        Err(StoreError::MissingKey { .. })
+    ));
+    assert!(!dir.path().join(KEY_FILE).exists());
+}
+
+#[test]
+fn foreign_and_corrupt_files_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    fs::write(&db, b"this is a spreadsheet, not a database").unwrap();
+    assert!(matches!(
+        Store::open(&StoreOptions::new(dir.path())),
+        Err(StoreError::NotADatabase { .. })
+    ));
+    assert_eq!(
+        fs::read(&db).unwrap(),
+        b"this is a spreadsheet, not a database"
+    );
+    assert!(!dir.path().join(KEY_FILE).exists());
+
+    fs::remove_file(&db).unwrap();
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE invoices (n INTEGER); INSERT INTO invoices VALUES (1);")
+        .unwrap();
+    drop(conn);
+    let before = fs::read(&db).unwrap();
+    assert!(matches!(
+        Store::open(&StoreOptions::new(dir.path())),
+        Err(StoreError::ForeignDatabase { .. })
+    ));
+    assert_eq!(fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    fs::write(&file, b"x").unwrap();
+    let err = Store::open(&StoreOptions::new(file.join("data"))).unwrap_err();
+    assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
+}
