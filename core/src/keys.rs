@@ -152,9 +152,9 @@ impl Pps {
         &self.0
     }
 
-    /// Display form `XXXX-XXXX-…-XXXX` (40 characters), wiped when dropped.
+    /// Display form `XXXX-XXXX-…-XXXX` (39 characters), wiped when dropped.
     pub fn expose_dashed(&self) -> Zeroizing<String> {
-        let mut s = Zeroizing::new(String::with_capacity(40));
+        let mut s = Zeroizing::new(String::with_capacity(39));
         for (i, group) in self.0.chunks(4).enumerate() {
             if i > 0 {
                 s.push('-');

@@ -1,1 +1,138 @@
+//! Test harness for vprov's end-to-end tests: runs the real `vprov` binary against a
+//! real SQLite store in a temporary data directory.
+//!
+//! The binary is the one built into the same target directory as the test
+//! executable (`cargo build --workspace` or `scripts/test.sh` builds it first).
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Path of the `vprov` binary next to this test executable's `deps/` directory.
+pub fn vprov_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join(format!("vprov{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (scripts/test.sh does, or `cargo build --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `vprov` command with no arguments, no VPROV_* variables inherited, no
+/// standard input and `USER=tester` (the audit log's actor).
+pub fn bare_command() -> Command {
+    let mut cmd = Command::new(vprov_bin());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VPROV_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("USER", "tester").stdin(Stdio::null());
+    cmd
+}
+
+/// A temporary data directory and helpers to run `vprov` on it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+}
+
+/// What one `vprov` run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "vprov failed: {self:#?}");
+        self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    pub fn fails(self) -> String {
+        assert_ne!(self.code, 0, "vprov unexpectedly succeeded: {self:#?}");
+        self.stderr
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(self) -> serde_json::Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+impl Sandbox {
+    /// The data directory passed with `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A `vprov --data-dir <sandbox>` command with no VPROV_* variables inherited.
+    pub fn command(&self) -> Command {
+        let mut cmd = bare_command();
+        cmd.arg("--data-dir").arg(self.data_dir());
+        cmd
+    }
+
+    /// Runs `vprov <args>`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command().args(args).output().expect("run vprov"))
+    }
+
+    /// Runs `vprov <args>` with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vprov");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        Run::from(child.wait_with_output().expect("wait for vprov"))
+    }
+
+    /// The store's bytes: the database file and its WAL, if any.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        let mut bytes = std::fs::read(self.data_dir().join("vprov.db")).unwrap_or_default();
+        bytes.extend(std::fs::read(self.data_dir().join("vprov.db-wal")).unwrap_or_default());
+        bytes
+    }
+
+    /// A direct connection to the store's SQLite file, for planting rows that later
+    /// features write (devices, alerts).
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data_dir().join("vprov.db")).expect("open store")
+    }
+}

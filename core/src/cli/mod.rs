@@ -94,10 +94,17 @@ impl Context {
 
 /// Who is acting, for the audit log: the local user running the command.
 pub fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        return format!("cli:{user}");
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            return format!("cli:uid-{}", meta.uid());
+        }
+    }
+    "cli:unknown".to_string()
 }
 
 /// Runs a parsed command line.

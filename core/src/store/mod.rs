@@ -150,12 +150,20 @@ impl Store {
     /// Opens (or, in an empty data directory, creates) the store.
     pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
         let dir = &options.data_dir;
-        fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        create_private_dir(dir).map_err(|source| StoreError::DataDir {
             path: dir.clone(),
             source,
         })?;
         let db_path = dir.join(DB_FILE);
         let existed = check_file_header(&db_path)?;
+        if !existed {
+            // Created here with mode 0600 so that SQLite (which gives its -wal and
+            // -shm files the database's mode) never makes the store world-readable.
+            create_private_file(&db_path).map_err(|source| StoreError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let flags = if existed {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         } else {
@@ -257,6 +265,24 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+/// Creates the data directory (mode 0700 on Unix) and any missing parents.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty file with mode 0600 unless it exists already.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
 }
 
 /// `Ok(true)` if `path` holds an SQLite database, `Ok(false)` if it is missing or

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages vprov's build and test suite need on a fresh Debian
+# machine that already has the Rust toolchain. Idempotent: installs only what is
+# missing, and does nothing when everything is present.
+set -euo pipefail
+
+need=()
+# The bundled SQLite (rusqlite's "bundled" feature) is C, compiled by cc.
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+
+if ((${#need[@]} == 0)); then
+  exit 0
+fi
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=(sudo)
+fi
+echo "installing: ${need[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
