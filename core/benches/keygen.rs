@@ -16,7 +16,9 @@ fn generate_100k(c: &mut Criterion) {
                 (dir, store)
             },
             |(dir, mut store)| {
-                store.generate_batch(100_000, None, "bench", |_| {}).unwrap();
+                store
+                    .generate_batch(100_000, None, "bench", |_| {})
+                    .unwrap();
                 (dir, store)
             },
             BatchSize::PerIteration,

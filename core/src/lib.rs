@@ -6,11 +6,14 @@
 //! - [`password`]: the provisioning password and AMT's password rules;
 //! - [`secrets`]: the master key and AES-256-GCM sealing of secrets at rest;
 //! - [`store`]: the SQLite store (key batches, keys, devices, alerts, audit log);
-//! - [`config`]: the configuration file and its embedded defaults.
+//! - [`config`]: the configuration file and its embedded defaults;
+//! - [`hello`]: the setup-mode hello messages devices send to port 9971.
 //!
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
+pub mod ca;
 pub mod config;
+pub mod hello;
 pub mod keys;
 pub mod password;
 pub mod secrets;

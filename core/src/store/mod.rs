@@ -17,6 +17,7 @@
 //! refused too, and vprov never creates a new key for an existing store.
 
 mod keys;
+mod provisioning;
 mod records;
 pub mod schema;
 
@@ -32,6 +33,7 @@ use crate::secrets::{MasterKey, SecretError};
 use schema::SchemaState;
 
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{
     AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, PasswordStatus, Severity,
 };

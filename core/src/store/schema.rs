@@ -100,6 +100,19 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     ) STRICT;
     "#,
+    // 2: provisioning jobs in flight (crash-safe intent records).
+    r#"
+    CREATE TABLE provisioning_jobs (
+        id                    INTEGER PRIMARY KEY,
+        pid                   TEXT NOT NULL UNIQUE REFERENCES provisioning_keys (pid),
+        device_uuid           TEXT NOT NULL,
+        address               TEXT NOT NULL,
+        new_password_sealed   BLOB NOT NULL,
+        step                  TEXT NOT NULL,
+        created_at            INTEGER NOT NULL,
+        updated_at            INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.
