@@ -62,6 +62,9 @@ pub struct ProvisionedDevice {
     pub certificate_der: Vec<u8>,
 }
 
+/// The CA as stored: certificate DER and PKCS#8 private key DER.
+pub type StoredCa = (Vec<u8>, Vec<u8>);
+
 fn job_context(pid: &str) -> String {
     format!("job_password:{pid}")
 }
@@ -268,7 +271,7 @@ impl Store {
     }
 
     /// The CA certificate and private key (PKCS#8 DER), if created.
-    pub fn certificate_authority(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn certificate_authority(&self) -> Result<Option<StoredCa>, StoreError> {
         let cert: Option<Vec<u8>> = self
             .conn
             .query_row("SELECT value FROM meta WHERE name = 'ca_cert'", [], |r| {
@@ -298,7 +301,7 @@ impl Store {
         &mut self,
         cert_der: &[u8],
         key_der: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    ) -> Result<StoredCa, StoreError> {
         let sealed = self.key.seal("secret:ca_key", key_der);
         let tx = self.write_tx()?;
         let fresh = tx.execute(
