@@ -194,9 +194,8 @@ mod tests {
             .next()
             .unwrap()
             .data()
-            .as_utf8()
-            .unwrap();
-        assert_eq!(cn.to_string(), "pc-042");
+            .to_string();
+        assert_eq!(cn, "pc-042");
         // The issuer name matches the CA's subject, so chain building works.
         assert_eq!(
             format!("{:?}", cert.issuer_name()),
