@@ -194,7 +194,8 @@ mod tests {
             .next()
             .unwrap()
             .data()
-            .to_string();
+            .to_string()
+            .unwrap();
         assert_eq!(cn, "pc-042");
         // The issuer name matches the CA's subject, so chain building works.
         assert_eq!(
