@@ -5,6 +5,7 @@
 //! file, embedded default. Unknown keys are errors, so a typo never silently falls
 //! back to a default.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default time a writer waits for another process's transaction.
 pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 30_000;
+/// Default address of the hello listener.
+pub const DEFAULT_HELLO_LISTEN: &str = "0.0.0.0:9971";
+/// Default port of the device's TLS (and TLS-PSK) service.
+pub const DEFAULT_DEVICE_PORT: u16 = 16993;
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,68 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     store: StoreSection,
+    #[serde(default)]
+    hello: HelloSection,
+    #[serde(default)]
+    provisioning: ProvisioningSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelloSection {
+    listen: Option<SocketAddr>,
+    max_connections: Option<usize>,
+    read_timeout_ms: Option<u64>,
+    per_source_burst: Option<u32>,
+    per_source_per_second: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisioningSection {
+    device_port: Option<u16>,
+    max_concurrent_jobs: Option<usize>,
+    connect_timeout_ms: Option<u64>,
+    step_timeout_ms: Option<u64>,
+    commit_wait_ms: Option<u64>,
+    confirm_timeout_ms: Option<u64>,
+    admin_password: Option<AdminPasswordPolicy>,
+    domain: Option<String>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+/// Which admin password a provisioned device ends up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminPasswordPolicy {
+    /// A random strong password per device, sealed in the store.
+    Random,
+    /// Keep the provisioning password.
+    Provisioning,
+}
+
+/// `[hello]`: the hello listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelloConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub read_timeout: Duration,
+    pub per_source_burst: u32,
+    pub per_source_per_second: f64,
+}
+
+/// `[provisioning]`: provisioning jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisioningConfig {
+    pub device_port: u16,
+    pub max_concurrent_jobs: usize,
+    pub connect_timeout: Duration,
+    pub step_timeout: Duration,
+    pub commit_wait: Duration,
+    pub confirm_timeout: Duration,
+    pub admin_password: AdminPasswordPolicy,
+    pub domain: Option<String>,
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,7 +118,7 @@ struct StoreSection {
 
 /// The resolved configuration (before command-line and environment overrides,
 /// which the binary applies).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Directory holding `vprov.db`, `master.key` and (later) plugins.
     pub data_dir: PathBuf,
@@ -59,6 +126,8 @@ pub struct Config {
     pub busy_timeout: Duration,
     /// Master key file; `None` means `master.key` in the data directory.
     pub master_key_file: Option<PathBuf>,
+    pub hello: HelloConfig,
+    pub provisioning: ProvisioningConfig,
 }
 
 impl Default for Config {
@@ -67,6 +136,24 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             busy_timeout: Duration::from_millis(DEFAULT_BUSY_TIMEOUT_MS),
             master_key_file: None,
+            hello: HelloConfig {
+                listen: DEFAULT_HELLO_LISTEN.parse().expect("valid default address"),
+                max_connections: 1024,
+                read_timeout: Duration::from_secs(10),
+                per_source_burst: 20,
+                per_source_per_second: 2.0,
+            },
+            provisioning: ProvisioningConfig {
+                device_port: DEFAULT_DEVICE_PORT,
+                max_concurrent_jobs: 256,
+                connect_timeout: Duration::from_secs(10),
+                step_timeout: Duration::from_secs(30),
+                commit_wait: Duration::from_secs(5),
+                confirm_timeout: Duration::from_secs(60),
+                admin_password: AdminPasswordPolicy::Random,
+                domain: None,
+                shutdown_grace: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -102,10 +189,58 @@ impl Config {
                 message: format!("must be between 1 and 3600000, got {busy_ms}"),
             });
         }
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let h = file.hello;
+        let hd = defaults.hello;
+        let hello = HelloConfig {
+            listen: h.listen.unwrap_or(hd.listen),
+            max_connections: h.max_connections.unwrap_or(hd.max_connections),
+            read_timeout: ms(h.read_timeout_ms, hd.read_timeout),
+            per_source_burst: h.per_source_burst.unwrap_or(hd.per_source_burst),
+            per_source_per_second: h.per_source_per_second.unwrap_or(hd.per_source_per_second),
+        };
+        if hello.max_connections == 0 {
+            return Err(invalid(
+                "hello.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if hello.per_source_burst == 0 || !(hello.per_source_per_second > 0.0) {
+            return Err(invalid(
+                "hello.per_source_burst / per_source_per_second",
+                "must be greater than 0".into(),
+            ));
+        }
+        let p = file.provisioning;
+        let pd = defaults.provisioning;
+        let provisioning = ProvisioningConfig {
+            device_port: p.device_port.unwrap_or(pd.device_port),
+            max_concurrent_jobs: p.max_concurrent_jobs.unwrap_or(pd.max_concurrent_jobs),
+            connect_timeout: ms(p.connect_timeout_ms, pd.connect_timeout),
+            step_timeout: ms(p.step_timeout_ms, pd.step_timeout),
+            commit_wait: ms(p.commit_wait_ms, pd.commit_wait),
+            confirm_timeout: ms(p.confirm_timeout_ms, pd.confirm_timeout),
+            admin_password: p.admin_password.unwrap_or(pd.admin_password),
+            domain: p.domain.filter(|d| !d.is_empty()),
+            shutdown_grace: ms(p.shutdown_grace_ms, pd.shutdown_grace),
+        };
+        if provisioning.max_concurrent_jobs == 0 {
+            return Err(invalid(
+                "provisioning.max_concurrent_jobs",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(Config {
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
             busy_timeout: Duration::from_millis(busy_ms),
             master_key_file: file.store.master_key_file,
+            hello,
+            provisioning,
         })
     }
 }

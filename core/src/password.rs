@@ -34,6 +34,28 @@ impl fmt::Debug for ProvisioningPassword {
     }
 }
 
+/// Characters of generated passwords: letters and digits without look-alikes, and
+/// symbols AMT accepts.
+const GENERATED_SYMBOLS: &[u8] =
+    b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789!#%&()*+-./;<=>?@[]^_{}~";
+
+/// A random 24-character password that satisfies AMT's rules (≈150 bits), drawn
+/// from the OS CSPRNG: the per-device admin credential vprov sets by default.
+pub fn generate() -> ProvisioningPassword {
+    use rand::Rng;
+    let mut rng = rand::rngs::OsRng;
+    loop {
+        let candidate: Zeroizing<String> = Zeroizing::new(
+            (0..24)
+                .map(|_| GENERATED_SYMBOLS[rng.gen_range(0..GENERATED_SYMBOLS.len())] as char)
+                .collect(),
+        );
+        if let Ok(password) = ProvisioningPassword::new(&candidate) {
+            return password;
+        }
+    }
+}
+
 /// The first rule a candidate password breaks. Messages never repeat the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordRuleError {
@@ -141,6 +163,15 @@ mod tests {
         let p = ProvisioningPassword::new("HeyH0Password!").unwrap();
         assert_eq!(p.expose(), "HeyH0Password!");
         assert!(!format!("{p:?}").contains("HeyH0"));
+    }
+
+    #[test]
+    fn generated_passwords_follow_the_rules_and_differ() {
+        let a = generate();
+        let b = generate();
+        assert_eq!(a.expose().len(), 24);
+        assert_eq!(validate(a.expose()), Ok(()));
+        assert_ne!(a, b);
     }
 
     #[test]

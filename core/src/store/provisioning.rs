@@ -49,6 +49,8 @@ pub struct JobIntent {
     pub step: String,
     /// The admin password the job sets on the device (sealed in the store).
     pub new_password: zeroize::Zeroizing<String>,
+    /// The certificate issued for the device, once the job got that far.
+    pub certificate_der: Option<Vec<u8>>,
 }
 
 /// Everything recorded about a device once it is provisioned.
@@ -122,30 +124,47 @@ impl Store {
         Ok(())
     }
 
-    /// Records a job's intent; fails with `None` if a job for this PID is pending.
+    /// Records a job's intent before anything changes on the device, or returns the
+    /// intent left by an earlier attempt for this PID (a crash or a failure after the
+    /// device may have taken the new credential), so its credential is tried again.
+    /// `None` if the PID is no longer available.
     pub fn begin_job(
         &mut self,
         pid: &Pid,
         device_uuid: &str,
         address: &str,
         new_password: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<JobIntent>, StoreError> {
         let sealed = self
             .key
             .seal(&job_context(pid.as_str()), new_password.as_bytes());
         let now = now_ms();
         let tx = self.write_tx()?;
-        let inserted = tx.execute(
+        tx.execute(
             "INSERT INTO provisioning_jobs
                (pid, device_uuid, address, new_password_sealed, step, created_at, updated_at)
              SELECT ?1, ?2, ?3, ?4, 'started', ?5, ?5
              WHERE EXISTS (SELECT 1 FROM provisioning_keys WHERE pid = ?1 AND state = 'available')
-             ON CONFLICT (pid) DO NOTHING",
+             ON CONFLICT (pid) DO UPDATE SET device_uuid = excluded.device_uuid,
+                                             address = excluded.address,
+                                             updated_at = excluded.updated_at",
             params![pid.as_str(), device_uuid, address, sealed, now],
         )?;
-        let id = (inserted == 1).then(|| tx.last_insert_rowid());
         tx.commit()?;
-        Ok(id)
+        Ok(self.pending_jobs()?.into_iter().find(|j| j.pid == *pid))
+    }
+
+    /// Records the certificate a job issued for its device.
+    pub fn set_job_certificate(
+        &mut self,
+        job: i64,
+        certificate_der: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE provisioning_jobs SET certificate_der = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job, certificate_der, now_ms()],
+        )?;
+        Ok(())
     }
 
     /// Records how far a job got (for the log and for recovery).
@@ -160,7 +179,7 @@ impl Store {
     /// Every job that was in flight when vprov last stopped.
     pub fn pending_jobs(&self) -> Result<Vec<JobIntent>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, pid, device_uuid, address, step, new_password_sealed
+            "SELECT id, pid, device_uuid, address, step, new_password_sealed, certificate_der
              FROM provisioning_jobs ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -171,11 +190,12 @@ impl Store {
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
             ))
         })?;
         let mut jobs = Vec::new();
         for row in rows {
-            let (id, pid, device_uuid, address, step, sealed) = row?;
+            let (id, pid, device_uuid, address, step, sealed, certificate_der) = row?;
             let plain = self.key.open(&job_context(&pid), &sealed)?;
             let new_password =
                 zeroize::Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| {
@@ -197,6 +217,7 @@ impl Store {
                 address,
                 step,
                 new_password,
+                certificate_der,
             });
         }
         Ok(jobs)
@@ -351,15 +372,21 @@ mod tests {
             .begin_job(&pid, "uuid-1", "127.0.0.5", "N3w!Password")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            store.begin_job(&pid, "uuid-1", "127.0.0.5", "x").unwrap(),
-            None
-        );
+        // A second attempt for the same PID reuses the first one's credential.
+        let again = store
+            .begin_job(&pid, "uuid-1", "127.0.0.5", "Other!Pass1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.id, job.id);
+        assert_eq!(again.new_password.as_str(), "N3w!Password");
+        let job = job.id;
         store.set_job_step(job, "commit").unwrap();
+        store.set_job_certificate(job, b"cert").unwrap();
         let pending = store.pending_jobs().unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].step, "commit");
         assert_eq!(pending[0].new_password.as_str(), "N3w!Password");
+        assert_eq!(pending[0].certificate_der.as_deref(), Some(&b"cert"[..]));
 
         let device = ProvisionedDevice {
             uuid: "uuid-1".into(),
@@ -383,7 +410,7 @@ mod tests {
     fn an_abandoned_job_leaves_the_pid_available() {
         let (_dir, mut store, pid) = store_with_key();
         let job = store.begin_job(&pid, "u", "a", "p").unwrap().unwrap();
-        store.abandon_job(job).unwrap();
+        store.abandon_job(job.id).unwrap();
         assert!(matches!(
             store.lookup_pid(&pid).unwrap(),
             PidLookup::Available(_)
@@ -393,7 +420,7 @@ mod tests {
             store.lookup_pid(&pid).unwrap(),
             PidLookup::Revoked
         ));
-        assert_eq!(store.begin_job(&pid, "u", "a", "p").unwrap(), None);
+        assert!(store.begin_job(&pid, "u", "a", "p").unwrap().is_none());
         assert!(matches!(
             store.lookup_pid(&"0000037M".parse().unwrap()).unwrap(),
             PidLookup::Unknown

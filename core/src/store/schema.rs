@@ -108,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
         device_uuid           TEXT NOT NULL,
         address               TEXT NOT NULL,
         new_password_sealed   BLOB NOT NULL,
+        certificate_der       BLOB,
         step                  TEXT NOT NULL,
         created_at            INTEGER NOT NULL,
         updated_at            INTEGER NOT NULL
