@@ -210,7 +210,10 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if hello.per_source_burst == 0 || !(hello.per_source_per_second > 0.0) {
+        if hello.per_source_burst == 0
+            || hello.per_source_per_second.is_nan()
+            || hello.per_source_per_second <= 0.0
+        {
             return Err(invalid(
                 "hello.per_source_burst / per_source_per_second",
                 "must be greater than 0".into(),

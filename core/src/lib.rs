@@ -7,14 +7,19 @@
 //! - [`secrets`]: the master key and AES-256-GCM sealing of secrets at rest;
 //! - [`store`]: the SQLite store (key batches, keys, devices, alerts, audit log);
 //! - [`config`]: the configuration file and its embedded defaults;
-//! - [`hello`]: the setup-mode hello messages devices send to port 9971.
+//! - [`hello`]: the setup-mode hello messages devices send to port 9971;
+//! - [`ca`]: vprov's certificate authority for device TLS certificates;
+//! - [`device`]: the device connector (TLS-PSK, legacy TLS, Digest, WS-Management);
+//! - [`server`]: `vprov serve`: hello listener, provisioning jobs, alert log.
 //!
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
 pub mod ca;
 pub mod config;
+pub mod device;
 pub mod hello;
 pub mod keys;
 pub mod password;
 pub mod secrets;
+pub mod server;
 pub mod store;

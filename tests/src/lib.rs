@@ -136,3 +136,87 @@ impl Sandbox {
         rusqlite::Connection::open(self.data_dir().join("vprov.db")).expect("open store")
     }
 }
+
+/// A running `vprov serve` on the sandbox's store, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    /// Where it listens for hellos.
+    pub hello_addr: std::net::SocketAddr,
+}
+
+impl Sandbox {
+    /// Starts `vprov serve --hello-listen <listen> <extra…>` and waits until it
+    /// listens. `VPROV_LOG=debug` in the environment shows the server's log.
+    pub fn serve(&self, listen: &str, extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = self
+            .command()
+            .args(["serve", "--hello-listen", listen])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("VPROV_TEST_SERVER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start vprov serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening for hellos on ")
+            .unwrap_or_else(|| panic!("vprov serve did not start: {line:?}"))
+            .parse()
+            .expect("listening address");
+        Server {
+            child,
+            hello_addr: addr,
+        }
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait for vprov serve");
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -3,6 +3,7 @@
 mod keys;
 mod output;
 mod records;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the provisioning server: listen for hellos and provision devices
+    ///
+    /// Devices in setup mode send hellos to the hello port; vprov checks each PID,
+    /// connects back over TLS-PSK, configures the device into TLS mode and records it
+    /// as an unmanaged device. Failures go to the alert log. Stops on SIGINT/SIGTERM.
+    Serve(serve::ServeArgs),
     /// Provisioning keys: generate, list, check and revoke PID/PPS pairs
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -118,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         master_key_file: cli.master_key_file,
     };
     match cli.command {
+        Command::Serve(args) => serve::run(args, &ctx),
         Command::Keys(cmd) => keys::run(cmd, &ctx),
         Command::Password(cmd) => records::password(cmd, &ctx),
         Command::Devices(cmd) => records::devices(cmd, &ctx),

@@ -1,0 +1,101 @@
+//! `vprov serve`: runs the provisioning server until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use vprov_core::config::AdminPasswordPolicy;
+use vprov_core::device::DeviceTimeouts;
+use vprov_core::server::hello_listener::HelloLimits;
+use vprov_core::server::jobs::JobSettings;
+use vprov_core::server::{self, ServerSettings};
+
+use super::Context;
+
+/// Options of `vprov serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for hello messages from devices [default: 0.0.0.0:9971, or the
+    /// configuration's hello.listen]
+    #[arg(long, value_name = "ADDR")]
+    hello_listen: Option<SocketAddr>,
+    /// Port of the devices' TLS / TLS-PSK service [default: 16993, or the
+    /// configuration's provisioning.device_port]
+    #[arg(long, value_name = "PORT")]
+    device_port: Option<u16>,
+}
+
+pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let hello = &ctx.config.hello;
+    let prov = &ctx.config.provisioning;
+    let listen = args.hello_listen.unwrap_or(hello.listen);
+    let settings = ServerSettings {
+        hello: HelloLimits {
+            max_connections: hello.max_connections,
+            read_timeout: hello.read_timeout,
+            per_source_burst: hello.per_source_burst,
+            per_source_per_second: hello.per_source_per_second,
+        },
+        jobs: JobSettings {
+            device_port: args.device_port.unwrap_or(prov.device_port),
+            max_concurrent: prov.max_concurrent_jobs,
+            timeouts: DeviceTimeouts {
+                connect: prov.connect_timeout,
+                request: prov.step_timeout,
+            },
+            commit_wait: prov.commit_wait,
+            confirm_timeout: prov.confirm_timeout,
+            keep_provisioning_password: prov.admin_password == AdminPasswordPolicy::Provisioning,
+            domain: prov.domain.clone(),
+        },
+        shutdown_grace: prov.shutdown_grace,
+    };
+    let store = ctx.store()?;
+    if !store.password_status()?.set {
+        tracing::warn!(
+            "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = server::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for hellos on {listen}"))?;
+        let local = listener.local_addr()?;
+        // One line on stdout, for scripts and tests that bind port 0.
+        println!("listening for hellos on {local}");
+        std::io::stdout().flush()?;
+        tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
+        server::run(store, listener, settings, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,76 @@
+//! The alert log's write path: every failure the server sees becomes an alert, logged
+//! at once and written to the store in batches by one writer task, so a burst of bad
+//! hellos costs one transaction per batch. The queue is bounded: if it overflows,
+//! alerts are dropped, counted, and the count is itself written as an alert.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::store_thread::StoreHandle;
+use crate::store::{NewAlert, Severity};
+
+const QUEUE: usize = 8192;
+const BATCH: usize = 1024;
+
+/// Where the server raises alerts. Cheap to clone.
+#[derive(Clone)]
+pub struct AlertLog {
+    tx: mpsc::Sender<NewAlert>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AlertLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: StoreHandle) -> (AlertLog, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write_batches(rx, store, dropped.clone()));
+        (AlertLog { tx, dropped }, writer)
+    }
+
+    /// Raises an alert: logged now, stored soon. Never blocks.
+    pub fn raise(&self, alert: NewAlert) {
+        tracing::warn!(
+            source = alert.source,
+            severity = alert.severity.as_str(),
+            pid = alert.pid.as_deref(),
+            device = alert.device_uuid.as_deref(),
+            address = alert.address.as_deref(),
+            "alert: {}",
+            alert.message
+        );
+        if self.tx.try_send(alert).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write_batches(
+    mut rx: mpsc::Receiver<NewAlert>,
+    store: StoreHandle,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            batch.push(NewAlert {
+                severity: Severity::Error,
+                source: "alerts",
+                message: format!("{lost} alerts were dropped because the alert log was overloaded"),
+                pid: None,
+                device_uuid: None,
+                address: None,
+            });
+        }
+        let alerts = std::mem::take(&mut batch);
+        let n = alerts.len();
+        match store.call(move |s| s.insert_alerts(&alerts)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("{n} alerts could not be stored: {e}"),
+            Err(_) => return,
+        }
+    }
+}

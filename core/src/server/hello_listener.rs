@@ -1,0 +1,401 @@
+//! The hello listener on TCP 9971: accepts one connection per hello, reassembles the
+//! message until the device closes, and turns it into either a provisioning job or an
+//! alert. The listener never writes to a hello connection, except for a short plain
+//! page answering an HTTP `GET` probe.
+//!
+//! Bounded everywhere: at most [`MAX_HELLO_BYTES`] per hello, a read deadline, a cap
+//! on concurrent connections, and a token bucket per source address; a flood of
+//! hellos costs neither unbounded memory nor sockets.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use super::alerts::AlertLog;
+use super::jobs::{AcceptedHello, JobManager};
+use super::store_thread::StoreHandle;
+use crate::hello::{self, Hello};
+use crate::keys::Pid;
+use crate::store::{NewAlert, PidLookup, Severity};
+
+/// Largest hello accepted (a v3 hello with the most hashes is well under 1 KiB).
+pub const MAX_HELLO_BYTES: usize = 4096;
+
+const PROBE_PAGE: &str = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nThis is the vprov provisioning server's hello port.\nIntel AMT devices in setup mode send their setup-mode hello messages here; it is not a web server.\n";
+
+/// Limits of the hello listener.
+#[derive(Debug, Clone)]
+pub struct HelloLimits {
+    /// Connections handled at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a device has to send its whole hello and close.
+    pub read_timeout: Duration,
+    /// Hellos one source address may send in a burst.
+    pub per_source_burst: u32,
+    /// Hellos per second one source address may sustain.
+    pub per_source_per_second: f64,
+}
+
+/// Per-source token buckets, with the time of the last "rate limited" alert.
+struct RateLimiter {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    alerted: Option<Instant>,
+}
+
+/// What the rate limiter decided for one connection.
+enum Admission {
+    Allowed,
+    Limited { alert: bool },
+}
+
+impl RateLimiter {
+    /// Source addresses tracked at most; idle full buckets are forgotten beyond this.
+    const MAX_SOURCES: usize = 65_536;
+
+    fn admit(&self, ip: IpAddr) -> Admission {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() >= Self::MAX_SOURCES && !buckets.contains_key(&ip) {
+            let horizon = Duration::from_secs_f64(self.burst / self.per_second.max(0.001));
+            buckets.retain(|_, b| now.duration_since(b.at) < horizon);
+            if buckets.len() >= Self::MAX_SOURCES {
+                return Admission::Limited { alert: false };
+            }
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+            alerted: None,
+        });
+        let elapsed = now.duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Admission::Allowed;
+        }
+        let alert = bucket
+            .alerted
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+        if alert {
+            bucket.alerted = Some(now);
+        }
+        Admission::Limited { alert }
+    }
+}
+
+/// Accepts hello connections until shutdown.
+pub struct HelloListener {
+    listener: TcpListener,
+    limits: HelloLimits,
+    store: StoreHandle,
+    alerts: AlertLog,
+    jobs: JobManager,
+}
+
+impl HelloListener {
+    pub fn new(
+        listener: TcpListener,
+        limits: HelloLimits,
+        store: StoreHandle,
+        alerts: AlertLog,
+        jobs: JobManager,
+    ) -> Self {
+        HelloListener {
+            listener,
+            limits,
+            store,
+            alerts,
+            jobs,
+        }
+    }
+
+    /// Runs the accept loop until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let connections = Arc::new(Semaphore::new(self.limits.max_connections));
+        let limiter = Arc::new(RateLimiter {
+            burst: f64::from(self.limits.per_source_burst.max(1)),
+            per_second: self.limits.per_source_per_second,
+            buckets: Mutex::new(HashMap::new()),
+        });
+        let ctx = Arc::new(HandlerContext {
+            store: self.store,
+            alerts: self.alerts,
+            jobs: self.jobs,
+            read_timeout: self.limits.read_timeout,
+        });
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.changed() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(10);
+                    conn
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!("hello listener accept failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "hello connection refused: too many at once");
+                continue;
+            };
+            match limiter.admit(peer.ip()) {
+                Admission::Allowed => {}
+                Admission::Limited { alert } => {
+                    if alert {
+                        ctx.alerts.raise(NewAlert {
+                            severity: Severity::Warning,
+                            source: "hello",
+                            message: "too many hellos from this address; excess hellos are ignored"
+                                .into(),
+                            pid: None,
+                            device_uuid: None,
+                            address: Some(peer.ip().to_string()),
+                        });
+                    }
+                    continue;
+                }
+            }
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                ctx.handle(stream, peer).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+struct HandlerContext {
+    store: StoreHandle,
+    alerts: AlertLog,
+    jobs: JobManager,
+    read_timeout: Duration,
+}
+
+/// What arrived on one connection.
+enum Received {
+    Message(Vec<u8>),
+    Probe,
+    Oversized,
+}
+
+fn is_http_probe(buf: &[u8]) -> bool {
+    (buf.starts_with(b"GET ") || buf.starts_with(b"HEAD "))
+        && buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+async fn receive(stream: &mut TcpStream) -> std::io::Result<Received> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Received::Message(buf));
+        }
+        if buf.len() + n > MAX_HELLO_BYTES {
+            return Ok(Received::Oversized);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if is_http_probe(&buf) {
+            return Ok(Received::Probe);
+        }
+    }
+}
+
+impl HandlerContext {
+    fn alert(&self, severity: Severity, message: String, address: IpAddr) -> NewAlert {
+        NewAlert {
+            severity,
+            source: "hello",
+            message,
+            pid: None,
+            device_uuid: None,
+            address: Some(address.to_string()),
+        }
+    }
+
+    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let ip = peer.ip();
+        let received = tokio::time::timeout(self.read_timeout, receive(&mut stream)).await;
+        let bytes = match received {
+            Ok(Ok(Received::Message(bytes))) => bytes,
+            Ok(Ok(Received::Probe)) => {
+                let _ = stream.write_all(PROBE_PAGE.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Ok(Ok(Received::Oversized)) => {
+                self.alerts.raise(self.alert(
+                    Severity::Warning,
+                    format!("malformed hello: more than {MAX_HELLO_BYTES} bytes"),
+                    ip,
+                ));
+                return;
+            }
+            Ok(Err(e)) => {
+                self.alerts.raise(self.alert(
+                    Severity::Warning,
+                    format!("malformed hello: connection failed before the message ended ({e})"),
+                    ip,
+                ));
+                return;
+            }
+            Err(_) => {
+                self.alerts.raise(self.alert(
+                    Severity::Warning,
+                    format!(
+                        "malformed hello: not complete within {} s",
+                        self.read_timeout.as_secs_f32()
+                    ),
+                    ip,
+                ));
+                return;
+            }
+        };
+        drop(stream);
+        self.dispatch(&bytes, ip).await;
+    }
+
+    async fn dispatch(&self, bytes: &[u8], ip: IpAddr) {
+        let hello = match hello::parse(bytes) {
+            Ok(hello) => hello,
+            Err(e) => {
+                self.alerts.raise(self.alert(
+                    Severity::Warning,
+                    format!("malformed hello: {e}"),
+                    ip,
+                ));
+                return;
+            }
+        };
+        let uuid = hello.header().uuid;
+        let pid_bytes = match hello {
+            Hello::Psk { pid, .. } => pid,
+            Hello::Pki { hashes, .. } => {
+                let mut alert = self.alert(
+                    Severity::Warning,
+                    format!(
+                        "PKI hello (remote configuration, {} certificate hashes{}): PKI remote configuration is not supported yet",
+                        hashes.len(),
+                        hashes
+                            .first()
+                            .map(|h| format!(", first {} {}", h.algorithm.name(), hex::encode(&h.hash)))
+                            .unwrap_or_default()
+                    ),
+                    ip,
+                );
+                alert.device_uuid = Some(uuid.to_string());
+                self.alerts.raise(alert);
+                return;
+            }
+        };
+        let shown_pid: String = pid_bytes
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+            .collect();
+        let pid: Pid = match shown_pid.parse() {
+            Ok(pid)
+                if shown_pid
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) =>
+            {
+                pid
+            }
+            Ok(_) | Err(_) => {
+                let why = shown_pid
+                    .parse::<Pid>()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "PID is not upper-case".into());
+                let mut alert = self.alert(
+                    Severity::Warning,
+                    format!("hello with an invalid PID: {why}"),
+                    ip,
+                );
+                alert.pid = Some(shown_pid);
+                alert.device_uuid = Some(uuid.to_string());
+                self.alerts.raise(alert);
+                return;
+            }
+        };
+        let lookup = self.store.call(move |s| s.lookup_pid(&pid)).await;
+        let reject = |message: String| {
+            let mut alert = self.alert(Severity::Warning, message, ip);
+            alert.pid = Some(pid.dashed());
+            alert.device_uuid = Some(uuid.to_string());
+            self.alerts.raise(alert);
+        };
+        match lookup {
+            Ok(Ok(PidLookup::Available(pps))) => self.jobs.submit(AcceptedHello {
+                pid,
+                pps,
+                uuid,
+                address: ip,
+            }),
+            Ok(Ok(PidLookup::Unknown)) => {
+                reject("hello with an unknown PID: not generated by this vprov".into())
+            }
+            Ok(Ok(PidLookup::Revoked)) => reject("hello with a revoked PID".into()),
+            Ok(Ok(PidLookup::Used { device_uuid })) => reject(format!(
+                "hello with a PID already used to provision device {device_uuid}"
+            )),
+            Ok(Err(e)) => tracing::error!("PID look-up failed: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_limits_and_alerts_once() {
+        let limiter = RateLimiter {
+            burst: 3.0,
+            per_second: 0.0001,
+            buckets: Mutex::new(HashMap::new()),
+        };
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(limiter.admit(ip), Admission::Allowed));
+        }
+        assert!(matches!(
+            limiter.admit(ip),
+            Admission::Limited { alert: true }
+        ));
+        assert!(matches!(
+            limiter.admit(ip),
+            Admission::Limited { alert: false }
+        ));
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        assert!(matches!(limiter.admit(other), Admission::Allowed));
+    }
+
+    #[test]
+    fn http_probes_are_recognised() {
+        assert!(is_http_probe(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!is_http_probe(b"GET / HTTP/1.1\r\n"));
+        assert!(!is_http_probe(b"\x01\x00\x02\x00"));
+    }
+}

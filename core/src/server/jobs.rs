@@ -1,0 +1,527 @@
+//! Provisioning jobs: one per accepted hello, from the TLS-PSK connection back to the
+//! device to the device record in the store.
+//!
+//! [`JobManager`] absorbs repeated hellos (one job per PID and per device at a time)
+//! and caps how many jobs run at once. [`ProvisioningJob`] runs the steps of
+//! `../shared/docs/amt-protocol.md` §4.3 through the device connector, each under a
+//! timeout. Before it changes anything on the device it records its intent (PID,
+//! device, the new admin credential — sealed) in the store; a failure or crash keeps
+//! that intent so the next attempt (or [`JobManager::resume_pending`] after a restart)
+//! can log in with whichever credential the device now holds. The PID is marked used
+//! only in the transaction that records the provisioned device.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use super::alerts::AlertLog;
+use super::store_thread::StoreHandle;
+use crate::ca::CertificateAuthority;
+use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
+use crate::hello::DeviceUuid;
+use crate::keys::{Pid, Pps};
+use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
+
+/// The AMT account vprov provisions with.
+const ADMIN_USER: &str = "admin";
+
+/// How jobs behave (from the `[provisioning]` configuration section).
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// TCP port of the device's TLS / TLS-PSK service.
+    pub device_port: u16,
+    /// Jobs running at once.
+    pub max_concurrent: usize,
+    /// Timeouts of connecting and of each WS-Management call.
+    pub timeouts: DeviceTimeouts,
+    /// Pause after CommitChanges while the device restarts its network stack.
+    pub commit_wait: Duration,
+    /// How long to keep trying to reach the device over TLS after committing.
+    pub confirm_timeout: Duration,
+    /// Keep the provisioning password as the device's admin password instead of a
+    /// random per-device one.
+    pub keep_provisioning_password: bool,
+    /// Domain name to set on the device, if any.
+    pub domain: Option<String>,
+}
+
+/// A hello whose PID is available: the device to provision.
+#[derive(Debug)]
+pub struct AcceptedHello {
+    pub pid: Pid,
+    pub pps: Pps,
+    pub uuid: DeviceUuid,
+    pub address: IpAddr,
+}
+
+/// Starts jobs, absorbs duplicates, bounds concurrency. Cheap to clone.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: JobSettings,
+    store: StoreHandle,
+    alerts: AlertLog,
+    ca: Arc<CertificateAuthority>,
+    /// PIDs and device UUIDs with a job queued or running.
+    running: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+    stopping: AtomicBool,
+}
+
+/// Why a job stopped: the step it was at and what went wrong.
+#[derive(Debug)]
+struct JobFailure {
+    step: &'static str,
+    error: String,
+    severity: Severity,
+}
+
+impl JobFailure {
+    fn at(step: &'static str) -> impl FnOnce(DeviceError) -> JobFailure {
+        move |e| JobFailure {
+            step,
+            error: e.to_string(),
+            severity: Severity::Error,
+        }
+    }
+}
+
+fn unix_seconds() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+impl JobManager {
+    pub fn new(
+        settings: JobSettings,
+        store: StoreHandle,
+        alerts: AlertLog,
+        ca: Arc<CertificateAuthority>,
+    ) -> JobManager {
+        let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+        JobManager {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                alerts,
+                ca,
+                running: Mutex::new(HashSet::new()),
+                slots,
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts a job for `hello` unless one is already queued or running for its PID
+    /// or device (repeated hellos are absorbed).
+    pub fn submit(&self, hello: AcceptedHello) {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let keys = [hello.pid.as_str().to_string(), hello.uuid.to_string()];
+        {
+            let mut running = self.inner.running.lock().expect("jobs lock");
+            if keys.iter().any(|k| running.contains(k)) {
+                tracing::debug!(pid = %hello.pid, "hello absorbed: a job is already running");
+                return;
+            }
+            running.extend(keys.iter().cloned());
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                if !inner.stopping.load(Ordering::Relaxed) {
+                    inner.run(hello).await;
+                }
+            }
+            let mut running = inner.running.lock().expect("jobs lock");
+            for k in &keys {
+                running.remove(k);
+            }
+        });
+    }
+
+    /// After a restart: finishes every job whose device may have committed already
+    /// (it no longer sends hellos). Jobs that had not reached CommitChanges wait for
+    /// the device's next hello, which reuses their recorded credential.
+    pub async fn resume_pending(&self) {
+        let pending = match self.inner.store.call(|s| s.pending_jobs()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!("cannot read pending jobs: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        for intent in pending {
+            if intent.step == "commit" || intent.step == "committed" {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.resume(intent).await });
+            } else {
+                tracing::info!(pid = %intent.pid, step = %intent.step,
+                    "interrupted job waits for the device's next hello");
+            }
+        }
+    }
+
+    /// Stops starting jobs and waits up to `grace` for running ones to finish. Jobs
+    /// still running afterwards are abandoned safely: their intents stay in the store.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let all = self.inner.settings.max_concurrent.max(1) as u32;
+        let _ = tokio::time::timeout(grace, self.inner.slots.acquire_many(all)).await;
+    }
+}
+
+impl Inner {
+    fn alert(&self, severity: Severity, message: String, pid: &Pid, uuid: &str, address: IpAddr) {
+        self.alerts.raise(NewAlert {
+            severity,
+            source: "provisioning",
+            message,
+            pid: Some(pid.dashed()),
+            device_uuid: Some(uuid.to_string()),
+            address: Some(address.to_string()),
+        });
+    }
+
+    async fn run(&self, hello: AcceptedHello) {
+        let uuid = hello.uuid.to_string();
+        let (pid, address) = (hello.pid, hello.address);
+        tracing::info!(%pid, device = %uuid, %address, "provisioning job started");
+        match self.provision(hello).await {
+            Ok(()) => tracing::info!(%pid, device = %uuid, %address, "device provisioned"),
+            Err(f) => self.alert(
+                f.severity,
+                format!("provisioning failed at step {}: {}", f.step, f.error),
+                &pid,
+                &uuid,
+                address,
+            ),
+        }
+    }
+
+    async fn provision(&self, hello: AcceptedHello) -> Result<(), JobFailure> {
+        let store_failure = |e: String| JobFailure {
+            step: "store",
+            error: e,
+            severity: Severity::Critical,
+        };
+        let uuid = hello.uuid.to_string();
+        let provisioning_password = self
+            .store
+            .call(|s| s.provisioning_password())
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?
+            .ok_or(JobFailure {
+                step: "provisioning password",
+                error: "no provisioning password is set (vprov password set)".into(),
+                severity: Severity::Error,
+            })?;
+        let new_password = if self.settings.keep_provisioning_password {
+            Zeroizing::new(provisioning_password.expose().to_string())
+        } else {
+            Zeroizing::new(crate::password::generate().expose().to_string())
+        };
+
+        // Intent first: from here on a crash never loses the device's new credential.
+        let (pid, addr, pw) = (hello.pid, hello.address.to_string(), new_password.clone());
+        let uuid_c = uuid.clone();
+        let intent = self
+            .store
+            .call(move |s| s.begin_job(&pid, &uuid_c, &addr, &pw))
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?
+            .ok_or(JobFailure {
+                step: "start",
+                error: "the PID is no longer available".into(),
+                severity: Severity::Warning,
+            })?;
+        let device = SocketAddr::new(hello.address, self.settings.device_port);
+        let t = self.settings.timeouts;
+
+        // Log in over TLS-PSK: the provisioning password, or, if an earlier attempt
+        // already set it, the credential recorded in the intent.
+        let mut session = match AmtSession::connect_psk(
+            device,
+            &hello.pid,
+            &hello.pps,
+            ADMIN_USER,
+            provisioning_password.expose(),
+            t,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(DeviceError::PskMismatch) => {
+                self.forget_unless_advanced(intent.id).await;
+                return Err(JobFailure {
+                    step: "TLS-PSK handshake",
+                    error: "PID/PPS mismatch: the device holds a different PPS for this PID; re-enter the pair in MEBx".into(),
+                    severity: Severity::Error,
+                });
+            }
+            Err(e) => return Err(self.fail_early(intent.id, "connect", e).await),
+        };
+        let settings = match session.general_settings().await {
+            Ok(s) => s,
+            Err(DeviceError::Unauthorized) => {
+                session.set_password(&intent.new_password);
+                session
+                    .general_settings()
+                    .await
+                    .map_err(|e| match e {
+                        DeviceError::Unauthorized => JobFailure {
+                            step: "login",
+                            error: "the device refused the provisioning password: check the MEBx password the technician set".into(),
+                            severity: Severity::Error,
+                        },
+                        e => JobFailure::at("read general settings")(e),
+                    })?
+            }
+            Err(e) => return Err(JobFailure::at("read general settings")(e)),
+        };
+        let amt_version = session
+            .amt_version()
+            .await
+            .map_err(JobFailure::at("read AMT version"))?;
+        let device_uuid = session
+            .get_uuid()
+            .await
+            .map_err(JobFailure::at("GetUuid"))?;
+        if DeviceUuid(device_uuid) != hello.uuid {
+            self.forget_unless_advanced(intent.id).await;
+            return Err(JobFailure {
+                step: "GetUuid",
+                error: format!(
+                    "UUID mismatch: the hello said {}, the device says {}",
+                    hello.uuid,
+                    DeviceUuid(device_uuid)
+                ),
+                severity: Severity::Error,
+            });
+        }
+
+        self.step(intent.id, "credential").await;
+        session
+            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
+            .await
+            .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
+        session.set_password(&intent.new_password);
+
+        if let Some(domain) = &self.settings.domain {
+            session
+                .set_host_name(&settings.host_name, domain)
+                .await
+                .map_err(JobFailure::at("set host name"))?;
+        }
+        let ta0 = session
+            .low_accuracy_time()
+            .await
+            .map_err(JobFailure::at("GetLowAccuracyTimeSynch"))?;
+        let now = unix_seconds();
+        session
+            .set_high_accuracy_time(ta0, now, now)
+            .await
+            .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
+
+        self.step(intent.id, "certificate").await;
+        let key_pair = session
+            .generate_key_pair()
+            .await
+            .map_err(JobFailure::at("GenerateKeyPair"))?;
+        let public_key = session
+            .public_key(&key_pair)
+            .await
+            .map_err(JobFailure::at("read key pair"))?;
+        let common_name = if settings.host_name.is_empty() {
+            uuid.clone()
+        } else {
+            settings.host_name.clone()
+        };
+        let certificate = self
+            .ca
+            .issue_device_certificate(&public_key, &common_name)
+            .map_err(|e| JobFailure {
+                step: "issue certificate",
+                error: e.to_string(),
+                severity: Severity::Error,
+            })?;
+        let cert = certificate.clone();
+        let id = intent.id;
+        let _ = self
+            .store
+            .call(move |s| s.set_job_certificate(id, &cert))
+            .await;
+        let cert_id = session
+            .add_certificate(&certificate)
+            .await
+            .map_err(JobFailure::at("AddCertificate"))?;
+        session
+            .create_tls_credential_context(&cert_id)
+            .await
+            .map_err(JobFailure::at("create TLS credential context"))?;
+        session
+            .enable_tls()
+            .await
+            .map_err(JobFailure::at("enable TLS"))?;
+
+        self.step(intent.id, "commit").await;
+        session
+            .commit_changes()
+            .await
+            .map_err(JobFailure::at("CommitChanges"))?;
+        drop(session);
+        self.step(intent.id, "committed").await;
+
+        let record = ProvisionedDevice {
+            uuid,
+            host_name: (!settings.host_name.is_empty()).then(|| settings.host_name.clone()),
+            address: hello.address.to_string(),
+            amt_version: Some(amt_version),
+            admin_user: ADMIN_USER.into(),
+            certificate_der: certificate,
+        };
+        self.confirm_tls(device, &intent.new_password, hello.uuid)
+            .await
+            .map_err(JobFailure::at("confirm TLS mode"))?;
+        let pw = intent.new_password.clone();
+        let id = intent.id;
+        self.store
+            .call(move |s| s.complete_job(id, &record, &pw))
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Reconnects over TLS (device certificate verified against vprov's CA) with the
+    /// new credential until the device answers with the expected UUID.
+    async fn confirm_tls(
+        &self,
+        device: SocketAddr,
+        password: &str,
+        expected: DeviceUuid,
+    ) -> Result<(), DeviceError> {
+        tokio::time::sleep(self.settings.commit_wait).await;
+        let deadline = tokio::time::Instant::now() + self.settings.confirm_timeout;
+        loop {
+            let attempt = async {
+                let mut s = AmtSession::connect_tls(
+                    device,
+                    self.ca.cert_der(),
+                    ADMIN_USER,
+                    password,
+                    self.settings.timeouts,
+                )
+                .await?;
+                s.get_uuid().await
+            };
+            match attempt.await {
+                Ok(uuid) if DeviceUuid(uuid) == expected => return Ok(()),
+                Ok(uuid) => {
+                    return Err(DeviceError::Malformed(format!(
+                        "after commit the device at {device} reports UUID {}",
+                        DeviceUuid(uuid)
+                    )))
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    async fn resume(&self, intent: JobIntent) {
+        let Ok(ip) = intent.address.parse::<IpAddr>() else {
+            return;
+        };
+        let device = SocketAddr::new(ip, self.settings.device_port);
+        let confirmed = async {
+            let mut s = AmtSession::connect_tls(
+                device,
+                self.ca.cert_der(),
+                ADMIN_USER,
+                &intent.new_password,
+                self.settings.timeouts,
+            )
+            .await?;
+            let uuid = s.get_uuid().await?;
+            let version = s.amt_version().await.ok();
+            let host = s.general_settings().await.ok().map(|g| g.host_name);
+            Ok::<_, DeviceError>((uuid, version, host))
+        }
+        .await;
+        match confirmed {
+            Ok((uuid, version, host)) if DeviceUuid(uuid).to_string() == intent.device_uuid => {
+                let record = ProvisionedDevice {
+                    uuid: intent.device_uuid.clone(),
+                    host_name: host.filter(|h| !h.is_empty()),
+                    address: intent.address.clone(),
+                    amt_version: version,
+                    admin_user: ADMIN_USER.into(),
+                    certificate_der: intent.certificate_der.clone().unwrap_or_default(),
+                };
+                let pw = intent.new_password.clone();
+                let id = intent.id;
+                match self.store.call(move |s| s.complete_job(id, &record, &pw)).await {
+                    Ok(Ok(())) => tracing::info!(pid = %intent.pid, device = %intent.device_uuid,
+                        "interrupted job finished: the device had committed"),
+                    Ok(Err(e)) => tracing::error!("cannot record resumed device: {e}"),
+                    Err(_) => {}
+                }
+            }
+            Ok((uuid, _, _)) => self.alert(
+                Severity::Error,
+                format!(
+                    "resuming an interrupted job: the device at this address is {}, not the expected one",
+                    DeviceUuid(uuid)
+                ),
+                &intent.pid,
+                &intent.device_uuid,
+                ip,
+            ),
+            Err(e) => tracing::info!(pid = %intent.pid, "interrupted job: device not in TLS mode yet ({e}); waiting for its next hello"),
+        }
+    }
+
+    async fn step(&self, job: i64, step: &'static str) {
+        let _ = self.store.call(move |s| s.set_job_step(job, step)).await;
+    }
+
+    /// After a failure before this attempt changed anything on the device: drops the
+    /// intent, unless an earlier attempt got further (the device may hold the
+    /// recorded credential). Either way the PID stays available.
+    async fn forget_unless_advanced(&self, job: i64) {
+        let _ = self
+            .store
+            .call(move |s| {
+                let advanced = s
+                    .pending_jobs()?
+                    .iter()
+                    .any(|j| j.id == job && j.step != "started");
+                if advanced {
+                    Ok(())
+                } else {
+                    s.abandon_job(job)
+                }
+            })
+            .await;
+    }
+
+    async fn fail_early(&self, job: i64, step: &'static str, e: DeviceError) -> JobFailure {
+        self.forget_unless_advanced(job).await;
+        JobFailure::at(step)(e)
+    }
+}

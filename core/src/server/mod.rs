@@ -1,0 +1,83 @@
+//! `vprov serve`: the running provisioning server.
+//!
+//! Data flow: [`hello_listener`] (TCP 9971) parses a hello and checks its PID in the
+//! store → [`jobs`] connects back to the device over TLS-PSK and provisions it → the
+//! store records the device. Every failure on the way is raised on the [`alerts`]
+//! log. The store is owned by one thread ([`store_thread`]); no async worker touches
+//! SQLite.
+
+pub mod alerts;
+pub mod hello_listener;
+pub mod jobs;
+pub mod store_thread;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::ca::{CaError, CertificateAuthority};
+use crate::store::Store;
+use alerts::AlertLog;
+use hello_listener::{HelloLimits, HelloListener};
+use jobs::{JobManager, JobSettings};
+use store_thread::StoreHandle;
+
+/// Everything `run` needs besides the bound listener.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub hello: HelloLimits,
+    pub jobs: JobSettings,
+    /// How long shutdown waits for running jobs before abandoning them safely.
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot load or create vprov's certificate authority: {0}")]
+    Ca(#[from] CaError),
+}
+
+/// Runs the server on an already-bound hello listener until `shutdown` resolves.
+pub async fn run(
+    mut store: Store,
+    listener: TcpListener,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let ca = Arc::new(CertificateAuthority::load_or_create(&mut store)?);
+    let store = StoreHandle::spawn(store);
+    let (alerts, alert_writer) = AlertLog::start(store.clone());
+    let jobs = JobManager::new(settings.jobs.clone(), store.clone(), alerts.clone(), ca);
+    jobs.resume_pending().await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hello = HelloListener::new(
+        listener,
+        settings.hello.clone(),
+        store,
+        alerts,
+        jobs.clone(),
+    );
+    let listening = tokio::spawn(hello.run(stop_rx));
+
+    shutdown.await;
+    tracing::info!("shutting down: no new hellos; waiting for running jobs");
+    let _ = stop_tx.send(true);
+    let _ = listening.await;
+    jobs.shutdown(settings.shutdown_grace).await;
+    drop(jobs);
+    // The alert writer ends when the last AlertLog handle is gone; give it a moment
+    // to store what is queued.
+    let _ = tokio::time::timeout(Duration::from_secs(5), alert_writer).await;
+    Ok(())
+}
+
+/// Binds the hello listener (a clear error names the address on failure).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
