@@ -1,8 +1,11 @@
 //! Test harness for vprov's end-to-end tests: runs the real `vprov` binary against a
-//! real SQLite store in a temporary data directory.
+//! real SQLite store in a temporary data directory, and the AMT device simulator
+//! ([`sim`], binary `amtsim`) whose simulated devices it provisions.
 //!
 //! The binary is the one built into the same target directory as the test
 //! executable (`cargo build --workspace` or `scripts/test.sh` builds it first).
+
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -345,6 +345,18 @@ impl AmtSession {
         wsman::expect_element(wsman::reply_body(&xml)?, NS_TRANSFER, "ResourceCreated").map(drop)
     }
 
+    /// Whether the device already has a TLS credential context (an earlier,
+    /// interrupted provisioning attempt created it; AMT allows only one).
+    pub async fn has_tls_credential_context(&mut self) -> Result<bool, DeviceError> {
+        let items = self
+            .enumerate(
+                &amt_uri(CREDENTIAL_CONTEXT),
+                "AMT_TLSCredentialContext enumerate",
+            )
+            .await?;
+        Ok(!items.is_empty())
+    }
+
     /// Puts the remote `AMT_TLSSettingData` instance back with `Enabled=true`,
     /// `AcceptNonSecureConnections=true`, `MutualAuthentication=false` and no
     /// `TrustedCN` (as MeshCentral does). Takes effect at `CommitChanges`.

@@ -338,41 +338,27 @@ impl Inner {
             .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
 
         self.step(intent.id, "certificate").await;
-        let key_pair = session
-            .generate_key_pair()
+        let has_context = session
+            .has_tls_credential_context()
             .await
-            .map_err(JobFailure::at("GenerateKeyPair"))?;
-        let public_key = session
-            .public_key(&key_pair)
-            .await
-            .map_err(JobFailure::at("read key pair"))?;
-        let common_name = if settings.host_name.is_empty() {
-            uuid.clone()
-        } else {
-            settings.host_name.clone()
-        };
-        let certificate = self
-            .ca
-            .issue_device_certificate(&public_key, &common_name)
-            .map_err(|e| JobFailure {
-                step: "issue certificate",
-                error: e.to_string(),
-                severity: Severity::Error,
-            })?;
-        let cert = certificate.clone();
-        let id = intent.id;
-        let _ = self
-            .store
-            .call(move |s| s.set_job_certificate(id, &cert))
-            .await;
-        let cert_id = session
-            .add_certificate(&certificate)
-            .await
-            .map_err(JobFailure::at("AddCertificate"))?;
-        session
-            .create_tls_credential_context(&cert_id)
-            .await
-            .map_err(JobFailure::at("create TLS credential context"))?;
+            .map_err(JobFailure::at("read TLS credential context"))?;
+        let certificate =
+            match (&intent.certificate_der, has_context) {
+                // An earlier attempt installed our certificate and linked it; reuse it
+                // rather than piling up key pairs (AMT allows one credential context).
+                (Some(issued), true) => issued.clone(),
+                (None, true) => return Err(JobFailure {
+                    step: "read TLS credential context",
+                    error:
+                        "the device already has a TLS credential context that vprov did not create"
+                            .into(),
+                    severity: Severity::Error,
+                }),
+                (_, false) => {
+                    self.install_certificate(&mut session, intent.id, &settings.host_name, &uuid)
+                        .await?
+                }
+            };
         session
             .enable_tls()
             .await
@@ -405,6 +391,52 @@ impl Inner {
             .map_err(|e| store_failure(e.to_string()))?
             .map_err(|e| store_failure(e.to_string()))?;
         Ok(())
+    }
+
+    /// Has the device generate a key pair, issues a certificate for it, records the
+    /// certificate with the job, installs it and links it as the TLS credential.
+    async fn install_certificate(
+        &self,
+        session: &mut AmtSession,
+        job: i64,
+        host_name: &str,
+        uuid: &str,
+    ) -> Result<Vec<u8>, JobFailure> {
+        let key_pair = session
+            .generate_key_pair()
+            .await
+            .map_err(JobFailure::at("GenerateKeyPair"))?;
+        let public_key = session
+            .public_key(&key_pair)
+            .await
+            .map_err(JobFailure::at("read key pair"))?;
+        let common_name = if host_name.is_empty() {
+            uuid
+        } else {
+            host_name
+        };
+        let certificate = self
+            .ca
+            .issue_device_certificate(&public_key, common_name)
+            .map_err(|e| JobFailure {
+                step: "issue certificate",
+                error: e.to_string(),
+                severity: Severity::Error,
+            })?;
+        let cert = certificate.clone();
+        let _ = self
+            .store
+            .call(move |s| s.set_job_certificate(job, &cert))
+            .await;
+        let cert_id = session
+            .add_certificate(&certificate)
+            .await
+            .map_err(JobFailure::at("AddCertificate"))?;
+        session
+            .create_tls_credential_context(&cert_id)
+            .await
+            .map_err(JobFailure::at("create TLS credential context"))?;
+        Ok(certificate)
     }
 
     /// Reconnects over TLS (device certificate verified against vprov's CA) with the

@@ -1,0 +1,339 @@
+//! AMT device simulator: many simulated Intel AMT 8.x-era devices in setup mode, each
+//! on its own loopback address, that do one-touch (PID/PPS, TLS-PSK) provisioning the
+//! way PSK-era firmware does (`../shared/docs/amt-protocol.md` §1, §3, §4, §6, §8).
+//!
+//! This module owns the public API (device specifications, faults, run configuration,
+//! loopback address plan, GUID text form) and ties the parts together:
+//!
+//! * [`hello`]: the 32-byte v2 PSK hello and its retry schedule;
+//! * [`tls`]: the device's TLS servers (TLS-PSK in setup mode, RSA certificate after
+//!   `CommitChanges`);
+//! * [`http`] and [`digest`]: HTTP/1.1 with Digest authentication inside the tunnel;
+//! * [`wsman`]: the WS-Management resources and methods a provisioning server calls;
+//! * [`device`]: one device's state, lifecycle and outcome report;
+//! * [`keypool`]: the RSA key pairs `GenerateKeyPair` hands out;
+//! * [`simulator`]: running and observing a set of devices.
+//!
+//! Usage (inside a tokio runtime):
+//!
+//! ```no_run
+//! # async fn demo(specs: Vec<vprov_tests::sim::DeviceSpec>) -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use vprov_tests::sim::{KeyPool, SimConfig, Simulator};
+//!
+//! let pool = Arc::new(KeyPool::generate(4)?);
+//! let config = SimConfig::new("127.0.0.1:9971".parse()?, pool);
+//! let sim = Simulator::start(config, specs).await?;
+//! let reports = sim.wait_all(Duration::from_secs(60)).await;
+//! sim.shutdown();
+//! # let _ = reports; Ok(()) }
+//! ```
+//!
+//! Secrets: PPS and passwords never appear in errors, `Debug` output or reports.
+
+pub mod device;
+pub mod digest;
+pub mod hello;
+pub mod http;
+pub mod keypool;
+pub mod simulator;
+pub mod tls;
+pub mod wsman;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vprov_core::keys::{Pid, Pps};
+
+pub use device::{DeviceReport, Outcome};
+pub use keypool::KeyPool;
+pub use simulator::Simulator;
+
+/// AMT version reported by default (`CIM_SoftwareIdentity` instance `AMT`).
+pub const DEFAULT_AMT_VERSION: &str = "8.1.40";
+/// Default delay between a successful `CommitChanges` and the TLS (certificate) server.
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(200);
+/// Default offset of a device's clock from the host's, in seconds (deliberately wrong,
+/// so that a server has to synchronise it).
+pub const DEFAULT_CLOCK_OFFSET_S: i64 = -5400;
+/// The AMT TLS port (IRG: 16993).
+pub const DEFAULT_DEVICE_PORT: u16 = 16993;
+
+/// A fault a device shows on demand.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The device holds a different (valid) PPS than the server's: TLS-PSK fails.
+    WrongPps,
+    /// The MEBx password differs from the one the server uses: Digest answers 401.
+    WrongPassword,
+    /// `GetUuid` returns a UUID different from the one in the hellos.
+    UuidMismatch,
+    /// The named method (e.g. `CommitChanges`) returns this ReturnValue without acting.
+    Error { method: String, code: u32 },
+    /// The named method or operation is never answered.
+    Hang { method: String },
+    /// The first call of the named method or operation is never answered; later calls
+    /// are (for crash-and-restart tests: the server dies while waiting).
+    HangOnce { method: String },
+    /// The connection is closed when the named method or operation arrives.
+    Drop { method: String },
+    /// The named method or operation is answered with HTTP 200 and non-XML bytes.
+    Garbage { method: String },
+}
+
+impl Fault {
+    /// Text form accepted by [`Fault::from_str`].
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::WrongPps => "wrong-pps".into(),
+            Fault::WrongPassword => "wrong-password".into(),
+            Fault::UuidMismatch => "uuid-mismatch".into(),
+            Fault::Error { method, code } => format!("error:{method}:{code}"),
+            Fault::Hang { method } => format!("hang:{method}"),
+            Fault::HangOnce { method } => format!("hang-once:{method}"),
+            Fault::Drop { method } => format!("drop:{method}"),
+            Fault::Garbage { method } => format!("garbage:{method}"),
+        }
+    }
+}
+
+impl fmt::Debug for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fault({})", self.describe())
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn method_name(text: &str) -> anyhow::Result<String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    anyhow::ensure!(
+        ok,
+        "fault method must be a WS-Man method name like CommitChanges"
+    );
+    Ok(text.to_string())
+}
+
+impl FromStr for Fault {
+    type Err = anyhow::Error;
+
+    /// `wrong-pps`, `wrong-password`, `uuid-mismatch`, `error:<Method>:<code>`,
+    /// `hang:<Method>`, `drop:<Method>`, `garbage:<Method>`. `<Method>` is a method
+    /// name (`CommitChanges`); for `hang`, `drop` and `garbage` it may also be an
+    /// operation (`Get`, `Put`, `Create`, `Enumerate`, `Pull`, `Release`).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let mut parts = s.splitn(3, ':');
+        let kind = parts.next().unwrap_or_default();
+        let method = parts.next();
+        let rest = parts.next();
+        Ok(match (kind, method, rest) {
+            ("wrong-pps", None, None) => Fault::WrongPps,
+            ("wrong-password", None, None) => Fault::WrongPassword,
+            ("uuid-mismatch", None, None) => Fault::UuidMismatch,
+            ("error", Some(m), Some(code)) => Fault::Error {
+                method: method_name(m)?,
+                code: code
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("error fault code must be a number"))?,
+            },
+            ("hang", Some(m), None) => Fault::Hang {
+                method: method_name(m)?,
+            },
+            ("hang-once", Some(m), None) => Fault::HangOnce {
+                method: method_name(m)?,
+            },
+            ("drop", Some(m), None) => Fault::Drop {
+                method: method_name(m)?,
+            },
+            ("garbage", Some(m), None) => Fault::Garbage {
+                method: method_name(m)?,
+            },
+            _ => anyhow::bail!(
+                "unknown fault {s:?}: expected wrong-pps, wrong-password, uuid-mismatch, \
+                 error:<Method>:<code>, hang:<Method>, hang-once:<Method>, drop:<Method> or garbage:<Method>"
+            ),
+        })
+    }
+}
+
+/// One simulated device.
+#[derive(Clone)]
+pub struct DeviceSpec {
+    /// Raw 16 UUID bytes as sent in hellos (shown as a GUID by [`guid_text`]).
+    pub uuid: [u8; 16],
+    pub pid: Pid,
+    /// The PPS the technician entered (the device's copy; [`Fault::WrongPps`] replaces it).
+    pub pps: Pps,
+    /// The MEBx password the technician set ([`Fault::WrongPassword`] replaces it).
+    pub mebx_password: String,
+    pub amt_version: String,
+    pub host_name: String,
+    pub domain_name: String,
+    /// The device's own loopback address (`127.x.y.z`).
+    pub address: Ipv4Addr,
+    pub fault: Option<Fault>,
+}
+
+impl DeviceSpec {
+    /// A device with a random UUID, the default AMT version and a host name derived
+    /// from its address.
+    pub fn new(pid: Pid, pps: Pps, mebx_password: &str, address: Ipv4Addr) -> DeviceSpec {
+        let o = address.octets();
+        DeviceSpec {
+            uuid: rand::random(),
+            pid,
+            pps,
+            mebx_password: mebx_password.to_string(),
+            amt_version: DEFAULT_AMT_VERSION.to_string(),
+            host_name: format!("sim-{}-{}-{}", o[1], o[2], o[3]),
+            domain_name: String::new(),
+            address,
+            fault: None,
+        }
+    }
+}
+
+impl fmt::Debug for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceSpec")
+            .field("uuid", &guid_text(&self.uuid))
+            .field("pid", &self.pid)
+            .field("address", &self.address)
+            .field("fault", &self.fault)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings shared by all devices of a run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Where hellos go (the provisioning server's hello listener).
+    pub server: SocketAddr,
+    /// TLS port every device listens on, on its own address. 0 = pick a free port on
+    /// the first device's address and use it for all (see [`Simulator::device_port`]).
+    pub device_port: u16,
+    /// Multiplies the hello schedule (1.0 = real minutes/hours; 0.001 in tests).
+    pub time_scale: f64,
+    /// Delay between a successful `CommitChanges` and the certificate TLS server.
+    pub restart_delay: Duration,
+    /// RSA key pairs for `GenerateKeyPair`.
+    pub key_pool: Arc<KeyPool>,
+    /// Initial offset of every device clock from the host clock, in seconds.
+    pub clock_offset_s: i64,
+    /// Send hellos at all (false: the device only listens, for tests that connect
+    /// directly).
+    pub send_hellos: bool,
+}
+
+impl SimConfig {
+    /// Defaults: port 16993, real-time schedule, 200 ms restart, clock 90 min behind.
+    pub fn new(server: SocketAddr, key_pool: Arc<KeyPool>) -> SimConfig {
+        SimConfig {
+            server,
+            device_port: DEFAULT_DEVICE_PORT,
+            time_scale: 1.0,
+            restart_delay: DEFAULT_RESTART_DELAY,
+            key_pool,
+            clock_offset_s: DEFAULT_CLOCK_OFFSET_S,
+            send_hellos: true,
+        }
+    }
+}
+
+/// The `index`-th device address counting from `base`, skipping host octets 0 and
+/// 255. `None` if it would leave 127.0.0.0/8 (or `base` is not in it).
+pub fn address_for(index: u32, base: Ipv4Addr) -> Option<Ipv4Addr> {
+    let b = u32::from(base);
+    if base.octets()[0] != 127 {
+        return None;
+    }
+    // Position of base among valid addresses: 254 per /24, host octets 1..=254.
+    let prefix = b >> 8;
+    let host = b & 0xff;
+    let start = match host {
+        0 => u64::from(prefix) * 254,
+        255 => (u64::from(prefix) + 1) * 254,
+        h => u64::from(prefix) * 254 + u64::from(h - 1),
+    };
+    let target = start + u64::from(index);
+    let addr = u32::try_from(((target / 254) << 8) | (target % 254 + 1)).ok()?;
+    let addr = Ipv4Addr::from(addr);
+    (addr.octets()[0] == 127).then_some(addr)
+}
+
+/// GUID text of raw UUID bytes: first three groups byte-reversed (§1.6).
+pub fn guid_text(raw: &[u8; 16]) -> String {
+    let r = raw;
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        r[3], r[2], r[1], r[0], r[5], r[4], r[7], r[6], r[8], r[9], r[10], r[11], r[12], r[13],
+        r[14], r[15]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_matches_the_documented_vectors() {
+        let raw = [
+            0x4b, 0x52, 0x9b, 0x93, 0xd4, 0x13, 0x18, 0x1d, 0xe4, 0x87, 0x1c, 0x69, 0x7a, 0x6b,
+            0x7a, 0x2b,
+        ];
+        assert_eq!(guid_text(&raw), "939b524b-13d4-1d18-e487-1c697a6b7a2b");
+    }
+
+    #[test]
+    fn addresses_skip_network_and_broadcast_octets() {
+        let base: Ipv4Addr = "127.10.0.1".parse().unwrap();
+        assert_eq!(address_for(0, base), Some("127.10.0.1".parse().unwrap()));
+        assert_eq!(
+            address_for(253, base),
+            Some("127.10.0.254".parse().unwrap())
+        );
+        assert_eq!(address_for(254, base), Some("127.10.1.1".parse().unwrap()));
+        assert_eq!(
+            address_for(0, "127.10.0.255".parse().unwrap()),
+            Some("127.10.1.1".parse().unwrap())
+        );
+        assert_eq!(address_for(0, "10.0.0.1".parse().unwrap()), None);
+        assert_eq!(address_for(10, "127.255.255.250".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn faults_parse_and_print() {
+        for text in [
+            "wrong-pps",
+            "wrong-password",
+            "uuid-mismatch",
+            "error:CommitChanges:1",
+            "hang:GetUuid",
+            "hang-once:CommitChanges",
+            "drop:Pull",
+            "garbage:Enumerate",
+        ] {
+            assert_eq!(text.parse::<Fault>().unwrap().describe(), text);
+        }
+        for bad in [
+            "",
+            "error:CommitChanges",
+            "hang:",
+            "drop:a/b",
+            "error:X:y",
+            "nope",
+        ] {
+            assert!(bad.parse::<Fault>().is_err(), "{bad}");
+        }
+    }
+}
