@@ -26,14 +26,6 @@ struct Rig {
     rt: tokio::runtime::Runtime,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Rig {
     fn new(keys: u32, extra_config: &str) -> Rig {
         let s = Sandbox::default();
@@ -79,7 +71,7 @@ impl Rig {
             s,
             keys,
             config,
-            device_port: free_port(),
+            device_port: vprov_tests::sim::free_device_port(),
             rt: tokio::runtime::Runtime::new().unwrap(),
         }
     }

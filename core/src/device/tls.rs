@@ -18,11 +18,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openssl::error::ErrorStack;
-use openssl::ssl::{ErrorCode, Ssl, SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ex_data::Index;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion,
+};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509VerifyResult, X509};
 use tokio::net::TcpStream;
@@ -131,63 +134,114 @@ async fn tcp_connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, D
     }
 }
 
-/// The legacy protocol window shared by both handshakes, set on this context only.
-fn legacy_builder() -> Result<openssl::ssl::SslConnectorBuilder, ErrorStack> {
-    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+/// The legacy protocol window shared by both handshakes, set on this module's own
+/// contexts only. A bare `SslContext` (not `SslConnector`) so that the system's CA
+/// bundle is never loaded: PSK needs none, and device certificates are checked
+/// against vprov's CA alone.
+fn legacy_builder() -> Result<SslContextBuilder, ErrorStack> {
+    let mut builder = SslContext::builder(SslMethod::tls_client())?;
     builder.set_min_proto_version(Some(SslVersion::TLS1))?;
     builder.set_max_proto_version(Some(SslVersion::TLS1_2))?;
     Ok(builder)
 }
 
-fn psk_ssl(pid: &Pid, pps: &Pps, key_exchange_sent: Arc<AtomicBool>) -> Result<Ssl, ErrorStack> {
+/// One connection's PSK, attached to its `Ssl` for the shared context's callback.
+struct PskCredentials {
+    identity: [u8; 8],
+    key: Zeroizing<[u8; 32]>,
+    key_exchange_sent: Arc<AtomicBool>,
+}
+
+/// The shared TLS-PSK context and the ex-data slot holding each connection's PSK.
+/// Built once: an OpenSSL 3 context is costly to build (time and memory), and
+/// thousands of provisioning jobs may run at once.
+fn psk_context() -> Result<&'static (SslContext, Index<Ssl, PskCredentials>), ErrorStack> {
+    static CONTEXT: OnceLock<(SslContext, Index<Ssl, PskCredentials>)> = OnceLock::new();
+    if let Some(ctx) = CONTEXT.get() {
+        return Ok(ctx);
+    }
+    let index = Ssl::new_ex_index::<PskCredentials>()?;
     let mut builder = legacy_builder()?;
     builder.set_cipher_list(PSK_CIPHERS)?;
     // After the cipher list: a `@SECLEVEL` in a cipher string would override it.
     builder.set_security_level(0);
     builder.set_verify(SslVerifyMode::NONE);
-    let identity = *pid.as_bytes();
-    let key = Zeroizing::new(*pps.expose_bytes());
-    builder.set_psk_client_callback(move |_ssl, hint, identity_out, psk_out| {
+    builder.set_psk_client_callback(move |ssl, hint, identity_out, psk_out| {
+        let Some(creds) = ssl.ex_data(index) else {
+            return Ok(0); // no PSK attached: OpenSSL aborts the handshake
+        };
+        let identity = &creds.identity;
         if let Some(hint) = hint {
-            if !hint_matches(hint, &identity) {
+            if !hint_matches(hint, identity) {
                 tracing::debug!(
                     hint = %String::from_utf8_lossy(&hint[..hint.len().min(64)]),
-                    pid = %String::from_utf8_lossy(&identity),
+                    pid = %String::from_utf8_lossy(identity),
                     "device sent a PSK identity hint other than the PID"
                 );
             }
         }
         // OpenSSL's buffers are 129 and 512 bytes; check anyway rather than panic.
-        if identity_out.len() <= identity.len() || psk_out.len() < key.len() {
-            return Ok(0); // 0 = no PSK: OpenSSL aborts the handshake
+        if identity_out.len() <= identity.len() || psk_out.len() < creds.key.len() {
+            return Ok(0);
         }
-        identity_out[..identity.len()].copy_from_slice(&identity);
+        identity_out[..identity.len()].copy_from_slice(identity);
         identity_out[identity.len()] = 0;
-        psk_out[..key.len()].copy_from_slice(&key[..]);
-        key_exchange_sent.store(true, Ordering::SeqCst);
-        Ok(key.len())
+        psk_out[..creds.key.len()].copy_from_slice(&creds.key[..]);
+        creds.key_exchange_sent.store(true, Ordering::SeqCst);
+        Ok(creds.key.len())
     });
-    let connector = builder.build();
-    Ssl::new(connector.context())
+    let built = (builder.build(), index);
+    Ok(CONTEXT.get_or_init(|| built))
 }
 
-fn verified_ssl(ca_der: &[u8]) -> Result<Ssl, DeviceError> {
+fn psk_ssl(pid: &Pid, pps: &Pps, key_exchange_sent: Arc<AtomicBool>) -> Result<Ssl, ErrorStack> {
+    let (context, index) = psk_context()?;
+    let mut ssl = Ssl::new(context)?;
+    ssl.set_ex_data(
+        *index,
+        PskCredentials {
+            identity: *pid.as_bytes(),
+            key: Zeroizing::new(*pps.expose_bytes()),
+            key_exchange_sent,
+        },
+    );
+    Ok(ssl)
+}
+
+/// The certificate-TLS context of the most recently used CA (vprov has one CA, so
+/// this is built once per process).
+fn verified_context(ca_der: &[u8]) -> Result<SslContext, DeviceError> {
+    static CACHE: Mutex<Option<(Vec<u8>, SslContext)>> = Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((der, ctx)) = cache.as_ref() {
+        if der == ca_der {
+            return Ok(ctx.clone());
+        }
+    }
     let ca = X509::from_der(ca_der)
         .map_err(|e| DeviceError::Tls(format!("vprov CA certificate is not valid DER: {e}")))?;
-    let build = || -> Result<Ssl, ErrorStack> {
+    let build = || -> Result<SslContext, ErrorStack> {
         let mut builder = legacy_builder()?;
         builder.set_cipher_list(RSA_CIPHERS)?;
         builder.set_security_level(0);
         let mut store = X509StoreBuilder::new()?;
         store.add_cert(ca)?;
-        // Replaces the default store: vprov's CA is the only trust anchor.
+        // vprov's CA is the only trust anchor.
         builder.set_cert_store(store.build());
         builder.set_verify(SslVerifyMode::PEER);
-        let connector = builder.build();
-        // `Ssl::new` sets no host name, so only the chain is verified (see connect_tls).
-        Ssl::new(connector.context())
+        Ok(builder.build())
     };
-    build().map_err(tls_error)
+    let ctx = build().map_err(tls_error)?;
+    *cache = Some((ca_der.to_vec(), ctx.clone()));
+    Ok(ctx)
+}
+
+fn verified_ssl(ca_der: &[u8]) -> Result<Ssl, DeviceError> {
+    // `Ssl::new` sets no host name, so only the chain is verified (see connect_tls).
+    let context = verified_context(ca_der)?;
+    Ssl::new(&context).map_err(tls_error)
 }
 
 /// Whether the device's identity hint is the PID (some stacks NUL-terminate it).

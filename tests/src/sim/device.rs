@@ -418,23 +418,33 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
         Ok(ctx) => ctx,
         Err(e) => return dev.record_error(format!("TLS-PSK setup: {e}")),
     };
-    let mut setup = JoinSet::new();
-    setup.spawn(serve(
+    let psk_server = tokio::spawn(serve(
         listener,
         psk,
         Arc::clone(&dev),
         Some(dev.commit_watch()),
     ));
-    if config.send_hellos {
-        setup.spawn(hellos(Arc::clone(&dev), Arc::clone(&config)));
-    }
+    let hello_sender = config
+        .send_hellos
+        .then(|| tokio::spawn(hellos(Arc::clone(&dev), Arc::clone(&config))));
+    // If this device's task is aborted (simulator shutdown), stop both with it.
+    let _guards = (
+        AbortOnDrop(psk_server.abort_handle()),
+        hello_sender.as_ref().map(|h| AbortOnDrop(h.abort_handle())),
+    );
     if dev.commit_watch().wait_for(|c| *c).await.is_err() {
         return;
     }
-    // The firmware restarts its network stack: hellos stop at once, the PSK listener
-    // closes, in-flight replies are finished, then the certificate server comes up.
+    // The firmware restarts its network stack: hellos stop (a hello being written is
+    // finished, never cut off), the PSK listener closes, in-flight replies are
+    // finished, then the certificate server comes up on the same port.
     tokio::time::sleep(config.restart_delay).await;
-    drop(setup);
+    psk_server.abort();
+    // Wait until the PSK listener is really closed before binding the port again.
+    let _ = psk_server.await;
+    if let Some(sender) = hello_sender {
+        let _ = sender.await;
+    }
     let ctx = match dev.cert_context() {
         Ok(ctx) => ctx,
         Err(e) => return dev.record_error(format!("TLS setup after commit: {e}")),
@@ -445,6 +455,15 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
             "cannot bind {}:{port} after commit: {e}",
             dev.spec.address
         )),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,324 @@
+//! `loadrun`: a load run of the real `vprov serve` against `amtsim` devices, printing
+//! the figures the provisioning targets are checked by:
+//! - devices provisioned per second end to end, and p50/p99 job time (first hello →
+//!   CommitChanges, as the device saw it) for N simulated devices;
+//! - well-formed hellos with unknown PIDs absorbed per second;
+//! - the server's peak RSS (VmHWM) with N jobs in flight.
+//!
+//! Build in release mode and run: `cargo build --release --workspace &&
+//! target/release/loadrun --devices 1000`. Everything stays on loopback and stops by
+//! itself; the store lives in a temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use vprov_core::keys::{Pid, Pps};
+use vprov_tests::sim::{address_for, DeviceSpec, KeyPool, SimConfig, Simulator};
+
+const MEBX_PASSWORD: &str = "Load!Run2026";
+
+/// Load run of vprov serve against simulated AMT devices.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated devices to provision
+    #[arg(long, default_value_t = 1000)]
+    devices: u32,
+    /// Well-formed hellos with unknown PIDs to send in the absorption phase
+    #[arg(long, default_value_t = 50_000)]
+    unknown_hellos: u32,
+    /// Distinct source addresses those hellos come from
+    #[arg(long, default_value_t = 5_000)]
+    unknown_sources: u32,
+    /// Hello connections open at once in the absorption phase
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// RSA key pairs the simulated devices share
+    #[arg(long, default_value_t = 8)]
+    key_pool: usize,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build the workspace first",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn vprov(data: &Path) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(sibling("vprov")?);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .env_remove("VPROV_MASTER_KEY");
+    Ok(cmd)
+}
+
+fn run_ok(mut cmd: Command, stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Peak and current resident set size of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn count(db: &Path, sql: &str) -> u64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let n = args.devices;
+
+    run_ok(
+        {
+            let mut c = vprov(&data)?;
+            c.args(["keys", "generate", "--count", &n.to_string()]);
+            c
+        },
+        None,
+    )?;
+    run_ok(
+        {
+            let mut c = vprov(&data)?;
+            c.args(["password", "set", "--stdin"]);
+            c
+        },
+        Some(&format!("{MEBX_PASSWORD}\n")),
+    )?;
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(
+        {
+            let mut c = vprov(&data)?;
+            c.args(["keys", "list", "--reveal", "--format", "json"]);
+            c
+        },
+        None,
+    )?)?;
+    let keys: Vec<(Pid, Pps)> = listed
+        .as_array()
+        .context("key list")?
+        .iter()
+        .map(|k| {
+            Ok((
+                k["pid"].as_str().context("pid")?.parse()?,
+                k["pps"].as_str().context("pps")?.parse()?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let device_port = vprov_tests::sim::free_device_port();
+    let config = dir.path().join("load.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
+             [provisioning]\nmax_concurrent_jobs = {n}\ncommit_wait_ms = 200\n\
+             confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n"
+        ),
+    )?;
+    let mut child = vprov(&data)?
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--hello-listen", "127.0.0.1:0"])
+        .args(["--device-port", &device_port.to_string()])
+        .env("VPROV_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(match std::env::var_os("LOADRUN_SERVER_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::null(),
+        })
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let hello_addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening for hellos on ")
+        .context("vprov serve did not start")?
+        .parse()?;
+    let server = ServerProcess(child);
+    let server_pid = server.0.id();
+    let db = data.join("vprov.db");
+
+    let rt = tokio::runtime::Runtime::new()?;
+    println!("vprov load run: {n} devices, server pid {server_pid}, hellos on {hello_addr}");
+    let pool = Arc::new(KeyPool::generate(args.key_pool)?);
+    let specs = keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, (pid, pps))| {
+            let addr = address_for(i as u32, Ipv4Addr::new(127, 40, 0, 1)).context("address")?;
+            Ok(DeviceSpec::new(pid, pps, MEBX_PASSWORD, addr))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sim_config = SimConfig::new(hello_addr, pool);
+    sim_config.device_port = device_port;
+    sim_config.time_scale = 0.05;
+    sim_config.restart_delay = Duration::from_millis(100);
+
+    // Phase 1: provisioning.
+    let started = Instant::now();
+    let sim = rt.block_on(Simulator::start(sim_config, specs))?;
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut peak_rss = 0.0f64;
+    let mut last_report = Instant::now();
+    loop {
+        let recorded = count(&db, "SELECT count(*) FROM devices");
+        peak_rss = peak_rss.max(rss_mib(server_pid).0);
+        if recorded >= u64::from(n) {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let committed = sim.reports().iter().filter(|r| r.committed).count();
+            eprintln!(
+                "  {:.0} s: {committed} devices committed, {recorded} recorded",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("timed out: {recorded} of {n} devices recorded");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let reports = sim.reports();
+    let mut times: Vec<u64> = reports
+        .iter()
+        .filter_map(|r| r.committed_after_ms)
+        .collect();
+    times.sort_unstable();
+    println!(
+        "provisioning: {n} devices recorded in {:.2} s = {:.1} devices/s; job time (hello → commit) p50 {} ms, p99 {} ms, max {} ms",
+        elapsed.as_secs_f64(),
+        f64::from(n) / elapsed.as_secs_f64(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or(0)
+    );
+    println!("server peak RSS after provisioning: {peak_rss:.1} MiB");
+    drop(sim);
+
+    // Phase 2: unknown PIDs, from many source addresses at once.
+    let sent = rt.block_on(flood(hello_addr, &args))?;
+    let (secs, ok) = sent;
+    println!(
+        "unknown-PID hellos: {ok} of {} delivered in {secs:.2} s = {:.0} hellos/s absorbed",
+        args.unknown_hellos,
+        f64::from(ok) / secs
+    );
+    let alerts_before = Instant::now();
+    loop {
+        let stored = count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE message LIKE '%unknown PID%'",
+        );
+        if stored >= u64::from(ok) * 9 / 10 || alerts_before.elapsed() > Duration::from_secs(60) {
+            println!(
+                "alert log: {stored} unknown-PID alerts stored {:.2} s after the flood ended",
+                alerts_before.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (hwm, rss) = rss_mib(server_pid);
+    println!("server RSS: peak {hwm:.1} MiB, now {rss:.1} MiB");
+    drop(server);
+    Ok(())
+}
+
+/// Sends `unknown_hellos` well-formed v2 hellos with unknown PIDs (valid check
+/// characters) round-robin from `unknown_sources` addresses; returns (seconds,
+/// delivered).
+async fn flood(server: SocketAddr, args: &Args) -> anyhow::Result<(f64, u32)> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut generator = vprov_core::keys::KeyGenerator::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ok = 0u32;
+    let started = Instant::now();
+    for i in 0..args.unknown_hellos {
+        let source = address_for(i % args.unknown_sources, Ipv4Addr::new(127, 60, 0, 1))
+            .context("source address")?;
+        let pid = generator.pid();
+        let mut hello = vec![1u8, 0, 2, 0, 0, 0, 0, 0];
+        hello.extend((i as u128).to_le_bytes());
+        hello.extend(pid.as_bytes());
+        let permit = sem.clone().acquire_owned().await?;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let sent = async {
+                use tokio::io::AsyncWriteExt;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(source.into(), 0))?;
+                let mut stream = socket.connect(server).await?;
+                stream.write_all(&hello).await?;
+                stream.shutdown().await
+            };
+            sent.await.is_ok()
+        });
+        while let Some(done) = tasks.try_join_next() {
+            ok += u32::from(done?);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        ok += u32::from(done?);
+    }
+    Ok((started.elapsed().as_secs_f64(), ok))
+}
