@@ -164,7 +164,7 @@ impl JobManager {
             Err(_) => return,
         };
         for intent in pending {
-            if intent.step == "commit" || intent.step == "committed" {
+            if intent.step == "commit" {
                 let inner = self.inner.clone();
                 tokio::spawn(async move { inner.resume(intent).await });
             } else {
@@ -266,14 +266,14 @@ impl Inner {
         {
             Ok(s) => s,
             Err(DeviceError::PskMismatch) => {
-                self.forget_unless_advanced(intent.id).await;
+                self.forget_unless_resumed(&intent).await;
                 return Err(JobFailure {
                     step: "TLS-PSK handshake",
                     error: "PID/PPS mismatch: the device holds a different PPS for this PID; re-enter the pair in MEBx".into(),
                     severity: Severity::Error,
                 });
             }
-            Err(e) => return Err(self.fail_early(intent.id, "connect", e).await),
+            Err(e) => return Err(self.fail_early(&intent, "connect", e).await),
         };
         let settings = match session.general_settings().await {
             Ok(s) => s,
@@ -302,7 +302,7 @@ impl Inner {
             .await
             .map_err(JobFailure::at("GetUuid"))?;
         if DeviceUuid(device_uuid) != hello.uuid {
-            self.forget_unless_advanced(intent.id).await;
+            self.forget_unless_resumed(&intent).await;
             return Err(JobFailure {
                 step: "GetUuid",
                 error: format!(
@@ -314,7 +314,6 @@ impl Inner {
             });
         }
 
-        self.step(intent.id, "credential").await;
         session
             .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
             .await
@@ -337,7 +336,6 @@ impl Inner {
             .await
             .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
 
-        self.step(intent.id, "certificate").await;
         let has_context = session
             .has_tls_credential_context()
             .await
@@ -370,7 +368,6 @@ impl Inner {
             .await
             .map_err(JobFailure::at("CommitChanges"))?;
         drop(session);
-        self.step(intent.id, "committed").await;
 
         let record = ProvisionedDevice {
             uuid,
@@ -533,27 +530,22 @@ impl Inner {
     }
 
     /// After a failure before this attempt changed anything on the device: drops the
-    /// intent, unless an earlier attempt got further (the device may hold the
-    /// recorded credential). Either way the PID stays available.
-    async fn forget_unless_advanced(&self, job: i64) {
-        let _ = self
-            .store
-            .call(move |s| {
-                let advanced = s
-                    .pending_jobs()?
-                    .iter()
-                    .any(|j| j.id == job && j.step != "started");
-                if advanced {
-                    Ok(())
-                } else {
-                    s.abandon_job(job)
-                }
-            })
-            .await;
+    /// intent, unless an earlier attempt left it (that attempt may have given the
+    /// device the recorded credential). Either way the PID stays available.
+    async fn forget_unless_resumed(&self, intent: &JobIntent) {
+        if !intent.resumed {
+            let job = intent.id;
+            let _ = self.store.call(move |s| s.abandon_job(job)).await;
+        }
     }
 
-    async fn fail_early(&self, job: i64, step: &'static str, e: DeviceError) -> JobFailure {
-        self.forget_unless_advanced(job).await;
+    async fn fail_early(
+        &self,
+        intent: &JobIntent,
+        step: &'static str,
+        e: DeviceError,
+    ) -> JobFailure {
+        self.forget_unless_resumed(intent).await;
         JobFailure::at(step)(e)
     }
 }

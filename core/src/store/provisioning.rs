@@ -51,6 +51,9 @@ pub struct JobIntent {
     pub new_password: zeroize::Zeroizing<String>,
     /// The certificate issued for the device, once the job got that far.
     pub certificate_der: Option<Vec<u8>>,
+    /// An earlier attempt left this intent (it crashed or failed after it may have
+    /// changed the device), so the device may hold `new_password` already.
+    pub resumed: bool,
 }
 
 /// Everything recorded about a device once it is provisioned.
@@ -140,6 +143,14 @@ impl Store {
             .seal(&job_context(pid.as_str()), new_password.as_bytes());
         let now = now_ms();
         let tx = self.write_tx()?;
+        let resumed = tx
+            .query_row(
+                "SELECT 1 FROM provisioning_jobs WHERE pid = ?1",
+                [pid.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
         tx.execute(
             "INSERT INTO provisioning_jobs
                (pid, device_uuid, address, new_password_sealed, step, created_at, updated_at)
@@ -151,7 +162,9 @@ impl Store {
             params![pid.as_str(), device_uuid, address, sealed, now],
         )?;
         tx.commit()?;
-        Ok(self.pending_jobs()?.into_iter().find(|j| j.pid == *pid))
+        Ok(self
+            .job_for_pid(pid)?
+            .map(|job| JobIntent { resumed, ..job }))
     }
 
     /// Records the certificate a job issued for its device.
@@ -178,11 +191,24 @@ impl Store {
 
     /// Every job that was in flight when vprov last stopped.
     pub fn pending_jobs(&self) -> Result<Vec<JobIntent>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        self.jobs_where("1 = 1", &[])
+    }
+
+    /// The pending job of one PID, if any.
+    pub fn job_for_pid(&self, pid: &Pid) -> Result<Option<JobIntent>, StoreError> {
+        Ok(self.jobs_where("pid = ?1", &[&pid.as_str()])?.pop())
+    }
+
+    fn jobs_where(
+        &self,
+        condition: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<JobIntent>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT id, pid, device_uuid, address, step, new_password_sealed, certificate_der
-             FROM provisioning_jobs ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
+             FROM provisioning_jobs WHERE {condition} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -218,6 +244,7 @@ impl Store {
                 step,
                 new_password,
                 certificate_der,
+                resumed: true,
             });
         }
         Ok(jobs)
@@ -377,6 +404,8 @@ mod tests {
             .begin_job(&pid, "uuid-1", "127.0.0.5", "Other!Pass1")
             .unwrap()
             .unwrap();
+        assert!(!job.resumed);
+        assert!(again.resumed);
         assert_eq!(again.id, job.id);
         assert_eq!(again.new_password.as_str(), "N3w!Password");
         let job = job.id;
