@@ -250,8 +250,6 @@ impl SimConfig {
     }
 }
 
-/// The `index`-th device address counting from `base`, skipping host octets 0 and
-/// 255. `None` if it would leave 127.0.0.0/8 (or `base` is not in it).
 /// A device port for a test or load run: free on 127.0.0.1 and below Linux's
 /// ephemeral range (32768+), so that no outgoing connection of a simulated device (a
 /// hello from the same 127.x.y.z address) can already hold it.
@@ -264,6 +262,8 @@ pub fn free_device_port() -> u16 {
     }
 }
 
+/// The `index`-th device address counting from `base`, skipping host octets 0 and
+/// 255. `None` if it would leave 127.0.0.0/8 (or `base` is not in it).
 pub fn address_for(index: u32, base: Ipv4Addr) -> Option<Ipv4Addr> {
     let b = u32::from(base);
     if base.octets()[0] != 127 {
