@@ -217,14 +217,12 @@ fn password_rules_status_and_sealing() {
     }
 }
 
-#[test]
-fn two_processes_write_one_store_at_once() {
-    let s = Sandbox::default();
-    generate(&s, 1); // create the store first so both see an existing one
-    let children: Vec<_> = (0..2)
+/// Runs `processes` × `keys generate --count count` at the same time; all must succeed.
+fn generate_concurrently(s: &Sandbox, processes: usize, count: u32) {
+    let children: Vec<_> = (0..processes)
         .map(|_| {
             s.command()
-                .args(["keys", "generate", "--count", "3000"])
+                .args(["keys", "generate", "--count", &count.to_string()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -235,6 +233,13 @@ fn two_processes_write_one_store_at_once() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
     }
+}
+
+#[test]
+fn two_processes_write_one_store_at_once() {
+    let s = Sandbox::default();
+    generate(&s, 1); // create the store first so both see an existing one
+    generate_concurrently(&s, 2, 3000);
     let pids: HashSet<String> = list(&s, &[])
         .iter()
         .map(|k| k["pid"].as_str().unwrap().to_string())
@@ -245,20 +250,7 @@ fn two_processes_write_one_store_at_once() {
 #[test]
 fn two_processes_creating_a_new_store_agree_on_one_key() {
     let s = Sandbox::default();
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            s.command()
-                .args(["keys", "generate", "--count", "10"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
+    generate_concurrently(&s, 3, 10);
     assert_eq!(list(&s, &["--reveal"]).len(), 30);
 }
 
