@@ -7,6 +7,11 @@ set -euo pipefail
 need=()
 # The bundled SQLite (rusqlite's "bundled" feature) is C, compiled by cc.
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# The device connector links the system OpenSSL (openssl-sys finds it via pkg-config).
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+# The kill program (procps) sends SIGTERM to test servers.
+{ [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need+=(procps)
 
 if ((${#need[@]} == 0)); then
   exit 0
