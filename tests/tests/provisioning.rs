@@ -208,6 +208,23 @@ fn fifty_devices_are_provisioned_concurrently() {
 }
 
 #[test]
+fn a_configured_domain_is_set_on_the_device() {
+    let rig = Rig::new(1, "domain = \"corp.example\"\n");
+    let server = rig.serve();
+    let specs = rig.specs(0..1, Ipv4Addr::new(127, 31, 0, 1));
+    let host = specs[0].host_name.clone();
+    let sim = rig.simulate(&server, specs, 0.001);
+    let report = rig.wait_all(&sim, Duration::from_secs(60)).remove(0);
+    assert!(report.committed, "{report:?}");
+    assert_eq!(report.domain_name, "corp.example");
+    assert_eq!(
+        report.host_name, host,
+        "the host name the technician set is kept"
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn a_pid_pps_mismatch_is_an_alert_and_provisions_nothing() {
     let rig = Rig::new(1, "");
     let server = rig.serve();

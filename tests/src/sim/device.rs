@@ -53,6 +53,7 @@ pub struct DeviceReport {
     /// `SetAdminAclEntryEx` succeeded.
     pub admin_password_changed: bool,
     pub host_name: String,
+    pub domain_name: String,
     /// `SetHighAccuracyTimeSynch` succeeded.
     pub clock_synced: bool,
     /// The remote (802.3) TLS settings are enabled.
@@ -329,6 +330,7 @@ impl Device {
             psk_identity_seen: st.psk_identity.clone(),
             admin_password_changed: st.admin_password_changed,
             host_name: st.host_name.clone(),
+            domain_name: st.domain_name.clone(),
             clock_synced: st.clock_synced,
             tls_enabled: st.tls[0].enabled,
             certificate_installed: st.tls_certificate().is_some(),
