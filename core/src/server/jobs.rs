@@ -336,10 +336,13 @@ impl Inner {
             .await
             .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
 
-        let has_context = session
-            .has_tls_credential_context()
-            .await
-            .map_err(JobFailure::at("read TLS credential context"))?;
+        // Only a resumed job can find a context of its own: a fresh intent means no
+        // earlier attempt got past the credential change.
+        let has_context = intent.resumed
+            && session
+                .has_tls_credential_context()
+                .await
+                .map_err(JobFailure::at("read TLS credential context"))?;
         let certificate =
             match (&intent.certificate_der, has_context) {
                 // An earlier attempt installed our certificate and linked it; reuse it
