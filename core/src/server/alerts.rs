@@ -13,12 +13,49 @@ use crate::store::{NewAlert, Severity};
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 1024;
+/// Alerts written to the server log per second; the rest of a burst is only stored
+/// (and counted in the log), so a flood of bad hellos cannot flood the log.
+const LOGGED_PER_SECOND: u64 = 50;
 
 /// Where the server raises alerts. Cheap to clone.
 #[derive(Clone)]
 pub struct AlertLog {
     tx: mpsc::Sender<NewAlert>,
     dropped: Arc<AtomicU64>,
+    log_budget: Arc<LogBudget>,
+}
+
+/// How many alerts were logged in the current second, and how many were not.
+#[derive(Default)]
+struct LogBudget {
+    second: AtomicU64,
+    logged: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+impl LogBudget {
+    /// Whether one more alert may be logged now; reports what the previous second
+    /// left unlogged when a new second starts.
+    fn admit(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.logged.store(0, Ordering::Relaxed);
+            let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
+            if unlogged > 0 {
+                tracing::warn!(
+                    "{unlogged} more alerts were stored but not logged (see `vprov alerts list`)"
+                );
+            }
+        }
+        if self.logged.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_SECOND {
+            true
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 impl AlertLog {
@@ -27,20 +64,30 @@ impl AlertLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_batches(rx, store, dropped.clone()));
-        (AlertLog { tx, dropped }, writer)
+        let log_budget = Arc::new(LogBudget::default());
+        (
+            AlertLog {
+                tx,
+                dropped,
+                log_budget,
+            },
+            writer,
+        )
     }
 
-    /// Raises an alert: logged now, stored soon. Never blocks.
+    /// Raises an alert: logged now (up to a rate), stored soon. Never blocks.
     pub fn raise(&self, alert: NewAlert) {
-        tracing::warn!(
-            source = alert.source,
-            severity = alert.severity.as_str(),
-            pid = alert.pid.as_deref(),
-            device = alert.device_uuid.as_deref(),
-            address = alert.address.as_deref(),
-            "alert: {}",
-            alert.message
-        );
+        if self.log_budget.admit() {
+            tracing::warn!(
+                source = alert.source,
+                severity = alert.severity.as_str(),
+                pid = alert.pid.as_deref(),
+                device = alert.device_uuid.as_deref(),
+                address = alert.address.as_deref(),
+                "alert: {}",
+                alert.message
+            );
+        }
         if self.tx.try_send(alert).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -72,5 +119,21 @@ async fn write_batches(
             Ok(Err(e)) => tracing::error!("{n} alerts could not be stored: {e}"),
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_caps_alerts_per_second() {
+        let budget = LogBudget::default();
+        let admitted = (0..200).filter(|_| budget.admit()).count() as u64;
+        // A second boundary during the loop may admit up to one more second's worth.
+        assert!(
+            (LOGGED_PER_SECOND..=2 * LOGGED_PER_SECOND).contains(&admitted),
+            "{admitted}"
+        );
     }
 }
