@@ -140,6 +140,18 @@ struct Client {
     unauthorized_seen: u32,
 }
 
+/// A Digest client (MEBx password) inside a TLS-PSK connection to `spec`'s device.
+async fn client_for(sim: &Simulator, spec: &DeviceSpec) -> Client {
+    let stream = psk_connect(
+        device_addr(sim, spec),
+        spec.pid.as_str(),
+        spec.pps.expose_bytes(),
+    )
+    .await
+    .unwrap();
+    Client::new(stream, PASSWORD).await
+}
+
 impl Client {
     async fn new(stream: SslStream<TcpStream>, password: &str) -> Client {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -491,14 +503,7 @@ async fn injected_errors_and_transport_faults() {
     ];
     let sim = Simulator::start(quiet_config(), specs).await.unwrap();
 
-    let s = psk_connect(
-        device_addr(&sim, &error),
-        error.pid.as_str(),
-        error.pps.expose_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut c = Client::new(s, PASSWORD).await;
+    let mut c = client_for(&sim, &error).await;
     assert_eq!(
         return_value(
             &c.call("AMT_SetupAndConfigurationService", "CommitChanges", &[])
@@ -507,14 +512,7 @@ async fn injected_errors_and_transport_faults() {
         1
     );
 
-    let s = psk_connect(
-        device_addr(&sim, &drop),
-        drop.pid.as_str(),
-        drop.pps.expose_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut c = Client::new(s, PASSWORD).await;
+    let mut c = client_for(&sim, &drop).await;
     let (_, xml) = c.message(
         &format!("{AMT}AMT_SetupAndConfigurationService/GetUuid"),
         "AMT_SetupAndConfigurationService",
@@ -530,14 +528,7 @@ async fn injected_errors_and_transport_faults() {
         "the connection must be dropped"
     );
 
-    let s = psk_connect(
-        device_addr(&sim, &garbage),
-        garbage.pid.as_str(),
-        garbage.pps.expose_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut c = Client::new(s, PASSWORD).await;
+    let mut c = client_for(&sim, &garbage).await;
     let (_, xml) = c.message(
         &format!("{AMT}AMT_SetupAndConfigurationService/GetUuid"),
         "AMT_SetupAndConfigurationService",
@@ -548,14 +539,7 @@ async fn injected_errors_and_transport_faults() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(roxmltree::Document::parse(&reply.body).is_err());
 
-    let s = psk_connect(
-        device_addr(&sim, &mismatch),
-        mismatch.pid.as_str(),
-        mismatch.pps.expose_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut c = Client::new(s, PASSWORD).await;
+    let mut c = client_for(&sim, &mismatch).await;
     let reply = c
         .call("AMT_SetupAndConfigurationService", "GetUuid", &[])
         .await;

@@ -485,16 +485,21 @@ pub(crate) mod tests {
         (b.build(), key)
     }
 
+    /// A TLS server context presenting `cert`.
+    fn cert_server(cert: &X509, key: &openssl::pkey::PKey<openssl::pkey::Private>) -> SslContext {
+        let mut b = SslContext::builder(SslMethod::tls_server()).expect("ctx");
+        b.set_certificate(cert).expect("cert");
+        b.set_private_key(key).expect("key");
+        b.build()
+    }
+
     #[tokio::test]
     async fn certificate_must_chain_to_the_given_ca() {
         // The device certificate is its own CA here; trusting it works, trusting another
         // CA is CertificateRejected.
         let (trusted, _) = self_signed_ca("vprov test CA");
         let (cert, key) = self_signed_ca("device");
-        let mut b = SslContext::builder(SslMethod::tls_server()).expect("ctx");
-        b.set_certificate(&cert).expect("cert");
-        b.set_private_key(&key).expect("key");
-        let ctx = b.build();
+        let ctx = cert_server(&cert, &key);
         let (l, addr) = listener();
         let server = std::thread::spawn(move || {
             let (tcp, _) = l.accept().expect("accept");
@@ -516,10 +521,7 @@ pub(crate) mod tests {
         // Re-use one CA as the device certificate (self-signed by the CA key).
         let (cert, key) = self_signed_ca("vprov test CA 2");
         let der = cert.to_der().expect("der");
-        let mut b = SslContext::builder(SslMethod::tls_server()).expect("ctx");
-        b.set_certificate(&cert).expect("cert");
-        b.set_private_key(&key).expect("key");
-        let ctx = b.build();
+        let ctx = cert_server(&cert, &key);
         let (l, addr) = listener();
         let server = std::thread::spawn(move || {
             let (tcp, _) = l.accept().expect("accept");

@@ -283,14 +283,10 @@ pub fn address_for(index: u32, base: Ipv4Addr) -> Option<Ipv4Addr> {
     (addr.octets()[0] == 127).then_some(addr)
 }
 
-/// GUID text of raw UUID bytes: first three groups byte-reversed (§1.6).
+/// GUID text of raw UUID bytes: first three groups byte-reversed (§1.6), as vprov
+/// shows them.
 pub fn guid_text(raw: &[u8; 16]) -> String {
-    let r = raw;
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        r[3], r[2], r[1], r[0], r[5], r[4], r[7], r[6], r[8], r[9], r[10], r[11], r[12], r[13],
-        r[14], r[15]
-    )
+    vprov_core::hello::DeviceUuid(*raw).to_string()
 }
 
 #[cfg(test)]
