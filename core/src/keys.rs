@@ -381,7 +381,9 @@ mod tests {
     #[test]
     fn symbols_are_roughly_uniform() {
         // 36 symbols × ~5,000 draws each; a biased mapping (e.g. byte % 36 without
-        // rejection) favours the first 4 symbols by 1/7 ≈ 14%, far outside ±5%.
+        // rejection) draws the first 4 symbols 8/7 as often: ≈5,714 times, outside
+        // ±450. A fair generator stays within ±450 (6.5 σ, σ ≈ 70) on every symbol but
+        // about once in 10^9 runs, so this test is not flaky.
         let mut g = KeyGenerator::default();
         let mut counts = [0u32; 36];
         let draws = 36 * 5_000;
@@ -390,7 +392,7 @@ mod tests {
             counts[SYMBOLS.iter().position(|&x| x == s).unwrap()] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
-            assert!((4_750..=5_250).contains(&c), "symbol {i} drawn {c} times");
+            assert!((4_550..=5_450).contains(&c), "symbol {i} drawn {c} times");
         }
     }
 
