@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn symbols_are_roughly_uniform() {
         // 36 symbols × ~5,000 draws each; a biased mapping (e.g. byte % 36 without
-        // rejection) draws the first 4 symbols 8/7 as often: ≈5,714 times, outside
+        // rejection) draws the first 4 symbols 8/7 as often: ≈5,625 times, outside
         // ±450. A fair generator stays within ±450 (6.5 σ, σ ≈ 70) on every symbol but
         // about once in 10^9 runs, so this test is not flaky.
         let mut g = KeyGenerator::default();
