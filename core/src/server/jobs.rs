@@ -129,13 +129,9 @@ impl JobManager {
             return;
         }
         let keys = [hello.pid.as_str().to_string(), hello.uuid.to_string()];
-        {
-            let mut running = self.inner.running.lock().expect("jobs lock");
-            if keys.iter().any(|k| running.contains(k)) {
-                tracing::debug!(pid = %hello.pid, "hello absorbed: a job is already running");
-                return;
-            }
-            running.extend(keys.iter().cloned());
+        if !self.inner.claim(&keys) {
+            tracing::debug!(pid = %hello.pid, "hello absorbed: a job is already running");
+            return;
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -144,10 +140,7 @@ impl JobManager {
                     inner.run(hello).await;
                 }
             }
-            let mut running = inner.running.lock().expect("jobs lock");
-            for k in &keys {
-                running.remove(k);
-            }
+            inner.release(&keys);
         });
     }
 
@@ -165,8 +158,16 @@ impl JobManager {
         };
         for intent in pending {
             if intent.step == "commit" {
+                // Hellos for this PID or device are absorbed while the job resumes.
+                let keys = [intent.pid.as_str().to_string(), intent.device_uuid.clone()];
+                if !self.inner.claim(&keys) {
+                    continue;
+                }
                 let inner = self.inner.clone();
-                tokio::spawn(async move { inner.resume(intent).await });
+                tokio::spawn(async move {
+                    inner.resume(intent).await;
+                    inner.release(&keys);
+                });
             } else {
                 tracing::info!(pid = %intent.pid, step = %intent.step,
                     "interrupted job waits for the device's next hello");
@@ -439,6 +440,23 @@ impl Inner {
         Ok(certificate)
     }
 
+    /// Marks `keys` (a PID and a device UUID) as having a job; false if one has.
+    fn claim(&self, keys: &[String; 2]) -> bool {
+        let mut running = self.running.lock().expect("jobs lock");
+        if keys.iter().any(|k| running.contains(k)) {
+            return false;
+        }
+        running.extend(keys.iter().cloned());
+        true
+    }
+
+    fn release(&self, keys: &[String; 2]) {
+        let mut running = self.running.lock().expect("jobs lock");
+        for k in keys {
+            running.remove(k);
+        }
+    }
+
     /// Reconnects over TLS (device certificate verified against vprov's CA) with the
     /// new credential until the device answers with the expected UUID.
     async fn confirm_tls(
@@ -448,6 +466,22 @@ impl Inner {
         expected: DeviceUuid,
     ) -> Result<(), DeviceError> {
         tokio::time::sleep(self.settings.commit_wait).await;
+        match self.reach_after_restart(device, password).await? {
+            (_, uuid) if uuid == expected => Ok(()),
+            (_, uuid) => Err(DeviceError::Malformed(format!(
+                "after commit the device at {device} reports UUID {uuid}"
+            ))),
+        }
+    }
+
+    /// Connects over TLS with `password` and reads the device's UUID, retrying for up
+    /// to the confirm timeout: after CommitChanges the firmware restarts its network
+    /// stack, and for a while the port refuses connections or still speaks PSK.
+    async fn reach_after_restart(
+        &self,
+        device: SocketAddr,
+        password: &str,
+    ) -> Result<(AmtSession, DeviceUuid), DeviceError> {
         let deadline = tokio::time::Instant::now() + self.settings.confirm_timeout;
         loop {
             let attempt = async {
@@ -459,16 +493,11 @@ impl Inner {
                     self.settings.timeouts,
                 )
                 .await?;
-                s.get_uuid().await
+                let uuid = DeviceUuid(s.get_uuid().await?);
+                Ok::<_, DeviceError>((s, uuid))
             };
             match attempt.await {
-                Ok(uuid) if DeviceUuid(uuid) == expected => return Ok(()),
-                Ok(uuid) => {
-                    return Err(DeviceError::Malformed(format!(
-                        "after commit the device at {device} reports UUID {}",
-                        DeviceUuid(uuid)
-                    )))
-                }
+                Ok(reached) => return Ok(reached),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
@@ -481,22 +510,16 @@ impl Inner {
         };
         let device = SocketAddr::new(ip, self.settings.device_port);
         let confirmed = async {
-            let mut s = AmtSession::connect_tls(
-                device,
-                self.ca.cert_der(),
-                ADMIN_USER,
-                &intent.new_password,
-                self.settings.timeouts,
-            )
-            .await?;
-            let uuid = s.get_uuid().await?;
+            let (mut s, uuid) = self
+                .reach_after_restart(device, &intent.new_password)
+                .await?;
             let version = s.amt_version().await.ok();
             let host = s.general_settings().await.ok().map(|g| g.host_name);
             Ok::<_, DeviceError>((uuid, version, host))
         }
         .await;
         match confirmed {
-            Ok((uuid, version, host)) if DeviceUuid(uuid).to_string() == intent.device_uuid => {
+            Ok((uuid, version, host)) if uuid.to_string() == intent.device_uuid => {
                 let record = ProvisionedDevice {
                     uuid: intent.device_uuid.clone(),
                     host_name: host.filter(|h| !h.is_empty()),
@@ -517,8 +540,7 @@ impl Inner {
             Ok((uuid, _, _)) => self.alert(
                 Severity::Error,
                 format!(
-                    "resuming an interrupted job: the device at this address is {}, not the expected one",
-                    DeviceUuid(uuid)
+                    "resuming an interrupted job: the device at this address is {uuid}, not the expected one"
                 ),
                 &intent.pid,
                 &intent.device_uuid,
