@@ -49,6 +49,52 @@ struct ConfigFile {
     hello: HelloSection,
     #[serde(default)]
     provisioning: ProvisioningSection,
+    #[serde(default)]
+    plugins: PluginsSection,
+    #[serde(default)]
+    export: ExportSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginsSection {
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    call_timeout_ms: Option<u64>,
+    max_calls_per_instance: Option<usize>,
+    sink_queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportSection {
+    server_address: Option<String>,
+    server_port: Option<u16>,
+}
+
+/// `[plugins]`: where plugin libraries and their configuration live, and how the core
+/// calls them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginsConfig {
+    /// Plugin library directory; `None` means `plugins/` in the data directory.
+    pub dir: Option<PathBuf>,
+    /// Plugin instance configuration; `None` means `plugins.toml` in the data dir.
+    pub config: Option<PathBuf>,
+    /// How long one call into a plugin may take before the instance is quarantined.
+    pub call_timeout: Duration,
+    /// Calls into one instance at once.
+    pub max_calls_per_instance: usize,
+    /// Alerts queued per alert sink before further alerts for it are dropped.
+    pub sink_queue: usize,
+}
+
+/// `[export]`: what key sheets and key files tell the technician about this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// The provisioning server address technicians enter in MEBx; empty if unset.
+    pub server_address: String,
+    /// The hello port they enter; `None` means the hello listener's port.
+    pub server_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +174,26 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     pub hello: HelloConfig,
     pub provisioning: ProvisioningConfig,
+    pub plugins: PluginsConfig,
+    pub export: ExportConfig,
+}
+
+impl Config {
+    /// The plugin library directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugins
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The plugin instance configuration file.
+    pub fn plugin_config(&self) -> PathBuf {
+        self.plugins
+            .config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins.toml"))
+    }
 }
 
 impl Default for Config {
@@ -153,6 +219,17 @@ impl Default for Config {
                 admin_password: AdminPasswordPolicy::Random,
                 domain: None,
                 shutdown_grace: Duration::from_secs(30),
+            },
+            plugins: PluginsConfig {
+                dir: None,
+                config: None,
+                call_timeout: Duration::from_secs(10),
+                max_calls_per_instance: 4,
+                sink_queue: 1024,
+            },
+            export: ExportConfig {
+                server_address: String::new(),
+                server_port: None,
             },
         }
     }
@@ -238,12 +315,41 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let g = file.plugins;
+        let gd = defaults.plugins;
+        let plugins = PluginsConfig {
+            dir: g.dir,
+            config: g.config,
+            call_timeout: ms(g.call_timeout_ms, gd.call_timeout),
+            max_calls_per_instance: g
+                .max_calls_per_instance
+                .unwrap_or(gd.max_calls_per_instance),
+            sink_queue: g.sink_queue.unwrap_or(gd.sink_queue),
+        };
+        if plugins.call_timeout.is_zero() {
+            return Err(invalid(
+                "plugins.call_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if plugins.max_calls_per_instance == 0 || plugins.sink_queue == 0 {
+            return Err(invalid(
+                "plugins.max_calls_per_instance / sink_queue",
+                "must be at least 1".into(),
+            ));
+        }
+        let export = ExportConfig {
+            server_address: file.export.server_address.unwrap_or_default(),
+            server_port: file.export.server_port,
+        };
         Ok(Config {
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
             busy_timeout: Duration::from_millis(busy_ms),
             master_key_file: file.store.master_key_file,
             hello,
             provisioning,
+            plugins,
+            export,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod device;
 pub mod hello;
 pub mod keys;
 pub mod password;
+pub mod plugins;
 pub mod secrets;
 pub mod server;
 pub mod store;

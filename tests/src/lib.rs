@@ -5,6 +5,7 @@
 //! The binary is the one built into the same target directory as the test
 //! executable (`cargo build --workspace` or `scripts/test.sh` builds it first).
 
+pub mod rig;
 pub mod sim;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,23 @@ pub fn vprov_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Path of a plugin library built into the same target directory (`name` is the
+/// crate's lib name, e.g. `export_csv` → `libexport_csv.so`).
+pub fn plugin_library(name: &str) -> PathBuf {
+    let bin = vprov_bin();
+    let lib = bin.with_file_name(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        lib.exists(),
+        "{} is missing: build the plugins first (scripts/test.sh does, or `cargo build --workspace`)",
+        lib.display()
+    );
+    lib
 }
 
 /// A `vprov` command with no arguments, no VPROV_* variables inherited, no
@@ -131,6 +149,20 @@ impl Sandbox {
         let mut bytes = std::fs::read(self.data_dir().join("vprov.db")).unwrap_or_default();
         bytes.extend(std::fs::read(self.data_dir().join("vprov.db-wal")).unwrap_or_default());
         bytes
+    }
+
+    /// Copies the plugin library `lib` (see [`plugin_library`]) into the data
+    /// directory's plugin folder as `file`, replacing any file of that name.
+    pub fn install_plugin(&self, lib: &str, file: &str) -> PathBuf {
+        let dir = self.data_dir().join("plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join(file);
+        // Write beside it and rename, as an admin replacing a library should: a
+        // library being loaded is never seen half-written.
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::copy(plugin_library(lib), &tmp).unwrap();
+        std::fs::rename(&tmp, &dest).unwrap();
+        dest
     }
 
     /// A direct connection to the store's SQLite file, for planting rows that later

@@ -63,6 +63,29 @@ pub enum KeysCommand {
         /// Provisioning passphrase, e.g. NKLD-G5DC-RRNQ-E9YZ-ZIJL-7LFL-VJED-69XJ
         pps: Option<String>,
     },
+    /// Export a batch's available keys through a key export plugin
+    ///
+    /// Routes to whichever plugin offers FORMAT (`vprov plugins list`; e.g. csv from
+    /// export-csv). Used and revoked keys are left out. The export is written to the
+    /// audit log before any PPS is read; the file is written whole and synced, never
+    /// left partial, and an existing file is kept unless --force.
+    Export {
+        /// The batch to export
+        #[arg(long, value_name = "ID")]
+        batch: i64,
+        /// Export format, as a plugin offers it (e.g. csv)
+        #[arg(long)]
+        format: String,
+        /// File to write
+        #[arg(long, value_name = "PATH")]
+        out: std::path::PathBuf,
+        /// A format option as key=value (repeatable), e.g. --option delimiter=;
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Replace PATH if it exists
+        #[arg(long)]
+        force: bool,
+    },
     /// Revoke keys so that hellos with their PIDs are refused
     ///
     /// Revoked PIDs are never reissued. Either name PIDs or give --batch to revoke
@@ -87,6 +110,22 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             format,
         } => list(ctx, KeyFilter { batch, state }, reveal, format),
         KeysCommand::Batches { format } => batches(ctx, format),
+        KeysCommand::Export {
+            batch,
+            format,
+            out,
+            options,
+            force,
+        } => super::plugins::export(
+            super::plugins::ExportArgs {
+                batch,
+                format,
+                out,
+                options,
+                force,
+            },
+            ctx,
+        ),
         KeysCommand::Check { pid, pps } => Ok(check(&pid, pps.as_deref())),
         KeysCommand::Revoke { pids, batch } => revoke(ctx, &pids, batch),
     }

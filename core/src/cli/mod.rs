@@ -2,6 +2,7 @@
 
 mod keys;
 mod output;
+mod plugins;
 mod records;
 mod serve;
 
@@ -72,6 +73,13 @@ enum Command {
     /// The audit log: who changed or revealed what, and when
     #[command(subcommand)]
     Audit(records::AuditCommand),
+    /// Plugins: key export formats, alert sinks and post-provision actions
+    ///
+    /// Plugin libraries (.so) in the plugin directory [default: DIR/plugins] are
+    /// loaded at start and whenever they change; instances are configured in
+    /// plugins.toml [default: DIR/plugins.toml]. See config/plugins.toml.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
 }
 
 /// Everything a subcommand needs to open the store.
@@ -131,5 +139,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Devices(cmd) => records::devices(cmd, &ctx),
         Command::Alerts(cmd) => records::alerts(cmd, &ctx),
         Command::Audit(cmd) => records::audit(cmd, &ctx),
+        Command::Plugins(cmd) => plugins::run(cmd, &ctx),
     }
 }

@@ -11,6 +11,7 @@ use vprov_core::device::DeviceTimeouts;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
 use vprov_core::server::{self, ServerSettings};
+use vprov_sdk::PluginKinds;
 
 use super::Context;
 
@@ -51,6 +52,12 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             domain: prov.domain.clone(),
         },
         shutdown_grace: prov.shutdown_grace,
+        plugins: super::plugins::host_settings(
+            &ctx.config,
+            PluginKinds::KEY_EXPORTER
+                .union(PluginKinds::ALERT_SINK)
+                .union(PluginKinds::POST_PROVISION),
+        ),
     };
     let store = ctx.store()?;
     if !store.password_status()?.set {

@@ -1,14 +1,20 @@
 //! The alert log's write path: every failure the server sees becomes an alert, logged
 //! at once and written to the store in batches by one writer task, so a burst of bad
 //! hellos costs one transaction per batch. The queue is bounded: if it overflows,
-//! alerts are dropped, counted, and the count is itself written as an alert.
+//! alerts are dropped, counted, and the count is itself written as an alert. Once a
+//! batch is stored it is offered to the alert-sink plugins ([`AlertSinks`]), which
+//! never slow this path down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use abi_stable::std_types::RString;
 use tokio::sync::mpsc;
+use vprov_sdk::AlertEvent;
 
 use super::store_thread::StoreHandle;
+use crate::plugins::services::sdk_severity;
+use crate::plugins::sinks::AlertSinks;
 use crate::store::{NewAlert, Severity};
 
 const QUEUE: usize = 8192;
@@ -59,11 +65,15 @@ impl LogBudget {
 }
 
 impl AlertLog {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: StoreHandle) -> (AlertLog, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task on the current runtime; stored alerts go on to `sinks`.
+    pub fn start(store: StoreHandle, sinks: AlertSinks) -> (AlertLog, AlertWriter) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_batches(rx, store, dropped.clone()));
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let writer = AlertWriter {
+            task: tokio::spawn(write_batches(rx, closed, store, dropped.clone(), sinks)),
+            close,
+        };
         let log_budget = Arc::new(LogBudget::default());
         (
             AlertLog {
@@ -79,7 +89,7 @@ impl AlertLog {
     pub fn raise(&self, alert: NewAlert) {
         if self.log_budget.admit() {
             tracing::warn!(
-                source = alert.source,
+                source = %alert.source,
                 severity = alert.severity.as_str(),
                 pid = alert.pid.as_deref(),
                 device = alert.device_uuid.as_deref(),
@@ -94,18 +104,54 @@ impl AlertLog {
     }
 }
 
+/// The writer task. Plugin instances hold [`AlertLog`] handles for as long as their
+/// libraries stay loaded, so the writer is closed explicitly rather than by the last
+/// handle going away.
+pub struct AlertWriter {
+    task: tokio::task::JoinHandle<()>,
+    close: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AlertWriter {
+    /// Stores what is queued, then stops (waiting at most `grace`).
+    pub async fn finish(self, grace: std::time::Duration) {
+        let _ = self.close.send(());
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+}
+
 async fn write_batches(
     mut rx: mpsc::Receiver<NewAlert>,
+    mut closed: tokio::sync::oneshot::Receiver<()>,
     store: StoreHandle,
     dropped: Arc<AtomicU64>,
+    sinks: AlertSinks,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    let mut closing = false;
+    loop {
+        if closing {
+            // Whatever is queued now is the last batch.
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                _ = &mut closed => { closing = true; continue; }
+            }
+        }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
             batch.push(NewAlert {
                 severity: Severity::Error,
-                source: "alerts",
+                source: "alerts".into(),
                 message: format!("{lost} alerts were dropped because the alert log was overloaded"),
                 pid: None,
                 device_uuid: None,
@@ -114,11 +160,38 @@ async fn write_batches(
         }
         let alerts = std::mem::take(&mut batch);
         let n = alerts.len();
-        match store.call(move |s| s.insert_alerts(&alerts)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("{n} alerts could not be stored: {e}"),
+        let (stored, alerts) = match store
+            .call(move |s| (s.insert_alerts(&alerts), alerts))
+            .await
+        {
+            Ok(stored) => stored,
             Err(_) => return,
+        };
+        let at = match stored {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!("{n} alerts could not be stored: {e}");
+                crate::store::now_ms()
+            }
+        };
+        if !sinks.is_empty() {
+            let events: Vec<AlertEvent> = alerts.iter().map(|a| alert_event(a, at)).collect();
+            sinks.publish(&events);
         }
+    }
+}
+
+/// An alert as alert sinks receive it.
+fn alert_event(a: &NewAlert, at: i64) -> AlertEvent {
+    let text = |v: &Option<String>| v.as_deref().map(RString::from).into();
+    AlertEvent {
+        at_unix_ms: at,
+        severity: sdk_severity(a.severity),
+        source: a.source.as_ref().into(),
+        message: a.message.as_str().into(),
+        pid: text(&a.pid),
+        device_uuid: text(&a.device_uuid),
+        address: text(&a.address),
     }
 }
 

@@ -165,7 +165,7 @@ impl HelloListener {
                     if alert {
                         ctx.alerts.raise(NewAlert {
                             severity: Severity::Warning,
-                            source: "hello",
+                            source: "hello".into(),
                             message: "too many hellos from this address; excess hellos are ignored"
                                 .into(),
                             pid: None,
@@ -226,7 +226,7 @@ impl HandlerContext {
     fn alert(&self, severity: Severity, message: String, address: IpAddr) -> NewAlert {
         NewAlert {
             severity,
-            source: "hello",
+            source: "hello".into(),
             message,
             pid: None,
             device_uuid: None,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
+use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
 use super::alerts::AlertLog;
@@ -25,6 +26,7 @@ use crate::ca::CertificateAuthority;
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
 use crate::hello::DeviceUuid;
 use crate::keys::{Pid, Pps};
+use crate::plugins::PluginHost;
 use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
 
 /// The AMT account vprov provisions with.
@@ -70,6 +72,8 @@ struct Inner {
     store: StoreHandle,
     alerts: AlertLog,
     ca: Arc<CertificateAuthority>,
+    /// Runs the post-provision actions once a device is recorded.
+    plugins: Option<PluginHost>,
     /// PIDs and device UUIDs with a job queued or running.
     running: Mutex<HashSet<String>>,
     slots: Arc<Semaphore>,
@@ -94,6 +98,19 @@ impl JobFailure {
     }
 }
 
+/// A just-provisioned device as post-provision actions see it.
+fn post_provision_view(record: &ProvisionedDevice, pid: &Pid) -> DeviceInfo {
+    DeviceInfo {
+        uuid: record.uuid.as_str().into(),
+        host_name: record.host_name.as_deref().map(Into::into).into(),
+        address: record.address.as_str().into(),
+        amt_version: record.amt_version.as_deref().map(Into::into).into(),
+        pid: pid.dashed().into(),
+        state: "unmanaged".into(),
+        management_mode: None.into(),
+    }
+}
+
 fn unix_seconds() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -107,6 +124,7 @@ impl JobManager {
         store: StoreHandle,
         alerts: AlertLog,
         ca: Arc<CertificateAuthority>,
+        plugins: Option<PluginHost>,
     ) -> JobManager {
         let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
         JobManager {
@@ -115,6 +133,7 @@ impl JobManager {
                 store,
                 alerts,
                 ca,
+                plugins,
                 running: Mutex::new(HashSet::new()),
                 slots,
                 stopping: AtomicBool::new(false),
@@ -188,7 +207,7 @@ impl Inner {
     fn alert(&self, severity: Severity, message: String, pid: &Pid, uuid: &str, address: IpAddr) {
         self.alerts.raise(NewAlert {
             severity,
-            source: "provisioning",
+            source: "provisioning".into(),
             message,
             pid: Some(pid.dashed()),
             device_uuid: Some(uuid.to_string()),
@@ -386,12 +405,21 @@ impl Inner {
             .map_err(JobFailure::at("confirm TLS mode"))?;
         let pw = intent.new_password.clone();
         let id = intent.id;
+        let device = post_provision_view(&record, &intent.pid);
         self.store
             .call(move |s| s.complete_job(id, &record, &pw))
             .await
             .map_err(|e| store_failure(e.to_string()))?
             .map_err(|e| store_failure(e.to_string()))?;
+        self.provisioned(device);
         Ok(())
+    }
+
+    /// Hands a newly recorded device to the post-provision actions (if any).
+    fn provisioned(&self, device: DeviceInfo) {
+        if let Some(plugins) = &self.plugins {
+            plugins.after_provisioning(device);
+        }
     }
 
     /// Has the device generate a key pair, issues a certificate for it, records the
@@ -530,9 +558,13 @@ impl Inner {
                 };
                 let pw = intent.new_password.clone();
                 let id = intent.id;
+                let device = post_provision_view(&record, &intent.pid);
                 match self.store.call(move |s| s.complete_job(id, &record, &pw)).await {
-                    Ok(Ok(())) => tracing::info!(pid = %intent.pid, device = %intent.device_uuid,
-                        "interrupted job finished: the device had committed"),
+                    Ok(Ok(())) => {
+                        tracing::info!(pid = %intent.pid, device = %intent.device_uuid,
+                            "interrupted job finished: the device had committed");
+                        self.provisioned(device);
+                    }
                     Ok(Err(e)) => tracing::error!("cannot record resumed device: {e}"),
                     Err(_) => {}
                 }

@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ca::{CaError, CertificateAuthority};
+use crate::plugins::sinks::AlertSinks;
+use crate::plugins::{HostSettings, PluginHost, ServerLink};
 use crate::store::Store;
 use alerts::AlertLog;
 use hello_listener::{HelloLimits, HelloListener};
@@ -33,6 +35,7 @@ pub struct ServerSettings {
     pub jobs: JobSettings,
     /// How long shutdown waits for running jobs before abandoning them safely.
     pub shutdown_grace: Duration,
+    pub plugins: HostSettings,
 }
 
 /// Why the server could not start.
@@ -51,11 +54,44 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let ca = Arc::new(CertificateAuthority::load_or_create(&mut store)?);
     let store = StoreHandle::spawn(store);
-    let (alerts, alert_writer) = AlertLog::start(store.clone());
-    let jobs = JobManager::new(settings.jobs.clone(), store.clone(), alerts.clone(), ca);
+    let sinks = AlertSinks::default();
+    let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let plugins = PluginHost::new(
+        settings.plugins.clone(),
+        Some(ServerLink {
+            alerts: alerts.clone(),
+            store: store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        sinks,
+    );
+    if let Err(e) = std::fs::create_dir_all(&settings.plugins.plugin_dir) {
+        tracing::warn!(dir = %settings.plugins.plugin_dir.display(), "cannot create the plugin directory: {e}");
+    }
+    plugins.reload().await;
+    plugins.remove_stale_copies().await;
+    // Kept alive until shutdown; without it plugins still work, only hot reload is off.
+    let _watcher = match crate::plugins::watch::start(plugins.clone(), stop_rx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "plugin hot reload is off: cannot watch the plugin directory or configuration: {e}"
+            );
+            None
+        }
+    };
+
+    let jobs = JobManager::new(
+        settings.jobs.clone(),
+        store.clone(),
+        alerts.clone(),
+        ca,
+        Some(plugins.clone()),
+    );
     jobs.resume_pending().await;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let hello = HelloListener::new(
         listener,
         settings.hello.clone(),
@@ -70,10 +106,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = listening.await;
     jobs.shutdown(settings.shutdown_grace).await;
-    drop(jobs);
-    // The alert writer ends when the last AlertLog handle is gone; give it a moment
-    // to store what is queued.
-    let _ = tokio::time::timeout(Duration::from_secs(5), alert_writer).await;
+    plugins.shutdown().await;
+    alert_writer.finish(Duration::from_secs(5)).await;
     Ok(())
 }
 

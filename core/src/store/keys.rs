@@ -216,6 +216,33 @@ impl Store {
         actor: &str,
         f: impl FnMut(KeyRecord) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.audited_reveal(filter, actor, "keys.reveal", serde_json::Value::Null, f)
+    }
+
+    /// The keys matching `filter` in issue order, PPSs opened, for an export. The export
+    /// (format, file, count) is written to the audit log before any PPS is read.
+    pub fn export_keys(
+        &mut self,
+        filter: &KeyFilter,
+        actor: &str,
+        export: serde_json::Value,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys = Vec::new();
+        self.audited_reveal(filter, actor, "keys.export", export, |k| {
+            keys.push(k);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(keys)
+    }
+
+    fn audited_reveal<E: From<StoreError>>(
+        &mut self,
+        filter: &KeyFilter,
+        actor: &str,
+        action: &str,
+        extra: serde_json::Value,
+        f: impl FnMut(KeyRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.ensure_batch(filter.batch)?;
         let tx = self.write_tx()?;
         let count: u64 = tx
@@ -229,8 +256,12 @@ impl Store {
         super::records::audit(
             &tx,
             actor,
-            "keys.reveal",
-            &json!({ "batch": filter.batch, "state": filter.state, "count": count }),
+            action,
+            &if extra.is_null() {
+                json!({ "batch": filter.batch, "state": filter.state, "count": count })
+            } else {
+                json!({ "batch": filter.batch, "state": filter.state, "count": count, "export": extra })
+            },
         )?;
         tx.commit().map_err(StoreError::from)?;
         self.iterate_keys(filter, true, f)

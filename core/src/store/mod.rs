@@ -35,7 +35,8 @@ use schema::SchemaState;
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{
-    AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, PasswordStatus, Severity,
+    AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
+    PasswordStatus, Severity,
 };
 
 /// File name of the database inside the data directory.
@@ -112,6 +113,8 @@ pub enum StoreError {
     BatchNotFound(i64),
     #[error("unknown PID {0}")]
     UnknownPid(String),
+    #[error("no device with UUID {0}")]
+    UnknownDevice(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -32,7 +32,8 @@ pub enum PidLookup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAlert {
     pub severity: Severity,
-    pub source: &'static str,
+    /// What raised it: `hello`, `provisioning`, `plugin:<instance>`, ...
+    pub source: std::borrow::Cow<'static, str>,
     pub message: String,
     pub pid: Option<String>,
     pub device_uuid: Option<String>,
@@ -102,8 +103,9 @@ impl Store {
         })
     }
 
-    /// Appends alerts in one transaction (the alert writer batches bursts).
-    pub fn insert_alerts(&mut self, alerts: &[NewAlert]) -> Result<(), StoreError> {
+    /// Appends alerts in one transaction (the alert writer batches bursts); returns
+    /// the time (Unix ms) they were recorded with.
+    pub fn insert_alerts(&mut self, alerts: &[NewAlert]) -> Result<i64, StoreError> {
         let now = now_ms();
         let tx = self.write_tx()?;
         {
@@ -115,7 +117,7 @@ impl Store {
                 stmt.execute(params![
                     now,
                     a.severity.as_str(),
-                    a.source,
+                    a.source.as_ref(),
                     a.message,
                     a.pid,
                     a.device_uuid,
@@ -124,7 +126,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(now)
     }
 
     /// Records a job's intent before anything changes on the device, or returns the
@@ -461,7 +463,7 @@ mod tests {
         let (_dir, mut store, _) = store_with_key();
         let alert = NewAlert {
             severity: Severity::Warning,
-            source: "hello",
+            source: "hello".into(),
             message: "unknown PID".into(),
             pid: Some("0000-037M".into()),
             device_uuid: None,

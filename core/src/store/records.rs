@@ -80,6 +80,24 @@ pub struct DeviceRecord {
     pub last_contact_at: Option<i64>,
 }
 
+/// How a managed device is managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagementMode {
+    /// AMT-only management over TLS, no agent in the operating system.
+    Agentless,
+    /// A management agent was deployed to the device's operating system.
+    Agent,
+}
+
+impl ManagementMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagementMode::Agentless => "agentless",
+            ManagementMode::Agent => "agent",
+        }
+    }
+}
+
 /// Severity of an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -217,13 +235,26 @@ impl Store {
 
     /// Provisioned devices, most recently provisioned first.
     pub fn devices(&self, filter: &DeviceFilter) -> Result<Vec<DeviceRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        self.query_devices(filter.state, None)
+    }
+
+    /// One device by UUID (canonical lower-case text).
+    pub fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self.query_devices(None, Some(uuid))?.pop())
+    }
+
+    fn query_devices(
+        &self,
+        state: Option<DeviceState>,
+        uuid: Option<&str>,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
                     provisioned_pid, provisioned_at, last_contact_at
-             FROM devices WHERE (?1 IS NULL OR state = ?1)
+             FROM devices WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
         )?;
-        let rows = stmt.query_map([filter.state.map(DeviceState::as_str)], |r| {
+        let rows = stmt.query_map(params![state.map(DeviceState::as_str), uuid], |r| {
             Ok(DeviceRecord {
                 uuid: r.get(0)?,
                 host_name: r.get(1)?,
@@ -237,6 +268,41 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves a device to managed (`Some(mode)`: `agentless` or `agent`) or back to
+    /// unmanaged (`None`), with an audit entry saying who and why.
+    pub fn set_device_management(
+        &mut self,
+        uuid: &str,
+        mode: Option<ManagementMode>,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let tx = self.write_tx()?;
+        let (state, mode_text) = match mode {
+            Some(m) => ("managed", Some(m.as_str())),
+            None => ("unmanaged", None),
+        };
+        let changed = tx.execute(
+            "UPDATE devices SET state = ?2, management_mode = ?3 WHERE uuid = ?1",
+            params![uuid, state, mode_text],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::UnknownDevice(uuid.to_string()));
+        }
+        audit(
+            &tx,
+            actor,
+            if mode.is_some() {
+                "device.manage"
+            } else {
+                "device.unmanage"
+            },
+            &serde_json::json!({ "uuid": uuid, "mode": mode_text, "detail": detail }),
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The newest `limit` alerts at or above `min_severity`, newest first.

@@ -1,0 +1,387 @@
+//! `vprov plugins list` and `vprov keys export`: the plugin host as one-shot commands
+//! use it (libraries loaded and checked here; exporters instantiated on demand).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Subcommand;
+use vprov_core::config::Config;
+use vprov_core::plugins::sinks::AlertSinks;
+use vprov_core::plugins::{instances, HostSettings, InstanceReport, PluginHost, StatusSnapshot};
+use vprov_core::store::{KeyFilter, KeyState};
+use vprov_sdk::abi::ExportRequest;
+use vprov_sdk::{ExportFormat, KeyPair, PluginKinds};
+
+use super::output::{self, ListFormat};
+use super::{actor, Context};
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List plugin libraries and instances with their status
+    ///
+    /// Libraries are loaded and checked now (name, version, kinds, SDK version, or why
+    /// loading failed). Instance status (active, quarantined, failed) comes from the
+    /// running server; without one, the configured instances are listed.
+    List {
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+/// The plugin host settings for `config`, instantiating only `kinds`.
+pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
+    HostSettings {
+        plugin_dir: config.plugin_dir(),
+        config_path: config.plugin_config(),
+        data_dir: config.data_dir.clone(),
+        call_timeout: config.plugins.call_timeout,
+        max_calls_per_instance: config.plugins.max_calls_per_instance,
+        sink_queue: config.plugins.sink_queue,
+        kinds,
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let PluginsCommand::List { format } = cmd;
+    let settings = host_settings(&ctx.config, PluginKinds::NONE);
+    let host = PluginHost::new(settings.clone(), None, AlertSinks::default());
+    let libraries = runtime()?.block_on(async {
+        host.scan_libraries().await;
+        host.library_reports().await
+    });
+    let (instances, source) = instance_status(&settings);
+    match format {
+        ListFormat::Json => output::json(&serde_json::json!({
+            "plugin_dir": settings.plugin_dir,
+            "config": settings.config_path,
+            "libraries": libraries,
+            "instances": instances,
+            "instance_status_from": source,
+        }))?,
+        ListFormat::Table => {
+            println!("Plugin libraries in {}:", settings.plugin_dir.display());
+            if libraries.is_empty() {
+                println!("  (none)");
+            } else {
+                let rows: Vec<Vec<String>> = libraries
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            file_name(&l.file),
+                            output::cell(l.name.as_deref()),
+                            output::cell(l.version.as_deref()),
+                            l.kinds.join(","),
+                            l.status.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["FILE", "PLUGIN", "VERSION", "KINDS", "STATUS"], &rows)?;
+            }
+            println!();
+            println!(
+                "Instances ({}; status {source}):",
+                settings.config_path.display()
+            );
+            if instances.is_empty() {
+                println!("  (none)");
+            } else {
+                let rows: Vec<Vec<String>> = instances
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            i.plugin.clone(),
+                            i.kinds.join(","),
+                            i.status.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "PLUGIN", "KINDS", "STATUS"], &rows)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+/// Instance status from the running server's snapshot, or the configuration.
+fn instance_status(settings: &HostSettings) -> (Vec<InstanceReport>, String) {
+    let snapshot = std::fs::read(HostSettings::status_file(&settings.data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<StatusSnapshot>(&b).ok())
+        .filter(|s| Path::new(&format!("/proc/{}", s.server_pid)).exists());
+    if let Some(s) = snapshot {
+        return (
+            s.instances,
+            format!(
+                "from the running server (pid {}, as of {})",
+                s.server_pid,
+                output::time(s.updated_at_ms)
+            ),
+        );
+    }
+    match instances::load(&settings.config_path) {
+        Ok(specs) => (
+            specs
+                .into_iter()
+                .map(|s| InstanceReport {
+                    name: s.name,
+                    plugin: s.plugin,
+                    kinds: Vec::new(),
+                    status: "configured".into(),
+                })
+                .collect(),
+            "as configured: no server is running".into(),
+        ),
+        Err(e) => (
+            Vec::new(),
+            format!("unknown: the configuration cannot be used ({e})"),
+        ),
+    }
+}
+
+/// What `keys export` was asked to do.
+pub struct ExportArgs {
+    pub batch: i64,
+    pub format: String,
+    pub out: PathBuf,
+    pub options: Vec<String>,
+    pub force: bool,
+}
+
+/// `vprov keys export`: routes the batch's available keys to the exporter offering
+/// the format and writes the result to `out` (whole, synced, never partial).
+pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let options = parse_options(&args.options)?;
+    if args.out.exists() && !args.force {
+        bail!("{} exists; pass --force to replace it", args.out.display());
+    }
+    let settings = host_settings(&ctx.config, PluginKinds::KEY_EXPORTER);
+    let host = PluginHost::new(settings.clone(), None, AlertSinks::default());
+    let rt = runtime()?;
+    let offers = rt.block_on(async {
+        host.reload().await;
+        let mut offers = Vec::new();
+        for instance in host.active().iter() {
+            if let Ok(formats) = instance
+                .call("export_formats", |p| {
+                    abi_stable::std_types::RResult::ROk(p.export_formats())
+                })
+                .await
+            {
+                offers.extend(formats.into_iter().map(|f| (instance.clone(), f)));
+            }
+        }
+        offers
+    });
+    let Some((instance, format)) = offers
+        .iter()
+        .find(|(_, f)| f.name.as_str() == args.format)
+        .cloned()
+    else {
+        if offers.is_empty() {
+            bail!(
+                "no key export plugin is loaded (plugin directory {}); see `vprov plugins list`",
+                settings.plugin_dir.display()
+            );
+        }
+        let available: Vec<String> = offers
+            .iter()
+            .map(|(i, f)| format!("{} ({}, plugin {})", f.name, f.description, i.plugin))
+            .collect();
+        bail!(
+            "no plugin offers format {:?}; available: {}",
+            args.format,
+            available.join("; ")
+        );
+    };
+
+    let mut store = ctx.store()?;
+    let batch = store
+        .batches()?
+        .into_iter()
+        .find(|b| b.id == args.batch)
+        .ok_or_else(|| anyhow!("no key batch with id {}", args.batch))?;
+    let password = if format.needs_provisioning_password {
+        let pw = store.provisioning_password()?.ok_or_else(|| {
+            anyhow!(
+                "format {} writes the provisioning password into the file: set it first with `vprov password set`",
+                format.name
+            )
+        })?;
+        Some(pw)
+    } else {
+        None
+    };
+    let filter = KeyFilter {
+        batch: Some(args.batch),
+        state: Some(KeyState::Available),
+    };
+    let detail = serde_json::json!({
+        "format": format.name.as_str(),
+        "file": args.out.display().to_string(),
+        "plugin": instance.plugin,
+    });
+    let keys = store.export_keys(&filter, &actor(), detail)?;
+    if keys.is_empty() {
+        bail!("batch {} has no available keys to export", args.batch);
+    }
+    let count = keys.len();
+    let pairs = keys
+        .into_iter()
+        .map(|k| KeyPair {
+            pid: k.pid.as_str().into(),
+            pps: k
+                .pps
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(p.expose_bytes()).into_owned())
+                .unwrap_or_default()
+                .into(),
+        })
+        .collect();
+    let hello_port = ctx.config.hello.listen.port();
+    let request = ExportRequest {
+        format: format.name.clone(),
+        options_json: serde_json::to_string(&options)?.into(),
+        batch_id: batch.id,
+        batch_comment: batch.comment.unwrap_or_default().into(),
+        batch_created_unix_ms: batch.created_at,
+        server_address: ctx.config.export.server_address.as_str().into(),
+        server_port: ctx.config.export.server_port.unwrap_or(hello_port),
+        provisioning_password: password.map(|p| p.expose().into()).into(),
+        pairs,
+    };
+    let file = rt
+        .block_on(instance.call("export", move |p| p.export_keys(&request)))
+        .with_context(|| format!("exporting batch {} as {}", args.batch, format.name))?;
+    write_whole(&args.out, &file.bytes, args.force)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "exported {count} pairs of batch {} as {} to {} ({} bytes, plugin {} {})",
+        args.batch,
+        format_label(&format),
+        args.out.display(),
+        file.bytes.len(),
+        instance.plugin,
+        instance.plugin_version
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_label(f: &ExportFormat) -> String {
+    format!("{} ({})", f.name, f.mime_type)
+}
+
+/// `--option key=value` pairs as a map (a repeated key is an error).
+fn parse_options(options: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for option in options {
+        let Some((k, v)) = option.split_once('=') else {
+            bail!("--option {option:?}: expected key=value");
+        };
+        if k.is_empty() {
+            bail!("--option {option:?}: the key is empty");
+        }
+        if map.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("--option {k} is given twice");
+        }
+    }
+    Ok(map)
+}
+
+/// Writes `bytes` to a temporary file beside `out`, syncs it, then moves it into
+/// place: without `force` only if `out` still does not exist. On any error the
+/// temporary file is removed, so no partial file is left behind.
+fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        if force {
+            std::fs::rename(&tmp, out)?;
+        } else {
+            // A hard link fails if `out` appeared meanwhile; nothing is overwritten.
+            std::fs::hard_link(&tmp, out)?;
+            std::fs::remove_file(&tmp)?;
+        }
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_key_value_pairs() {
+        let m = parse_options(&["a=1".into(), "b=x=y".into()]).unwrap();
+        assert_eq!(m["a"], "1");
+        assert_eq!(m["b"], "x=y");
+        assert!(parse_options(&["novalue".into()]).is_err());
+        assert!(parse_options(&["=v".into()]).is_err());
+        assert!(parse_options(&["a=1".into(), "a=2".into()]).is_err());
+    }
+
+    #[test]
+    fn a_whole_file_is_written_and_an_existing_one_kept_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("keys.csv");
+        write_whole(&out, b"one", false).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"one");
+        let err = write_whole(&out, b"two", false).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&out).unwrap(), b"one");
+        write_whole(&out, b"three", true).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"three");
+        // No temporary file is left behind either way.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("missing-dir").join("keys.csv");
+        assert!(write_whole(&out, b"x", false).is_err());
+        assert!(!out.exists());
+    }
+}

@@ -1,0 +1,152 @@
+//! A provisioning rig for end-to-end tests: a sandbox store with keys and a
+//! provisioning password, a fast-test server configuration, and the simulator's
+//! runtime; plus the queries tests make through the `vprov` CLI.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use vprov_core::keys::{Pid, Pps};
+
+use crate::sim::{address_for, DeviceReport, DeviceSpec, KeyPool, SimConfig, Simulator};
+use crate::{eventually, Sandbox, Server};
+
+pub const MEBX_PASSWORD: &str = "Mebx!Passw0rd";
+
+/// A store with keys and a provisioning password, a server configuration for fast
+/// tests, and a tokio runtime for the simulator.
+pub struct Rig {
+    pub s: Sandbox,
+    pub keys: Vec<(Pid, Pps)>,
+    /// The server configuration file.
+    pub config: PathBuf,
+    pub device_port: u16,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Rig {
+    pub fn new(keys: u32, extra_config: &str) -> Rig {
+        let s = Sandbox::default();
+        s.run(&["keys", "generate", "--count", &keys.to_string()])
+            .ok();
+        s.run_with_stdin(
+            &["password", "set", "--stdin"],
+            &format!("{MEBX_PASSWORD}\n"),
+        )
+        .ok();
+        let listed = s
+            .run(&["keys", "list", "--reveal", "--format", "json"])
+            .json();
+        let keys = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["pid"].as_str().unwrap().parse().unwrap(),
+                    k["pps"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        let config = s.dir.path().join("vprov.toml");
+        // Fast-test settings, unless `extra_config` sets them itself.
+        let mut text = String::from("[provisioning]\n");
+        for default in [
+            "commit_wait_ms = 100",
+            "confirm_timeout_ms = 15000",
+            "step_timeout_ms = 5000",
+            "connect_timeout_ms = 3000",
+        ] {
+            let key = default.split(' ').next().unwrap();
+            if !extra_config.contains(key) {
+                text.push_str(default);
+                text.push('\n');
+            }
+        }
+        text.push_str(extra_config);
+        std::fs::write(&config, text).unwrap();
+        Rig {
+            s,
+            keys,
+            config,
+            device_port: crate::sim::free_device_port(),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    pub fn serve(&self) -> Server {
+        self.serve_on("127.0.0.1:0")
+    }
+
+    /// A (re)start on a given hello address: simulated devices keep saying hello to
+    /// the address they were given.
+    pub fn serve_on(&self, listen: &str) -> Server {
+        self.s.serve(
+            listen,
+            &[
+                "--config",
+                self.config.to_str().unwrap(),
+                "--device-port",
+                &self.device_port.to_string(),
+            ],
+        )
+    }
+
+    /// One device per key in `keys[range]`, on addresses from `base`.
+    pub fn specs(&self, range: std::ops::Range<usize>, base: Ipv4Addr) -> Vec<DeviceSpec> {
+        range
+            .enumerate()
+            .map(|(i, k)| {
+                let (pid, pps) = &self.keys[k];
+                DeviceSpec::new(
+                    *pid,
+                    pps.clone(),
+                    MEBX_PASSWORD,
+                    address_for(i as u32, base).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn simulate(&self, server: &Server, specs: Vec<DeviceSpec>, time_scale: f64) -> Simulator {
+        let mut config = SimConfig::new(server.hello_addr, Arc::new(KeyPool::generate(2).unwrap()));
+        config.device_port = self.device_port;
+        config.time_scale = time_scale;
+        config.restart_delay = Duration::from_millis(50);
+        self.rt.block_on(Simulator::start(config, specs)).unwrap()
+    }
+
+    pub fn wait_all(&self, sim: &Simulator, timeout: Duration) -> Vec<DeviceReport> {
+        self.rt.block_on(sim.wait_all(timeout))
+    }
+
+    pub fn json(&self, args: &[&str]) -> Vec<Value> {
+        self.s.run(args).json().as_array().unwrap().clone()
+    }
+
+    pub fn alerts(&self) -> Vec<Value> {
+        self.json(&["alerts", "list", "--format", "json", "--limit", "1000"])
+    }
+
+    pub fn wait_for_alert(&self, needle: &str) -> Value {
+        eventually(Duration::from_secs(30), needle, || {
+            self.alerts()
+                .into_iter()
+                .find(|a| a["message"].as_str().unwrap_or("").contains(needle))
+        })
+    }
+
+    pub fn key_state(&self, pid: &Pid) -> String {
+        self.json(&["keys", "list", "--format", "json"])
+            .into_iter()
+            .find(|k| k["pid"] == pid.dashed())
+            .map(|k| k["state"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+
+    pub fn devices(&self) -> Vec<Value> {
+        self.json(&["devices", "list", "--format", "json"])
+    }
+}
