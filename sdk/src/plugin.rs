@@ -260,6 +260,11 @@ impl<P: Plugin> abi::PluginInstance for Guarded<P> {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        // The SDK turns a panic into an error by catching the unwind; with
+        // panic = "abort" a plugin's panic would take the whole server down.
+        #[cfg(panic = "abort")]
+        compile_error!("vprov plugins must be built with panic = \"unwind\" (the default)");
+
         /// The library's root module, read by the vprov core at load.
         #[::abi_stable::export_root_module]
         pub fn vprov_plugin_root_module() -> $crate::abi::PluginModule_Ref {

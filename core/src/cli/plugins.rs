@@ -45,18 +45,37 @@ pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .context("starting the async runtime")
+/// A runtime for one command that, when dropped, does not wait for blocking threads:
+/// a plugin call that timed out may still occupy one (a plain drop would wait).
+struct CommandRuntime(Option<tokio::runtime::Runtime>);
+
+impl CommandRuntime {
+    fn new() -> anyhow::Result<CommandRuntime> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(CommandRuntime(Some(rt)))
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.0.as_ref().expect("runtime").block_on(f)
+    }
+}
+
+impl Drop for CommandRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     let PluginsCommand::List { format } = cmd;
     let settings = host_settings(&ctx.config, PluginKinds::NONE);
     let host = PluginHost::new(settings.clone(), None, AlertSinks::default());
-    let libraries = runtime()?.block_on(async {
+    let libraries = CommandRuntime::new()?.block_on(async {
         host.scan_libraries().await;
         host.library_reports().await
     });
@@ -175,7 +194,7 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     let settings = host_settings(&ctx.config, PluginKinds::KEY_EXPORTER);
     let host = PluginHost::new(settings.clone(), None, AlertSinks::default());
-    let rt = runtime()?;
+    let rt = CommandRuntime::new()?;
     let offers = rt.block_on(async {
         host.reload().await;
         let mut offers = Vec::new();

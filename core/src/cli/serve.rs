@@ -69,7 +69,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = server::bind(listen)
             .await
             .with_context(|| format!("cannot listen for hellos on {listen}"))?;
@@ -81,7 +81,11 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         server::run(store, listener, settings, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A plugin call that never returned still occupies a blocking thread; do not
+    // wait for it (dropping the runtime would).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

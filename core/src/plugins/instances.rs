@@ -139,6 +139,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configures_nothing() {
+        assert!(parse(include_str!("../../../config/plugins.toml"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
     fn a_missing_file_is_no_instances() {
         assert!(load(Path::new("/nonexistent/plugins.toml"))
             .unwrap()

@@ -836,3 +836,135 @@ async fn apply_outcome(
         Err(_) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use abi_stable::std_types::ROption;
+    use vprov_sdk::testing::FakeHost;
+    use vprov_sdk::{AlertEvent, AlertSink, Context, Plugin};
+
+    use super::*;
+
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+    /// An in-process sink that panics, sleeps or counts concurrent calls.
+    struct TestSink {
+        mode: String,
+    }
+
+    impl Plugin for TestSink {
+        const NAME: &'static str = "test-sink";
+        const VERSION: &'static str = "1.0.0";
+        const DESCRIPTION: &'static str = "test";
+        const KINDS: PluginKinds = PluginKinds::ALERT_SINK;
+
+        fn new(context: Context) -> Result<Self, PluginError> {
+            Ok(TestSink {
+                mode: context.config_toml,
+            })
+        }
+
+        fn alert_sink(&self) -> Option<&dyn AlertSink> {
+            Some(self)
+        }
+    }
+
+    impl AlertSink for TestSink {
+        fn deliver(&self, _: &AlertEvent) -> Result<(), PluginError> {
+            match self.mode.as_str() {
+                "panic" => panic!("boom"),
+                "sleep" => std::thread::sleep(Duration::from_millis(800)),
+                _ => {
+                    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+                    MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn instance(mode: &str, timeout: Duration, max_calls: usize) -> Arc<Instance> {
+        let dir = std::env::temp_dir();
+        let handle = FakeHost::default()
+            .instantiate::<TestSink>(mode, &dir)
+            .unwrap();
+        Arc::new(Instance {
+            name: "t".into(),
+            plugin: "test-sink".into(),
+            plugin_version: "1.0.0".into(),
+            kinds: PluginKinds::ALERT_SINK,
+            file: PathBuf::from("t.so"),
+            lib_hash: "h".into(),
+            config_toml: mode.into(),
+            handle: Arc::new(handle),
+            slots: Arc::new(Semaphore::new(max_calls)),
+            max_calls,
+            timeout,
+            quarantine: Mutex::new(None),
+            shut_down: AtomicBool::new(false),
+            link: None,
+        })
+    }
+
+    fn event() -> AlertEvent {
+        AlertEvent {
+            at_unix_ms: 0,
+            severity: vprov_sdk::Severity::ERROR,
+            source: "hello".into(),
+            message: "m".into(),
+            pid: ROption::RNone,
+            device_uuid: ROption::RNone,
+            address: ROption::RNone,
+        }
+    }
+
+    async fn deliver(i: &Arc<Instance>) -> Result<(), PluginCallError> {
+        let e = event();
+        i.call("deliver", move |p| p.deliver_alert(&e)).await
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_and_quarantines_the_instance() {
+        let i = instance("panic", Duration::from_secs(5), 2);
+        let err = deliver(&i).await.unwrap_err();
+        assert!(matches!(err, PluginCallError::Plugin { .. }), "{err}");
+        assert!(i.quarantined().unwrap().contains("boom"));
+        let err = deliver(&i).await.unwrap_err();
+        assert!(matches!(err, PluginCallError::Quarantined { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_does_not_return_in_time_quarantines_the_instance() {
+        let i = instance("sleep", Duration::from_millis(100), 2);
+        let err = deliver(&i).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did not return from deliver within 100 ms"),
+            "{err}"
+        );
+        assert!(i.quarantined().is_some());
+        // Shutdown skips an instance that may still be stuck inside the plugin.
+        i.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_into_one_instance_are_bounded() {
+        let i = instance("count", Duration::from_secs(10), 2);
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let i = i.clone();
+                tokio::spawn(async move { deliver(&i).await })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let max = MAX_IN_FLIGHT.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&max), "{max} calls at once");
+    }
+}
