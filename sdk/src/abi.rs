@@ -281,6 +281,10 @@ pub struct ExportRequest {
     pub server_port: u16,
     /// Present only for formats that declare `needs_provisioning_password`.
     pub provisioning_password: ROption<RString>,
+    /// The file the core will write the result to, when it is a file (`vprov keys
+    /// export --out`); absent for downloads. Exporters may check the destination
+    /// (its file system, say) and warn through the host's log; the core does the write.
+    pub destination: ROption<RString>,
     pub pairs: RVec<KeyPair>,
 }
 
@@ -296,6 +300,7 @@ impl fmt::Debug for ExportRequest {
                 "provisioning_password",
                 &self.provisioning_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("destination", &self.destination)
             .field("pairs", &self.pairs.len())
             .finish_non_exhaustive()
     }

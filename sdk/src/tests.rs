@@ -162,6 +162,7 @@ fn secrets_print_redacted() {
         server_address: "10.0.0.1".into(),
         server_port: 9971,
         provisioning_password: ROption::RSome("P@ssw0rd-secret".into()),
+        destination: ROption::RNone,
         pairs: vec![KeyPair {
             pid: "0000037M".into(),
             pps: pps.into(),

@@ -285,6 +285,7 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         server_address: ctx.config.export.server_address.as_str().into(),
         server_port: ctx.config.export.server_port.unwrap_or(hello_port),
         provisioning_password: password.map(|p| p.expose().into()).into(),
+        destination: Some(args.out.display().to_string().into()).into(),
         pairs,
     };
     let file = rt

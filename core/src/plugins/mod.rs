@@ -114,6 +114,9 @@ pub struct Instance {
     quarantine: Mutex<Option<String>>,
     shut_down: AtomicBool,
     link: Option<ServerLink>,
+    /// Signalled when the instance's status changes (quarantine), so the server's
+    /// status snapshot is rewritten.
+    status_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Instance {
@@ -192,6 +195,7 @@ impl Instance {
             }
             *q = Some(reason.clone());
         }
+        self.status_changed.notify_one();
         let message = format!(
             "plugin instance {} ({} {}) quarantined: {reason}; it gets no more calls until its library or configuration changes",
             self.name, self.plugin, self.plugin_version
@@ -285,6 +289,7 @@ struct Inner {
     sinks: AlertSinks,
     state: tokio::sync::Mutex<State>,
     active: RwLock<Arc<Vec<Arc<Instance>>>>,
+    status_changed: Arc<tokio::sync::Notify>,
 }
 
 impl PluginHost {
@@ -292,7 +297,7 @@ impl PluginHost {
     /// the router the alert writer publishes to.
     pub fn new(settings: HostSettings, link: Option<ServerLink>, sinks: AlertSinks) -> PluginHost {
         let loader = Loader::new(settings.plugin_dir.clone(), settings.run_dir());
-        PluginHost {
+        let host = PluginHost {
             inner: Arc::new(Inner {
                 settings,
                 link,
@@ -307,8 +312,22 @@ impl PluginHost {
                     reported: HashSet::new(),
                 }),
                 active: RwLock::new(Arc::new(Vec::new())),
+                status_changed: Arc::new(tokio::sync::Notify::new()),
             }),
+        };
+        if let Some(link) = &host.inner.link {
+            // Rewrites the status snapshot after a quarantine; ends with the host.
+            let weak = Arc::downgrade(&host.inner);
+            let changed = host.inner.status_changed.clone();
+            link.runtime.spawn(async move {
+                loop {
+                    changed.notified().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    PluginHost { inner }.refresh_status().await;
+                }
+            });
         }
+        host
     }
 
     pub fn settings(&self) -> &HostSettings {
@@ -599,6 +618,7 @@ impl PluginHost {
             quarantine: Mutex::new(None),
             shut_down: AtomicBool::new(false),
             link: self.inner.link.clone(),
+            status_changed: self.inner.status_changed.clone(),
         });
         Ok(instance)
     }
@@ -735,7 +755,6 @@ impl PluginHost {
         if actions.is_empty() {
             return;
         }
-        let host = self.clone();
         tokio::spawn(async move {
             for action in actions {
                 let d = device.clone();
@@ -754,7 +773,6 @@ impl PluginHost {
                     }),
                 }
             }
-            host.refresh_status().await;
         });
     }
 }
@@ -908,6 +926,7 @@ mod tests {
             quarantine: Mutex::new(None),
             shut_down: AtomicBool::new(false),
             link: None,
+            status_changed: Arc::default(),
         })
     }
 

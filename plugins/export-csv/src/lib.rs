@@ -134,6 +134,7 @@ mod tests {
             server_address: RString::new(),
             server_port: 9971,
             provisioning_password: ROption::RNone,
+            destination: ROption::RNone,
             pairs: (0..n)
                 .map(|_| KeyPair {
                     pid: "0000037M".into(),
