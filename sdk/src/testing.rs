@@ -7,8 +7,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RStr};
 
 use crate::abi::{
-    DeviceInfo, HostServices, HostServicesBox, InitContext, LogLevel, PluginAlert, PluginError,
-    PluginInstanceBox,
+    AlertEvent, DeviceInfo, HostServices, HostServicesBox, InitContext, LogLevel, PluginAlert,
+    PluginError, PluginInstanceBox, Severity,
 };
 use crate::plugin::{instantiate, Plugin};
 
@@ -60,5 +60,32 @@ impl HostServices for FakeHost {
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError> {
         let devices = self.devices.lock().unwrap();
         RResult::ROk(devices.iter().find(|d| d.uuid == uuid).cloned().into())
+    }
+}
+
+/// An alert as sinks receive it: `message` from source `hello`, severity error, at a
+/// fixed time, with no PID, device or address.
+pub fn sample_alert(message: &str) -> AlertEvent {
+    AlertEvent {
+        at_unix_ms: 1_764_000_000_123,
+        severity: Severity::ERROR,
+        source: "hello".into(),
+        message: message.into(),
+        pid: ROption::RNone,
+        device_uuid: ROption::RNone,
+        address: ROption::RNone,
+    }
+}
+
+/// A just-provisioned, unmanaged device with UUID `uuid`.
+pub fn sample_device(uuid: &str) -> DeviceInfo {
+    DeviceInfo {
+        uuid: uuid.into(),
+        host_name: ROption::RNone,
+        address: "127.0.0.1".into(),
+        amt_version: ROption::RNone,
+        pid: "0000-037M".into(),
+        state: "unmanaged".into(),
+        management_mode: ROption::RNone,
     }
 }

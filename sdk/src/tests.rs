@@ -56,13 +56,8 @@ impl AlertSink for Sink {
 
 fn alert(message: &str) -> AlertEvent {
     AlertEvent {
-        at_unix_ms: 1,
-        severity: Severity::ERROR,
-        source: "hello".into(),
-        message: message.into(),
-        pid: ROption::RNone,
         device_uuid: ROption::RSome("u-1".into()),
-        address: ROption::RNone,
+        ..testing::sample_alert(message)
     }
 }
 
@@ -120,16 +115,10 @@ fn kinds_not_provided_answer_unsupported() {
         .instantiate::<Sink>("", &data_dir())
         .unwrap();
     assert!(sink.export_formats().is_empty());
-    let device = DeviceInfo {
-        uuid: "u".into(),
-        host_name: ROption::RNone,
-        address: "127.0.0.1".into(),
-        amt_version: ROption::RNone,
-        pid: "0000-037M".into(),
-        state: "unmanaged".into(),
-        management_mode: ROption::RNone,
-    };
-    let err = sink.after_provisioning(&device).into_result().unwrap_err();
+    let err = sink
+        .after_provisioning(&testing::sample_device("u"))
+        .into_result()
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
 }
 

@@ -209,6 +209,10 @@ fn describe(e: LibraryError) -> String {
             "built with an incompatible abi_stable ({}.{}; rebuild against vprov-sdk {SDK_VERSION})",
             h.abi_major, h.abi_minor
         ),
+        LibraryError::AbiInstability(_) => format!(
+            "its plugin interface does not match this core's (built against a different \
+             vprov-sdk; rebuild it against vprov-sdk {SDK_VERSION})"
+        ),
         other => format!("refused by the ABI check: {other}"),
     }
 }

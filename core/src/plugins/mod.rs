@@ -859,8 +859,7 @@ async fn apply_outcome(
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use abi_stable::std_types::ROption;
-    use vprov_sdk::testing::FakeHost;
+    use vprov_sdk::testing::{sample_alert, FakeHost};
     use vprov_sdk::{AlertEvent, AlertSink, Context, Plugin};
 
     use super::*;
@@ -930,20 +929,8 @@ mod tests {
         })
     }
 
-    fn event() -> AlertEvent {
-        AlertEvent {
-            at_unix_ms: 0,
-            severity: vprov_sdk::Severity::ERROR,
-            source: "hello".into(),
-            message: "m".into(),
-            pid: ROption::RNone,
-            device_uuid: ROption::RNone,
-            address: ROption::RNone,
-        }
-    }
-
     async fn deliver(i: &Arc<Instance>) -> Result<(), PluginCallError> {
-        let e = event();
+        let e = sample_alert("m");
         i.call("deliver", move |p| p.deliver_alert(&e)).await
     }
 

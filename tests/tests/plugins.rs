@@ -1,0 +1,380 @@
+//! End to end: plugin libraries built in this workspace (export-csv, alert-file and
+//! the test fixtures) loaded by the real `vprov` binary — listed, routed to, hot
+//! added, replaced and reconfigured while `vprov serve` runs, and the broken ones
+//! refused or quarantined while the core keeps provisioning.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use vprov_tests::rig::Rig;
+use vprov_tests::{eventually, Sandbox};
+
+fn list(s: &Sandbox) -> Value {
+    s.run(&["plugins", "list", "--format", "json"]).json()
+}
+
+fn library<'a>(listed: &'a Value, file: &str) -> &'a Value {
+    listed["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["file"].as_str().unwrap().ends_with(file))
+        .unwrap_or_else(|| panic!("{file} not listed: {listed}"))
+}
+
+/// Waits until `vprov plugins list` reports instance `name` with a status starting
+/// with `status`, and returns the instance's entry.
+fn wait_instance(s: &Sandbox, name: &str, status: &str) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("instance {name} {status}"),
+        || {
+            list(s)["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["name"] == name && i["status"].as_str().unwrap().starts_with(status))
+                .cloned()
+        },
+    )
+}
+
+fn write_instances(s: &Sandbox, text: &str) {
+    let path = s.data_dir().join("plugins.toml");
+    let tmp = s.data_dir().join(".plugins.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// Sends a hello that is not one: the server raises a "malformed hello" alert.
+fn bad_hello(server: SocketAddr, tag: &str) {
+    let mut tcp = TcpStream::connect(server).unwrap();
+    tcp.write_all(format!("not a hello {tag}").as_bytes())
+        .unwrap();
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_line(path: &Path, needle: &str) -> String {
+    eventually(Duration::from_secs(30), needle, || {
+        lines(path).into_iter().find(|l| l.contains(needle))
+    })
+}
+
+fn plugin_data(s: &Sandbox, instance: &str, file: &str) -> PathBuf {
+    s.data_dir().join("plugin-data").join(instance).join(file)
+}
+
+/// Serves with one instance `name` of the unruly fixture configured by `config` (TOML
+/// lines) and waits until it is active.
+fn serve_with_unruly(rig: &Rig, name: &str, config: &str) -> vprov_tests::Server {
+    write_instances(
+        &rig.s,
+        &format!("[instances.{name}]\nplugin = \"fixture-unruly\"\n[instances.{name}.config]\n{config}\n"),
+    );
+    rig.s.install_plugin("fixture_unruly", "unruly.so");
+    let server = rig.serve();
+    wait_instance(&rig.s, name, "active");
+    server
+}
+
+#[test]
+fn libraries_are_listed_and_broken_ones_refused_with_their_reason() {
+    let s = Sandbox::default();
+    s.run(&["keys", "generate", "--count", "1"]).ok();
+    s.install_plugin("export_csv", "export-csv.so");
+    s.install_plugin("fixture_old_sdk", "old-sdk.so");
+    s.install_plugin("fixture_not_abi_stable", "not-a-plugin.so");
+    std::fs::write(s.data_dir().join("plugins/garbage.so"), b"not even ELF").unwrap();
+
+    let listed = list(&s);
+    let csv = library(&listed, "export-csv.so");
+    assert_eq!(csv["status"], "loaded");
+    assert_eq!(csv["name"], "export-csv");
+    assert_eq!(csv["kinds"], serde_json::json!(["key_exporter"]));
+    let status = |file| {
+        library(&listed, file)["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old = status("old-sdk.so");
+    assert!(old.contains("incompatible SDK"), "{old}");
+    assert!(old.contains("0.0.9"), "{old}");
+    let not_plugin = status("not-a-plugin.so");
+    assert!(
+        not_plugin.contains("exports no abi_stable root module"),
+        "{not_plugin}"
+    );
+    assert!(
+        status("garbage.so").contains("not a loadable library"),
+        "{listed}"
+    );
+
+    let table = s.run(&["plugins", "list"]).ok();
+    assert!(table.contains("export-csv"), "{table}");
+    assert!(
+        table.contains("failed: built against an incompatible SDK"),
+        "{table}"
+    );
+}
+
+/// The audit entry of the most recent `action`.
+fn audit_entry(s: &Sandbox, action: &str) -> Value {
+    let audit = s.run(&["audit", "list", "--format", "json"]).json();
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == action)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {action} in the audit log: {audit}"))
+}
+
+#[test]
+fn keys_export_routes_to_the_plugin_offering_the_format() {
+    let s = Sandbox::default();
+    let out = s.dir.path().join("batch.csv");
+    let export = |format: &str, extra: &[&str]| {
+        let mut args = vec!["keys", "export", "--batch", "1", "--format", format];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        s.run(&args)
+    };
+    s.run(&["keys", "generate", "--count", "5", "--comment", "bench 4"])
+        .ok();
+    let err = export("csv", &[]).fails();
+    assert!(err.contains("no key export plugin is loaded"), "{err}");
+
+    s.install_plugin("export_csv", "export-csv.so");
+    let err = export("pdf", &[]).fails();
+    assert!(err.contains("no plugin offers format \"pdf\""), "{err}");
+    assert!(err.contains("csv ("), "{err}");
+    assert!(!out.exists());
+
+    let printed = export("csv", &["--option", "delimiter=;"]).ok();
+    assert!(printed.contains("exported 5 pairs of batch 1"), "{printed}");
+    let keys = s
+        .run(&["keys", "list", "--reveal", "--format", "json"])
+        .json();
+    let csv = lines(&out);
+    assert_eq!(csv.len(), 6, "{csv:?}");
+    for (row, key) in csv[1..].iter().zip(keys.as_array().unwrap()) {
+        let expected = format!(
+            "{};{};1;bench 4",
+            key["pid"].as_str().unwrap(),
+            key["pps"].as_str().unwrap()
+        );
+        assert!(row.ends_with(&expected), "{row} vs {expected}");
+    }
+    let audited = audit_entry(&s, "keys.export");
+    assert_eq!(audited["detail"]["export"]["format"], "csv");
+    assert_eq!(audited["detail"]["count"], 5);
+
+    // An existing file is kept unless --force; a bad option is the plugin's error.
+    let err = export("csv", &[]).fails();
+    assert!(err.contains("--force"), "{err}");
+    let err = export("csv", &["--force", "--option", "colour=red"]).fails();
+    assert!(err.contains("colour"), "{err}");
+    assert_eq!(lines(&out).len(), 6, "the old file is intact");
+}
+
+#[test]
+fn a_dropped_in_sink_becomes_active_and_a_config_change_reconfigures_it() {
+    let rig = Rig::new(1, "");
+    let s = &rig.s;
+    let server = rig.serve();
+    write_instances(
+        s,
+        "[instances.to-file]\nplugin = \"alert-file\"\n[instances.to-file.config]\npath = \"first.jsonl\"\n",
+    );
+    // The configuration names a plugin that is not there yet.
+    wait_instance(
+        s,
+        "to-file",
+        "failed: no loaded library provides plugin alert-file",
+    );
+
+    s.install_plugin("alert_file", "alert-file.so");
+    wait_instance(s, "to-file", "active");
+    bad_hello(server.hello_addr, "one");
+    let first = plugin_data(s, "to-file", "first.jsonl");
+    let line: Value = serde_json::from_str(&wait_line(&first, "malformed hello")).unwrap();
+    assert_eq!(line["source"], "hello");
+    assert_eq!(line["severity"], "warning");
+
+    // A new path: only this instance is re-created, and alerts follow the change.
+    write_instances(
+        s,
+        "[instances.to-file]\nplugin = \"alert-file\"\n[instances.to-file.config]\npath = \"second.jsonl\"\n",
+    );
+    let second = plugin_data(s, "to-file", "second.jsonl");
+    eventually(Duration::from_secs(30), "the new path in use", || {
+        bad_hello(server.hello_addr, "two");
+        std::thread::sleep(Duration::from_millis(200));
+        (!lines(&second).is_empty()).then_some(())
+    });
+
+    // A configuration the plugin refuses, then one that is not TOML: both keep the
+    // running instance, with an alert.
+    write_instances(
+        s,
+        "[instances.to-file]\nplugin = \"alert-file\"\n[instances.to-file.config]\npath = \"third.jsonl\"\nmax_bytes = 1\n",
+    );
+    rig.wait_for_alert("the previous one keeps running");
+    write_instances(s, "[instances.to-file\nplugin = ");
+    rig.wait_for_alert("the current plugin instances keep running");
+    let before = lines(&second).len();
+    bad_hello(server.hello_addr, "three");
+    eventually(Duration::from_secs(30), "alerts still delivered", || {
+        (lines(&second).len() > before).then_some(())
+    });
+    assert!(!plugin_data(s, "to-file", "third.jsonl").exists());
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn a_replaced_library_is_loaded_as_a_new_copy_and_swapped_in() {
+    let rig = Rig::new(1, "");
+    let s = &rig.s;
+    let server = serve_with_unruly(&rig, "probe", "record = \"seen.txt\"");
+    let v1 = wait_instance(s, "probe", "active");
+    assert_eq!(v1["plugin"], "fixture-unruly 0.1.0");
+    let seen = plugin_data(s, "probe", "seen.txt");
+    bad_hello(server.hello_addr, "before");
+    wait_line(&seen, "alert v0.1.0 malformed hello");
+
+    s.install_plugin("fixture_unruly_v2", "unruly.so");
+    eventually(Duration::from_secs(30), "version 2 active", || {
+        let listed = list(s);
+        let probe = listed["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "probe")
+            .cloned()?;
+        (probe["plugin"] == "fixture-unruly 2.0.0" && probe["status"] == "active").then_some(())
+    });
+    bad_hello(server.hello_addr, "after");
+    wait_line(&seen, "alert v2.0.0 malformed hello");
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn panicking_and_hanging_plugins_are_quarantined_while_devices_provision() {
+    let rig = Rig::new(2, "[plugins]\ncall_timeout_ms = 1500\n");
+    let s = &rig.s;
+    write_instances(
+        s,
+        "[instances.panicky]\nplugin = \"fixture-unruly\"\n[instances.panicky.config]\nmode = \"panic\"\n\
+         [instances.stuck]\nplugin = \"fixture-unruly\"\n[instances.stuck.config]\nmode = \"hang\"\n\
+         [instances.broken-start]\nplugin = \"fixture-unruly\"\n[instances.broken-start.config]\nmode = \"panic\"\npanic_in = \"new\"\n",
+    );
+    s.install_plugin("fixture_unruly", "unruly.so");
+    s.install_plugin("fixture_old_sdk", "old-sdk.so");
+    s.install_plugin("fixture_not_abi_stable", "not-a-plugin.so");
+    let server = rig.serve();
+
+    rig.wait_for_alert("old-sdk.so was not loaded: built against an incompatible SDK");
+    rig.wait_for_alert("not-a-plugin.so was not loaded: not a vprov plugin");
+    let failed = wait_instance(s, "broken-start", "failed:");
+    assert!(
+        failed["status"].as_str().unwrap().contains("told to panic"),
+        "{failed}"
+    );
+
+    bad_hello(server.hello_addr, "trigger");
+    let panicked = wait_instance(s, "panicky", "quarantined:");
+    assert!(
+        panicked["status"]
+            .as_str()
+            .unwrap()
+            .contains("fixture-unruly told to panic"),
+        "{panicked}"
+    );
+    let hung = wait_instance(s, "stuck", "quarantined:");
+    assert!(
+        hung["status"]
+            .as_str()
+            .unwrap()
+            .contains("did not return from deliver within 1500 ms"),
+        "{hung}"
+    );
+    rig.wait_for_alert("plugin instance panicky (fixture-unruly 0.1.0) quarantined");
+
+    // The core keeps provisioning.
+    let specs = rig.specs(0..2, Ipv4Addr::new(127, 41, 0, 1));
+    let sim = rig.simulate(&server, specs, 0.001);
+    let reports = rig.wait_all(&sim, Duration::from_secs(60));
+    assert!(reports.iter().all(|r| r.committed), "{reports:?}");
+    eventually(Duration::from_secs(30), "both devices recorded", || {
+        (rig.devices().len() == 2).then_some(())
+    });
+    assert_eq!(server.stop(), 0, "a hung plugin does not block shutdown");
+}
+
+#[test]
+fn a_slow_sink_cannot_delay_provisioning() {
+    let rig = Rig::new(3, "[plugins]\ncall_timeout_ms = 60000\nsink_queue = 2\n");
+    let s = &rig.s;
+    let server = serve_with_unruly(
+        &rig,
+        "slow",
+        "mode = \"slow\"\ndelay_ms = 8000\nrecord = \"seen.txt\"",
+    );
+    // More alerts than the sink's queue holds.
+    for i in 0..6 {
+        bad_hello(server.hello_addr, &i.to_string());
+    }
+    let specs = rig.specs(0..3, Ipv4Addr::new(127, 42, 0, 1));
+    let sim = rig.simulate(&server, specs, 0.001);
+    let reports = rig.wait_all(&sim, Duration::from_secs(60));
+    assert!(reports.iter().all(|r| r.committed), "{reports:?}");
+    eventually(Duration::from_secs(30), "devices recorded", || {
+        (rig.devices().len() == 3).then_some(())
+    });
+    let seen = plugin_data(s, "slow", "seen.txt");
+    assert!(
+        lines(&seen).iter().all(|l| !l.starts_with("alert")),
+        "provisioning finished before the sink delivered its first alert: {:?}",
+        lines(&seen)
+    );
+    // Once the sink catches up, what it lost is reported.
+    rig.wait_for_alert("alert sink slow fell behind");
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn a_post_provision_action_moves_the_device_to_managed() {
+    let rig = Rig::new(1, "");
+    let s = &rig.s;
+    let server = serve_with_unruly(
+        &rig,
+        "manage",
+        "outcome = \"agentless\"\nrecord = \"seen.txt\"",
+    );
+    let specs = rig.specs(0..1, Ipv4Addr::new(127, 43, 0, 1));
+    let sim = rig.simulate(&server, specs, 0.001);
+    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
+    let device = eventually(Duration::from_secs(30), "device managed", || {
+        rig.devices().into_iter().find(|d| d["state"] == "managed")
+    });
+    assert_eq!(device["management_mode"], "agentless");
+    wait_line(
+        &plugin_data(s, "manage", "seen.txt"),
+        &format!("device {}", device["uuid"].as_str().unwrap()),
+    );
+    let moved = audit_entry(s, "device.manage");
+    assert_eq!(moved["actor"], "plugin:manage");
+    assert_eq!(moved["detail"]["mode"], "agentless");
+    assert_eq!(server.stop(), 0);
+}
