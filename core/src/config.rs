@@ -78,7 +78,7 @@ struct ExportSection {
 pub struct PluginsConfig {
     /// Plugin library directory; `None` means `plugins/` in the data directory.
     pub dir: Option<PathBuf>,
-    /// Plugin instance configuration; `None` means `plugins.toml` in the data dir.
+    /// Plugin instance configuration; `None` means `plugins.toml` in the plugin dir.
     pub config: Option<PathBuf>,
     /// How long one call into a plugin may take before the instance is quarantined.
     pub call_timeout: Duration,
@@ -192,7 +192,7 @@ impl Config {
         self.plugins
             .config
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("plugins.toml"))
+            .unwrap_or_else(|| self.plugin_dir().join("plugins.toml"))
     }
 }
 

@@ -43,8 +43,10 @@ fn wait_instance(s: &Sandbox, name: &str, status: &str) -> Value {
 }
 
 fn write_instances(s: &Sandbox, text: &str) {
-    let path = s.data_dir().join("plugins.toml");
-    let tmp = s.data_dir().join(".plugins.toml.tmp");
+    let dir = s.data_dir().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plugins.toml");
+    let tmp = dir.join(".plugins.toml.tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(tmp, path).unwrap();
 }

@@ -77,7 +77,7 @@ enum Command {
     ///
     /// Plugin libraries (.so) in the plugin directory [default: DIR/plugins] are
     /// loaded at start and whenever they change; instances are configured in
-    /// plugins.toml [default: DIR/plugins.toml]. See config/plugins.toml.
+    /// plugins.toml [default: DIR/plugins/plugins.toml]. See config/plugins.toml.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
 }

@@ -1,4 +1,4 @@
-//! The plugin instance configuration (`plugins.toml` in the data directory by default):
+//! The plugin instance configuration (`plugins.toml` in the plugin directory by default):
 //! which plugins run, under which names, with which settings.
 //!
 //! ```toml

@@ -19,9 +19,11 @@ pub fn start(
     host: PluginHost,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>), notify::Error> {
-    let plugin_dir = host.settings().plugin_dir.clone();
-    let config = host.settings().config_path.clone();
-    let config_dir = parent_dir(&config);
+    // Canonical paths, so the paths in events compare equal to them.
+    let plugin_dir = host.settings().plugin_dir.canonicalize()?;
+    let config_path = &host.settings().config_path;
+    let config_dir = parent_dir(config_path).canonicalize()?;
+    let config = config_dir.join(config_path.file_name().unwrap_or_default());
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let relevant = {
         let plugin_dir = plugin_dir.clone();

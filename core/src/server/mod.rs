@@ -111,7 +111,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Connections the kernel queues for the hello listener before it accepts them (the
+/// kernel caps it at `net.core.somaxconn`). Devices connect, write 32 bytes and close
+/// at once, so a burst of hellos outpaces any accept loop for a moment; a full queue
+/// drops SYNs and costs the device a one-second retransmit.
+const HELLO_BACKLOG: u32 = 4096;
+
 /// Binds the hello listener (a clear error names the address on failure).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restarted server can rebind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HELLO_BACKLOG)
 }
