@@ -12,6 +12,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 # The kill program (procps) sends SIGTERM to test servers.
 { [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need+=(procps)
+# The key-sheet tests read the exported PDF back with poppler's pdftotext.
+command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
 
 if ((${#need[@]} == 0)); then
   exit 0

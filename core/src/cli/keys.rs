@@ -86,6 +86,21 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Decode a setup.bin USB key file and show its header and records
+    ///
+    /// Reads files from vprov and from other tools (Intel's included). Passwords and
+    /// PPSs are masked unless --reveal: the file holds secrets in the clear, so
+    /// treat it (and the USB key) like the keys themselves.
+    InspectSetupbin {
+        /// The setup.bin file
+        file: std::path::PathBuf,
+        /// Show passwords and PPSs
+        #[arg(long)]
+        reveal: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
     /// Revoke keys so that hellos with their PIDs are refused
     ///
     /// Revoked PIDs are never reissued. Either name PIDs or give --batch to revoke
@@ -110,6 +125,11 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             format,
         } => list(ctx, KeyFilter { batch, state }, reveal, format),
         KeysCommand::Batches { format } => batches(ctx, format),
+        KeysCommand::InspectSetupbin {
+            file,
+            reveal,
+            format,
+        } => inspect_setupbin(&file, reveal, format),
         KeysCommand::Export {
             batch,
             format,
@@ -370,6 +390,76 @@ fn revoke(ctx: &Context, pids: &[String], batch: Option<i64>) -> anyhow::Result<
     }
     if !all_done {
         bail!("some keys could not be revoked because devices were provisioned with them");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_setupbin(
+    path: &std::path::Path,
+    reveal: bool,
+    format: ListFormat,
+) -> anyhow::Result<ExitCode> {
+    use setupbin::{describe, SetupBin};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = SetupBin::decode(&bytes)
+        .with_context(|| format!("{} is not a valid setup.bin", path.display()))?;
+    let name = |m: u16, v: u16| describe(m, v).map_or("unknown", |(n, _)| n);
+    match format {
+        ListFormat::Json => output::json(&serde_json::json!({
+            "version": file.version,
+            "format_version": format!("{}.{}", file.major, file.minor),
+            "consumable": file.consumable,
+            "record_count": file.records.len(),
+            "consumed": file.consumed,
+            "modules": file.modules,
+            "records": file.records.iter().map(|r| serde_json::json!({
+                "number": r.number,
+                "valid": r.valid,
+                "scrambled": r.scrambled,
+                "entries": r.entries.iter().map(|e| serde_json::json!({
+                    "id": format!("{}.{}", e.module, e.variable),
+                    "name": name(e.module, e.variable),
+                    "value": e.display_value(reveal),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }))?,
+        ListFormat::Table => {
+            println!(
+                "setup.bin version {} ({}.{}), {} records, {} consumed, records {}, modules {:?}",
+                file.version,
+                file.major,
+                file.minor,
+                file.records.len(),
+                file.consumed,
+                if file.consumable {
+                    "consumable"
+                } else {
+                    "not consumed"
+                },
+                file.modules
+            );
+            let mut out = io::stdout().lock();
+            for r in &file.records {
+                writeln!(
+                    out,
+                    "record {}{}{}",
+                    r.number,
+                    if r.valid { "" } else { " (invalid or used)" },
+                    if r.scrambled { ", scrambled" } else { "" }
+                )?;
+                for e in &r.entries {
+                    writeln!(
+                        out,
+                        "  {}.{} {}: {}",
+                        e.module,
+                        e.variable,
+                        name(e.module, e.variable),
+                        e.display_value(reveal)
+                    )?;
+                }
+            }
+            out.flush()?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -188,8 +188,11 @@ pub struct ExportArgs {
 /// `vprov keys export`: routes the batch's available keys to the exporter offering
 /// the format and writes the result to `out` (whole, synced, never partial).
 pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let options = parse_options(&args.options)?;
-    if args.out.exists() && !args.force {
+    let mut options = parse_options(&args.options)?;
+    // `--option force=true` is the same as --force; overwriting is the core's business,
+    // so exporters never see it.
+    let force = args.force || options.remove("force").as_deref() == Some("true");
+    if args.out.exists() && !force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
     let settings = host_settings(&ctx.config, PluginKinds::KEY_EXPORTER);
@@ -291,7 +294,7 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let file = rt
         .block_on(instance.call("export", move |p| p.export_keys(&request)))
         .with_context(|| format!("exporting batch {} as {}", args.batch, format.name))?;
-    write_whole(&args.out, &file.bytes, args.force)
+    write_whole(&args.out, &file.bytes, force)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "exported {count} pairs of batch {} as {} to {} ({} bytes, plugin {} {})",
@@ -334,6 +337,21 @@ fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Check before writing: on a small USB key a half-written file helps nobody.
+    let stat = nix::sys::statvfs::statvfs(&dir).map_err(std::io::Error::from)?;
+    // Both are u64 on 64-bit Linux but narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+    if (bytes.len() as u64) > free {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "{} bytes needed but only {free} are free on {}",
+                bytes.len(),
+                dir.display()
+            ),
+        ));
+    }
     let name = out
         .file_name()
         .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
