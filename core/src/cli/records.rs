@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
 use vprov_core::password::ProvisioningPassword;
-use vprov_core::store::{DeviceFilter, DeviceState, Severity};
+use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, ListFormat};
@@ -35,6 +35,26 @@ pub enum PasswordCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
+    /// Move unmanaged devices to managed devices
+    ///
+    /// --agentless: AMT-only management (power, inventory) over TLS, no agent in the
+    /// operating system. If any UUID is unknown, nothing changes. Written to the
+    /// audit log.
+    Manage {
+        /// Device UUIDs (as `vprov devices list` shows them)
+        #[arg(required = true)]
+        uuids: Vec<String>,
+        /// Manage over AMT only, without an agent (required: agent deployment is not
+        /// available yet)
+        #[arg(long)]
+        agentless: bool,
+    },
+    /// Move managed devices back to the unmanaged list
+    Unmanage {
+        /// Device UUIDs
+        #[arg(required = true)]
+        uuids: Vec<String>,
+    },
     /// List provisioned devices
     List {
         /// Only devices in this state
@@ -134,7 +154,16 @@ fn prompt_password() -> anyhow::Result<ProvisioningPassword> {
 }
 
 pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let DevicesCommand::List { state, format } = cmd;
+    let (state, format) = match cmd {
+        DevicesCommand::List { state, format } => (state, format),
+        DevicesCommand::Manage { uuids, agentless } => {
+            if !agentless {
+                bail!("say how the devices are managed: --agentless (AMT only); deploying a management agent is not available yet");
+            }
+            return move_devices(ctx, &uuids, Some(ManagementMode::Agentless));
+        }
+        DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
+    };
     let devices = ctx.store()?.devices(&DeviceFilter { state })?;
     match format {
         ListFormat::Json => output::json(&json!(devices
@@ -160,6 +189,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 "STATE",
                 "MODE",
                 "PROVISIONED",
+                "LAST CONTACT",
             ],
             &devices
                 .iter()
@@ -172,6 +202,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                         d.state.as_str().to_string(),
                         cell(d.management_mode.as_deref()),
                         output::time(d.provisioned_at),
+                        cell(d.last_contact_at.map(output::time).as_deref()),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -253,5 +284,26 @@ pub fn audit(cmd: AuditCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>(),
         )?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices manage` / `devices unmanage`: all named devices or none.
+fn move_devices(
+    ctx: &Context,
+    uuids: &[String],
+    mode: Option<ManagementMode>,
+) -> anyhow::Result<ExitCode> {
+    let canonical: Vec<String> = uuids
+        .iter()
+        .map(|u| u.trim().to_ascii_lowercase())
+        .collect();
+    let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
+    ctx.store()?
+        .set_device_management(&refs, mode, &actor(), json!(null))?;
+    let to = match mode {
+        Some(m) => format!("managed ({})", m.as_str()),
+        None => "unmanaged".to_string(),
+    };
+    println!("{} device(s) moved to {to}", refs.len());
     Ok(ExitCode::SUCCESS)
 }

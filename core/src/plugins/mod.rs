@@ -845,7 +845,7 @@ async fn apply_outcome(
     });
     match link
         .store
-        .call(move |s| s.set_device_management(&uuid, Some(mode), &actor, detail))
+        .call(move |s| s.set_device_management(&[&uuid], Some(mode), &actor, detail))
         .await
     {
         Ok(Ok(())) => tracing::info!(instance = %action.name, device = %device.uuid,

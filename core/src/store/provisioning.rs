@@ -374,7 +374,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{KeyFilter, StoreOptions};
+    use crate::store::{DeviceState, KeyFilter, ManagementMode, StoreOptions};
 
     fn store_with_key() -> (tempfile::TempDir, Store, Pid) {
         let dir = tempfile::tempdir().unwrap();
@@ -435,6 +435,45 @@ mod tests {
         ));
         let devices = store.devices(&Default::default()).unwrap();
         assert_eq!(devices[0].provisioned_pid.as_deref(), Some(pid.as_str()));
+
+        // Moving devices is all or nothing, and audited per device.
+        let err = store
+            .set_device_management(
+                &["uuid-1", "nope"],
+                Some(ManagementMode::Agentless),
+                "t",
+                serde_json::Value::Null,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownDevice(ref u) if u == "nope"));
+        assert_eq!(
+            store.device("uuid-1").unwrap().unwrap().state,
+            DeviceState::Unmanaged
+        );
+        store
+            .set_device_management(
+                &["uuid-1"],
+                Some(ManagementMode::Agentless),
+                "t",
+                serde_json::Value::Null,
+            )
+            .unwrap();
+        let d = store.device("uuid-1").unwrap().unwrap();
+        assert_eq!(d.state, DeviceState::Managed);
+        assert_eq!(d.management_mode.as_deref(), Some("agentless"));
+        store
+            .set_device_management(&["uuid-1"], None, "t", serde_json::Value::Null)
+            .unwrap();
+        let d = store.device("uuid-1").unwrap().unwrap();
+        assert_eq!((d.state, d.management_mode), (DeviceState::Unmanaged, None));
+        let actions: Vec<String> = store
+            .audit_log(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(&actions[..2], ["device.unmanage", "device.manage"]);
+        assert!(store.device("nope").unwrap().is_none());
     }
 
     #[test]

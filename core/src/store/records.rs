@@ -270,11 +270,12 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Moves a device to managed (`Some(mode)`: `agentless` or `agent`) or back to
-    /// unmanaged (`None`), with an audit entry saying who and why.
+    /// Moves devices to managed (`Some(mode)`: `agentless` or `agent`) or back to
+    /// unmanaged (`None`) in one transaction, with an audit entry per device saying who
+    /// and why. If any UUID is unknown nothing changes.
     pub fn set_device_management(
         &mut self,
-        uuid: &str,
+        uuids: &[&str],
         mode: Option<ManagementMode>,
         actor: &str,
         detail: serde_json::Value,
@@ -284,23 +285,25 @@ impl Store {
             Some(m) => ("managed", Some(m.as_str())),
             None => ("unmanaged", None),
         };
-        let changed = tx.execute(
-            "UPDATE devices SET state = ?2, management_mode = ?3 WHERE uuid = ?1",
-            params![uuid, state, mode_text],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::UnknownDevice(uuid.to_string()));
+        for uuid in uuids {
+            let changed = tx.execute(
+                "UPDATE devices SET state = ?2, management_mode = ?3 WHERE uuid = ?1",
+                params![uuid, state, mode_text],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::UnknownDevice(uuid.to_string()));
+            }
+            audit(
+                &tx,
+                actor,
+                if mode.is_some() {
+                    "device.manage"
+                } else {
+                    "device.unmanage"
+                },
+                &serde_json::json!({ "uuid": uuid, "mode": mode_text, "detail": detail }),
+            )?;
         }
-        audit(
-            &tx,
-            actor,
-            if mode.is_some() {
-                "device.manage"
-            } else {
-                "device.unmanage"
-            },
-            &serde_json::json!({ "uuid": uuid, "mode": mode_text, "detail": detail }),
-        )?;
         tx.commit()?;
         Ok(())
     }

@@ -1,0 +1,67 @@
+//! End to end: moving provisioned devices between the unmanaged and managed lists.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use vprov_tests::eventually;
+use vprov_tests::rig::Rig;
+
+#[test]
+fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
+    let rig = Rig::new(1, "");
+    let server = rig.serve();
+    let sim = rig.simulate(
+        &server,
+        rig.specs(0..1, Ipv4Addr::new(127, 44, 0, 1)),
+        0.001,
+    );
+    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
+    let uuid = eventually(Duration::from_secs(30), "device record", || {
+        rig.devices()
+            .first()
+            .map(|d| d["uuid"].as_str().unwrap().to_string())
+    });
+    assert_eq!(server.stop(), 0);
+    let s = &rig.s;
+
+    let err = s.run(&["devices", "manage", &uuid]).fails();
+    assert!(err.contains("--agentless"), "{err}");
+    // An unknown UUID among them: nothing moves.
+    let err = s
+        .run(&[
+            "devices",
+            "manage",
+            &uuid,
+            "00000000-0000-0000-0000-000000000000",
+            "--agentless",
+        ])
+        .fails();
+    assert!(err.contains("no device with UUID 00000000"), "{err}");
+    assert_eq!(rig.devices()[0]["state"], "unmanaged");
+
+    let upper = uuid.to_ascii_uppercase();
+    let out = s.run(&["devices", "manage", &upper, "--agentless"]).ok();
+    assert!(
+        out.contains("1 device(s) moved to managed (agentless)"),
+        "{out}"
+    );
+    let managed = s
+        .run(&["devices", "list", "--state", "managed", "--format", "json"])
+        .json();
+    assert_eq!(managed[0]["uuid"], uuid);
+    assert_eq!(managed[0]["management_mode"], "agentless");
+    let table = s.run(&["devices", "list"]).ok();
+    assert!(table.contains("LAST CONTACT"), "{table}");
+
+    s.run(&["devices", "unmanage", &uuid]).ok();
+    assert_eq!(rig.devices()[0]["state"], "unmanaged");
+    let audit = s.run(&["audit", "list", "--format", "json"]).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(&actions[..2], ["device.unmanage", "device.manage"]);
+    assert_eq!(audit[1]["actor"], "cli:tester");
+}
