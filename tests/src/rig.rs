@@ -51,8 +51,10 @@ impl Rig {
             })
             .collect();
         let config = s.dir.path().join("vprov.toml");
-        // Fast-test settings, unless `extra_config` sets them itself.
-        let mut text = String::from("[provisioning]\n");
+        let device_port = crate::sim::free_device_port();
+        // Fast-test settings, unless `extra_config` sets them itself; the device port
+        // also serves CLI commands that talk to devices (`run_configured`).
+        let mut text = format!("[provisioning]\ndevice_port = {device_port}\n");
         for default in [
             "commit_wait_ms = 100",
             "confirm_timeout_ms = 15000",
@@ -71,7 +73,7 @@ impl Rig {
             s,
             keys,
             config,
-            device_port: crate::sim::free_device_port(),
+            device_port,
             rt: tokio::runtime::Runtime::new().unwrap(),
         }
     }
@@ -116,6 +118,13 @@ impl Rig {
         config.time_scale = time_scale;
         config.restart_delay = Duration::from_millis(50);
         self.rt.block_on(Simulator::start(config, specs)).unwrap()
+    }
+
+    /// Runs `vprov --config <rig config> <args>`.
+    pub fn run_configured(&self, args: &[&str]) -> crate::Run {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend(args);
+        self.s.run(&all)
     }
 
     pub fn wait_all(&self, sim: &Simulator, timeout: Duration) -> Vec<DeviceReport> {

@@ -65,3 +65,55 @@ fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
     assert_eq!(&actions[..2], ["device.unmanage", "device.manage"]);
     assert_eq!(audit[1]["actor"], "cli:tester");
 }
+
+#[test]
+fn a_managed_device_is_powered_off_and_on_over_verified_tls() {
+    let rig = Rig::new(1, "");
+    let server = rig.serve();
+    let sim = rig.simulate(
+        &server,
+        rig.specs(0..1, Ipv4Addr::new(127, 45, 0, 1)),
+        0.001,
+    );
+    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
+    let uuid = eventually(Duration::from_secs(30), "device record", || {
+        rig.devices()
+            .first()
+            .map(|d| d["uuid"].as_str().unwrap().to_string())
+    });
+    assert_eq!(server.stop(), 0);
+    let power = |action: &str| rig.run_configured(&["devices", "power", &uuid, action]);
+
+    let err = power("status").fails();
+    assert!(err.contains("is not managed"), "{err}");
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+
+    assert_eq!(power("status").ok().trim(), "on");
+    assert!(power("off")
+        .ok()
+        .contains("off requested; the device reports: off"));
+    assert_eq!(power("status").ok().trim(), "off");
+    // A reset needs a running host: the device refuses, and the error says so.
+    let err = power("reset").fails();
+    assert!(err.contains("RequestPowerStateChange"), "{err}");
+    assert!(power("on").ok().contains("the device reports: on"));
+    assert!(power("cycle").ok().contains("the device reports: on"));
+    let device = &rig.devices()[0];
+    assert!(device["last_contact_at"].is_string(), "{device}");
+    let audit = rig.s.run(&["audit", "list", "--format", "json"]).json();
+    let powered: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "device.power")
+        .map(|a| a["detail"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(powered, ["cycle", "on", "reset", "off"]);
+
+    // The device goes away: a clear error and an alert naming it.
+    drop(sim);
+    let err = power("status").fails();
+    assert!(err.contains(&uuid), "{err}");
+    let alert = rig.wait_for_alert("power status failed");
+    assert_eq!(alert["device_uuid"], uuid);
+}

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
+use vprov_core::device::{AmtSession, DeviceTimeouts};
 use vprov_core::password::ProvisioningPassword;
-use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
+use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, NewAlert, Severity};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, ListFormat};
@@ -49,6 +50,19 @@ pub enum DevicesCommand {
         #[arg(long)]
         agentless: bool,
     },
+    /// Read or change a managed device's power state over AMT (TLS, verified against
+    /// vprov's CA, with the device's own admin credential)
+    ///
+    /// status: on / off; on; off (immediate, not a graceful shutdown); reset (a hard
+    /// reset of a running host); cycle (off, then on). Changes are audited; a device
+    /// that cannot be reached raises an alert.
+    Power {
+        /// Device UUID
+        uuid: String,
+        /// What to do
+        #[arg(value_enum)]
+        action: PowerAction,
+    },
     /// Move managed devices back to the unmanaged list
     Unmanage {
         /// Device UUIDs
@@ -64,6 +78,48 @@ pub enum DevicesCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
+}
+
+/// `devices power` actions and their CIM power states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerAction {
+    Status,
+    On,
+    Off,
+    Reset,
+    Cycle,
+}
+
+impl PowerAction {
+    fn name(self) -> &'static str {
+        match self {
+            PowerAction::Status => "status",
+            PowerAction::On => "on",
+            PowerAction::Off => "off",
+            PowerAction::Reset => "reset",
+            PowerAction::Cycle => "cycle",
+        }
+    }
+
+    fn cim_state(self) -> Option<u16> {
+        match self {
+            PowerAction::Status => None,
+            PowerAction::On => Some(2),
+            PowerAction::Cycle => Some(5),
+            PowerAction::Off => Some(8),
+            PowerAction::Reset => Some(10),
+        }
+    }
+}
+
+fn power_state_name(state: u16) -> String {
+    match state {
+        2 => "on".into(),
+        3 | 4 => "sleeping".into(),
+        7 => "hibernating".into(),
+        6 | 8 | 12 | 13 => "off".into(),
+        other => format!("state {other}"),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +219,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return move_devices(ctx, &uuids, Some(ManagementMode::Agentless));
         }
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
+        DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
     };
     let devices = ctx.store()?.devices(&DeviceFilter { state })?;
     match format {
@@ -306,4 +363,70 @@ fn move_devices(
     };
     println!("{} device(s) moved to {to}", refs.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `devices power`: one WS-Management session with the device over verified TLS.
+fn power(ctx: &Context, uuid: &str, action: PowerAction) -> anyhow::Result<ExitCode> {
+    let uuid = uuid.trim().to_ascii_lowercase();
+    let mut store = ctx.store()?;
+    let access = store
+        .device_access(&uuid)?
+        .ok_or_else(|| anyhow::anyhow!("no device with UUID {uuid}"))?;
+    if access.state != DeviceState::Managed {
+        bail!("device {uuid} is not managed: move it first with `vprov devices manage {uuid} --agentless`");
+    }
+    let ca = store
+        .ca_certificate()?
+        .context("the store has no certificate authority (no device was provisioned here)")?;
+    let ip: std::net::IpAddr = access
+        .address
+        .parse()
+        .with_context(|| format!("device {uuid} has no usable address ({})", access.address))?;
+    let addr = std::net::SocketAddr::new(ip, ctx.config.provisioning.device_port);
+    let timeouts = DeviceTimeouts {
+        connect: ctx.config.provisioning.connect_timeout,
+        request: ctx.config.provisioning.step_timeout,
+    };
+    if let Some(state) = action.cim_state() {
+        store.record_audit(
+            &actor(),
+            "device.power",
+            &json!({ "uuid": uuid, "action": action.name(), "power_state": state }),
+        )?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let mut session =
+            AmtSession::connect_tls(addr, &ca, &access.admin_user, &access.password, timeouts)
+                .await?;
+        if let Some(state) = action.cim_state() {
+            session.request_power_state_change(state).await?;
+        }
+        session.power_state().await
+    });
+    match result {
+        Ok(state) => {
+            store.touch_device(&uuid)?;
+            let now = power_state_name(state);
+            match action {
+                PowerAction::Status => println!("{now}"),
+                _ => println!("{} requested; the device reports: {now}", action.name()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            store.insert_alerts(&[NewAlert {
+                severity: Severity::Error,
+                source: "management".into(),
+                message: format!("power {} failed: {e}", action.name()),
+                pid: None,
+                device_uuid: Some(uuid.clone()),
+                address: Some(access.address.clone()),
+            }])?;
+            Err(anyhow::anyhow!(e)).with_context(|| format!("device {uuid} at {addr}"))
+        }
+    }
 }

@@ -33,6 +33,9 @@ const CREDENTIAL_CONTEXT: &str = "AMT_TLSCredentialContext";
 const ENDPOINT_COLLECTION: &str = "AMT_TLSProtocolEndpointCollection";
 const TLS_SETTING_DATA: &str = "AMT_TLSSettingData";
 const SOFTWARE_IDENTITY: &str = "CIM_SoftwareIdentity";
+const ASSOCIATED_POWER: &str = "CIM_AssociatedPowerManagementService";
+const POWER_SERVICE: &str = "CIM_PowerManagementService";
+const COMPUTER_SYSTEM: &str = "CIM_ComputerSystem";
 
 /// What vprov needs from `AMT_GeneralSettings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +236,51 @@ impl AmtSession {
             )
             .await?;
         amt_version_of(&items)
+    }
+
+    /// The host's power state: `PowerState` of `CIM_AssociatedPowerManagementService`
+    /// (CIM values: 2 on, 8 off, ...).
+    pub async fn power_state(&mut self) -> Result<u16, DeviceError> {
+        let items = self
+            .enumerate(
+                &cim_uri(ASSOCIATED_POWER),
+                "CIM_AssociatedPowerManagementService enumerate",
+            )
+            .await?;
+        items
+            .iter()
+            .find_map(|i| i.property("PowerState").and_then(|p| p.parse().ok()))
+            .ok_or_else(|| DeviceError::Malformed("no PowerState in the power service".into()))
+    }
+
+    /// `CIM_PowerManagementService.RequestPowerStateChange(PowerState, ManagedElement =
+    /// the host's CIM_ComputerSystem)`.
+    pub async fn request_power_state_change(&mut self, state: u16) -> Result<(), DeviceError> {
+        let uri = cim_uri(POWER_SERVICE);
+        let id = self.next_id();
+        let state = state.to_string();
+        let request = wsman::invoke_with_reference_request(
+            &uri,
+            "RequestPowerStateChange",
+            id,
+            &[
+                ("CreationClassName", POWER_SERVICE),
+                ("Name", "Intel(r) AMT Power Management Service"),
+                ("SystemCreationClassName", COMPUTER_SYSTEM),
+                ("SystemName", "Intel(r) AMT"),
+            ],
+            &[("PowerState", &state)],
+            (
+                "ManagedElement",
+                &cim_uri(COMPUTER_SYSTEM),
+                &[
+                    ("CreationClassName", COMPUTER_SYSTEM),
+                    ("Name", "ManagedSystem"),
+                ],
+            ),
+        );
+        let xml = self.send(request, "RequestPowerStateChange").await?;
+        wsman::parse_method_output(&xml, &uri, "RequestPowerStateChange").map(drop)
     }
 
     /// `GetUuid`: the 16 raw bytes as on the wire (no GUID byte swapping here).

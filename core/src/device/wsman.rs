@@ -168,6 +168,35 @@ pub(crate) fn invoke_request(
     )
 }
 
+/// A method invocation on the instance `selectors` name, whose single reference
+/// parameter `epr_name` points at `epr_uri` / `epr_selectors`, plus plain `params`
+/// (e.g. `CIM_PowerManagementService.RequestPowerStateChange`).
+pub(crate) fn invoke_with_reference_request(
+    resource_uri: &str,
+    method: &str,
+    message_id: u64,
+    selectors: &[(&str, &str)],
+    params: &[(&str, &str)],
+    (epr_name, epr_uri, epr_selectors): (&str, &str, &[(&str, &str)]),
+) -> String {
+    let mut body = format!(r#"<h:{method}_INPUT xmlns:h="{}">"#, escape(resource_uri));
+    for (name, value) in params {
+        body.push_str(&format!("<h:{name}>{}</h:{name}>", escape(*value)));
+    }
+    body.push_str(&format!(
+        "<h:{epr_name}>{}</h:{epr_name}>",
+        endpoint_reference(epr_uri, epr_selectors)
+    ));
+    body.push_str(&format!("</h:{method}_INPUT>"));
+    envelope(
+        &format!("{resource_uri}/{method}"),
+        resource_uri,
+        message_id,
+        selectors,
+        &body,
+    )
+}
+
 /// An owned XML element (namespace URI + local name), used for instances read from
 /// the device and written back with Put.
 #[derive(Debug, Clone, PartialEq, Eq)]

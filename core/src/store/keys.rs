@@ -97,11 +97,7 @@ fn pps_context(pid: &Pid) -> String {
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-        0,
-        what.to_string(),
-        rusqlite::types::Type::Text,
-    ))
+    StoreError::Corrupt(format!("a key's {what}"))
 }
 
 impl Store {

@@ -35,8 +35,8 @@ use schema::SchemaState;
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{
-    AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
-    PasswordStatus, Severity,
+    AlertRecord, AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState,
+    ManagementMode, PasswordStatus, Severity,
 };
 
 /// File name of the database inside the data directory.
@@ -115,6 +115,8 @@ pub enum StoreError {
     UnknownPid(String),
     #[error("no device with UUID {0}")]
     UnknownDevice(String),
+    #[error("the store holds an invalid value: {0}")]
+    Corrupt(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

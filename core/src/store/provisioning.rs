@@ -321,13 +321,18 @@ impl Store {
     }
 
     /// The CA certificate and private key (PKCS#8 DER), if created.
-    pub fn certificate_authority(&self) -> Result<Option<StoredCa>, StoreError> {
-        let cert: Option<Vec<u8>> = self
+    /// The CA certificate alone (DER), to verify devices; its key stays sealed.
+    pub fn ca_certificate(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE name = 'ca_cert'", [], |r| {
                 r.get(0)
             })
-            .optional()?;
+            .optional()?)
+    }
+
+    pub fn certificate_authority(&self) -> Result<Option<StoredCa>, StoreError> {
+        let cert = self.ca_certificate()?;
         let key: Option<Vec<u8>> = self
             .conn
             .query_row(

@@ -80,6 +80,24 @@ pub struct DeviceRecord {
     pub last_contact_at: Option<i64>,
 }
 
+/// How to reach a device (see [`Store::device_access`]). `Debug` hides the password.
+pub struct DeviceAccess {
+    pub address: String,
+    pub admin_user: String,
+    pub password: zeroize::Zeroizing<String>,
+    pub state: DeviceState,
+}
+
+impl fmt::Debug for DeviceAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceAccess")
+            .field("address", &self.address)
+            .field("admin_user", &self.admin_user)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a managed device is managed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManagementMode {
@@ -268,6 +286,57 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What it takes to reach a provisioned device: its address and admin credential
+    /// (opened from the store), and whether it is managed.
+    pub fn device_access(&self, uuid: &str) -> Result<Option<DeviceAccess>, StoreError> {
+        /// address, admin user, sealed credential, state
+        type Row = (Option<String>, Option<String>, Option<Vec<u8>>, String);
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT address, admin_user, admin_password_sealed, state FROM devices WHERE uuid = ?1",
+                [uuid],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((address, user, sealed, state)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("device {uuid} has no {what}"));
+        let sealed = sealed.ok_or_else(|| corrupt("admin credential"))?;
+        let password = self.key.open(&format!("device_password:{uuid}"), &sealed)?;
+        Ok(Some(DeviceAccess {
+            address: address.ok_or_else(|| corrupt("address"))?,
+            admin_user: user.ok_or_else(|| corrupt("admin user"))?,
+            password: zeroize::Zeroizing::new(
+                String::from_utf8(password.to_vec()).map_err(|_| corrupt("readable credential"))?,
+            ),
+            state: state.parse().map_err(|_| corrupt("valid state"))?,
+        }))
+    }
+
+    /// Records that the device answered just now.
+    pub fn touch_device(&mut self, uuid: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE devices SET last_contact_at = ?2 WHERE uuid = ?1",
+            params![uuid, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Writes one audit entry.
+    pub fn record_audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let tx = self.write_tx()?;
+        audit(&tx, actor, action, detail)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Moves devices to managed (`Some(mode)`: `agentless` or `agent`) or back to

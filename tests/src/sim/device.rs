@@ -103,6 +103,14 @@ pub struct Enumeration {
 }
 
 /// Mutable device state, behind [`Device::state`].
+/// CIM power states the simulated host moves between.
+pub mod power {
+    pub const ON: u16 = 2;
+    pub const CYCLE: u16 = 5;
+    pub const OFF: u16 = 8;
+    pub const RESET: u16 = 10;
+}
+
 pub struct State {
     pub admin_user: String,
     /// HA1 = MD5(user:realm:password) of the current admin credential.
@@ -127,6 +135,8 @@ pub struct State {
     pub psk_identity: Option<String>,
     pub committed_at: Option<Instant>,
     pub error: Option<String>,
+    /// The host's CIM power state: 2 on, 8 off (soft).
+    pub power_state: u16,
 }
 
 impl State {
@@ -270,6 +280,7 @@ impl Device {
             psk_identity: None,
             committed_at: None,
             error: None,
+            power_state: power::ON,
         };
         Device {
             spec,

@@ -233,6 +233,7 @@ const METHODS: &[(&str, &str)] = &[
     ("AMT_TimeSynchronizationService", "SetHighAccuracyTimeSynch"),
     ("AMT_PublicKeyManagementService", "GenerateKeyPair"),
     ("AMT_PublicKeyManagementService", "AddCertificate"),
+    ("CIM_PowerManagementService", "RequestPowerStateChange"),
 ];
 
 fn op_of(action: &str) -> Option<Op<'_>> {
@@ -506,6 +507,19 @@ fn instances(dev: &Device, st: &State, class: &str) -> Option<Vec<Instance>> {
             ),
         })
         .collect(),
+        "CIM_AssociatedPowerManagementService" => {
+            let xml = format!(
+                r#"<h:{class} xmlns:h="{}"><h:AvailableRequestedPowerStates>2</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>5</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>8</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>10</h:AvailableRequestedPowerStates><h:PowerState>{}</h:PowerState><h:ServiceProvided>{}</h:ServiceProvided><h:UserOfService>{}</h:UserOfService></h:{class}>"#,
+                uri_of(class),
+                st.power_state,
+                epr(
+                    "CIM_PowerManagementService",
+                    &[("Name", "Intel(r) AMT Power Management Service")]
+                ),
+                epr("CIM_ComputerSystem", &[("Name", "ManagedSystem")]),
+            );
+            one(Vec::new(), xml)
+        }
         "AMT_PublicPrivateKeyPair" => st
             .keys
             .iter()
@@ -950,6 +964,34 @@ fn call(
                 der,
             });
             (rv::SUCCESS, xml)
+        }
+        "RequestPowerStateChange" => {
+            use super::device::power;
+            let target = input
+                .and_then(|i| child(i, &ns, "ManagedElement"))
+                .and_then(epr_target);
+            let host = matches!(&target, Some((class, sel))
+                if class == "CIM_ComputerSystem"
+                    && sel.iter().any(|(n, v)| n == "Name" && v == "ManagedSystem"));
+            // CIM ReturnValues: 0 completed, 1 not supported, 2 unspecified error,
+            // 5 invalid parameter.
+            let code = match param("PowerState").and_then(|p| p.parse::<u16>().ok()) {
+                _ if !host => 5,
+                Some(power::ON) => {
+                    st.power_state = power::ON;
+                    0
+                }
+                Some(power::OFF) => {
+                    st.power_state = power::OFF;
+                    0
+                }
+                // A cycle or a reset needs a running host and leaves it running.
+                Some(power::CYCLE | power::RESET) if st.power_state == power::ON => 0,
+                Some(power::CYCLE | power::RESET) => 2,
+                Some(_) => 1,
+                None => 5,
+            };
+            (code, String::new())
         }
         // op_of only yields methods listed in METHODS, all handled above.
         _ => (rv::INVALID_PARAMETER, String::new()),
