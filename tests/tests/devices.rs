@@ -67,7 +67,7 @@ fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
 }
 
 #[test]
-fn a_managed_device_is_powered_off_and_on_over_verified_tls() {
+fn a_managed_device_is_powered_and_inventoried_over_verified_tls() {
     let rig = Rig::new(1, "");
     let server = rig.serve();
     let sim = rig.simulate(
@@ -109,6 +109,43 @@ fn a_managed_device_is_powered_off_and_on_over_verified_tls() {
         .map(|a| a["detail"]["action"].as_str().unwrap())
         .collect();
     assert_eq!(powered, ["cycle", "on", "reset", "off"]);
+
+    // Inventory: read over AMT, stored with the device, shown again from the store.
+    let err = rig
+        .run_configured(&["devices", "inventory", &uuid, "--cached"])
+        .fails();
+    assert!(err.contains("no inventory stored"), "{err}");
+    let read = rig
+        .run_configured(&["devices", "inventory", &uuid, "--format", "json"])
+        .json();
+    let inv = &read["inventory"];
+    assert_eq!(inv["amt_version"], "8.1.40");
+    assert_eq!(inv["bios"]["manufacturer"], "Intel Corp.");
+    assert_eq!(inv["bios"]["release_date"], "2012-03-14T00:00:00Z");
+    assert_eq!(inv["processors"][0]["max_clock_mhz"], 3400);
+    assert_eq!(inv["memory"].as_array().unwrap().len(), 2);
+    assert_eq!(inv["memory"][0]["capacity_bytes"], 4u64 << 30);
+    assert_eq!(inv["network"][0]["ip"], "127.45.0.1");
+    assert!(inv["network"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .starts_with("00-1e-"));
+    let cached = rig
+        .run_configured(&[
+            "devices",
+            "inventory",
+            &uuid,
+            "--cached",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(cached["inventory"], *inv);
+    let table = rig.run_configured(&["devices", "inventory", &uuid]).ok();
+    assert!(
+        table.contains("memory     4 GiB 1333 MHz Samsung"),
+        "{table}"
+    );
 
     // The device goes away: a clear error and an alert naming it.
     drop(sim);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::device::{AmtSession, DeviceTimeouts};
+use vprov_core::device::{AmtSession, DeviceTimeouts, Inventory};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, NewAlert, Severity};
 use zeroize::Zeroizing;
@@ -62,6 +62,20 @@ pub enum DevicesCommand {
         /// What to do
         #[arg(value_enum)]
         action: PowerAction,
+    },
+    /// Read a managed device's hardware and firmware inventory over AMT and store it
+    ///
+    /// AMT and firmware versions, BIOS, processors, memory, and the network ports'
+    /// MAC and IP addresses.
+    Inventory {
+        /// Device UUID
+        uuid: String,
+        /// Show the inventory stored at the last read instead of asking the device
+        #[arg(long)]
+        cached: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
     },
     /// Move managed devices back to the unmanaged list
     Unmanage {
@@ -220,6 +234,11 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
         DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
+        DevicesCommand::Inventory {
+            uuid,
+            cached,
+            format,
+        } => return inventory(ctx, &uuid, cached, format),
     };
     let devices = ctx.store()?.devices(&DeviceFilter { state })?;
     match format {
@@ -365,68 +384,183 @@ fn move_devices(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A managed device opened for one command: where it is and how to log in.
+struct ManagedDevice {
+    uuid: String,
+    store: vprov_core::store::Store,
+    access: vprov_core::store::DeviceAccess,
+    addr: std::net::SocketAddr,
+    ca: Vec<u8>,
+    timeouts: DeviceTimeouts,
+}
+
+impl ManagedDevice {
+    fn open(ctx: &Context, uuid: &str) -> anyhow::Result<ManagedDevice> {
+        let uuid = uuid.trim().to_ascii_lowercase();
+        let store = ctx.store()?;
+        let access = store
+            .device_access(&uuid)?
+            .ok_or_else(|| anyhow::anyhow!("no device with UUID {uuid}"))?;
+        if access.state != DeviceState::Managed {
+            bail!("device {uuid} is not managed: move it first with `vprov devices manage {uuid} --agentless`");
+        }
+        let ca = store
+            .ca_certificate()?
+            .context("the store has no certificate authority (no device was provisioned here)")?;
+        let ip: std::net::IpAddr = access
+            .address
+            .parse()
+            .with_context(|| format!("device {uuid} has no usable address ({})", access.address))?;
+        Ok(ManagedDevice {
+            addr: std::net::SocketAddr::new(ip, ctx.config.provisioning.device_port),
+            timeouts: DeviceTimeouts {
+                connect: ctx.config.provisioning.connect_timeout,
+                request: ctx.config.provisioning.step_timeout,
+            },
+            uuid,
+            store,
+            access,
+            ca,
+        })
+    }
+
+    /// Runs `work` in a verified-TLS session with the device.
+    fn run<T>(
+        &self,
+        work: impl for<'s> FnOnce(
+            &'s mut AmtSession,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, vprov_core::device::DeviceError>> + 's>,
+        >,
+    ) -> anyhow::Result<Result<T, vprov_core::device::DeviceError>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(runtime.block_on(async {
+            let mut session = AmtSession::connect_tls(
+                self.addr,
+                &self.ca,
+                &self.access.admin_user,
+                &self.access.password,
+                self.timeouts,
+            )
+            .await?;
+            work(&mut session).await
+        }))
+    }
+
+    /// A failed exchange: an alert naming the device, and the error for the caller.
+    fn failed(&mut self, what: &str, e: vprov_core::device::DeviceError) -> anyhow::Error {
+        let alert = NewAlert {
+            severity: Severity::Error,
+            source: "management".into(),
+            message: format!("{what} failed: {e}"),
+            pid: None,
+            device_uuid: Some(self.uuid.clone()),
+            address: Some(self.access.address.clone()),
+        };
+        if let Err(store_error) = self.store.insert_alerts(&[alert]) {
+            return anyhow::anyhow!("{e} (and the alert could not be stored: {store_error})");
+        }
+        anyhow::anyhow!(e).context(format!("device {} at {}", self.uuid, self.addr))
+    }
+}
+
 /// `devices power`: one WS-Management session with the device over verified TLS.
 fn power(ctx: &Context, uuid: &str, action: PowerAction) -> anyhow::Result<ExitCode> {
-    let uuid = uuid.trim().to_ascii_lowercase();
-    let mut store = ctx.store()?;
-    let access = store
-        .device_access(&uuid)?
-        .ok_or_else(|| anyhow::anyhow!("no device with UUID {uuid}"))?;
-    if access.state != DeviceState::Managed {
-        bail!("device {uuid} is not managed: move it first with `vprov devices manage {uuid} --agentless`");
-    }
-    let ca = store
-        .ca_certificate()?
-        .context("the store has no certificate authority (no device was provisioned here)")?;
-    let ip: std::net::IpAddr = access
-        .address
-        .parse()
-        .with_context(|| format!("device {uuid} has no usable address ({})", access.address))?;
-    let addr = std::net::SocketAddr::new(ip, ctx.config.provisioning.device_port);
-    let timeouts = DeviceTimeouts {
-        connect: ctx.config.provisioning.connect_timeout,
-        request: ctx.config.provisioning.step_timeout,
-    };
+    let mut device = ManagedDevice::open(ctx, uuid)?;
     if let Some(state) = action.cim_state() {
-        store.record_audit(
+        device.store.record_audit(
             &actor(),
             "device.power",
-            &json!({ "uuid": uuid, "action": action.name(), "power_state": state }),
+            &json!({ "uuid": device.uuid, "action": action.name(), "power_state": state }),
         )?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let mut session =
-            AmtSession::connect_tls(addr, &ca, &access.admin_user, &access.password, timeouts)
-                .await?;
-        if let Some(state) = action.cim_state() {
-            session.request_power_state_change(state).await?;
-        }
-        session.power_state().await
-    });
-    match result {
-        Ok(state) => {
-            store.touch_device(&uuid)?;
-            let now = power_state_name(state);
-            match action {
-                PowerAction::Status => println!("{now}"),
-                _ => println!("{} requested; the device reports: {now}", action.name()),
+    let result = device.run(|s| {
+        Box::pin(async move {
+            if let Some(state) = action.cim_state() {
+                s.request_power_state_change(state).await?;
             }
-            Ok(ExitCode::SUCCESS)
+            s.power_state().await
+        })
+    })?;
+    let state = result.map_err(|e| device.failed(&format!("power {}", action.name()), e))?;
+    device.store.touch_device(&device.uuid)?;
+    let now = power_state_name(state);
+    match action {
+        PowerAction::Status => println!("{now}"),
+        _ => println!("{} requested; the device reports: {now}", action.name()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices inventory`: read (or with `cached`, show the stored) inventory.
+fn inventory(
+    ctx: &Context,
+    uuid: &str,
+    cached: bool,
+    format: ListFormat,
+) -> anyhow::Result<ExitCode> {
+    let (inventory, at) = if cached {
+        let uuid = uuid.trim().to_ascii_lowercase();
+        let (text, at) = ctx.store()?.device_inventory(&uuid)?.with_context(|| {
+            format!("no inventory stored for device {uuid}: run `vprov devices inventory {uuid}`")
+        })?;
+        let inventory: Inventory = serde_json::from_str(&text).context("stored inventory")?;
+        (inventory, at)
+    } else {
+        let mut device = ManagedDevice::open(ctx, uuid)?;
+        let result = device.run(|s| Box::pin(async move { s.inventory().await }))?;
+        let inventory = result.map_err(|e| device.failed("inventory", e))?;
+        device
+            .store
+            .set_device_inventory(&device.uuid, &serde_json::to_string(&inventory)?)?;
+        (inventory, vprov_core::store::now_ms())
+    };
+    match format {
+        ListFormat::Json => {
+            output::json(&json!({ "read_at": output::time(at), "inventory": inventory }))?
         }
-        Err(e) => {
-            store.insert_alerts(&[NewAlert {
-                severity: Severity::Error,
-                source: "management".into(),
-                message: format!("power {} failed: {e}", action.name()),
-                pid: None,
-                device_uuid: Some(uuid.clone()),
-                address: Some(access.address.clone()),
-            }])?;
-            Err(anyhow::anyhow!(e)).with_context(|| format!("device {uuid} at {addr}"))
-        }
+        ListFormat::Table => print_inventory(&inventory, at),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_inventory(inv: &Inventory, at: i64) {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("read at    {}", output::time(at));
+    println!("AMT        {}", inv.amt_version);
+    println!(
+        "BIOS       {} {} ({})",
+        or_dash(&inv.bios.manufacturer),
+        or_dash(&inv.bios.version),
+        or_dash(&inv.bios.release_date)
+    );
+    for p in &inv.processors {
+        let mhz = p.max_clock_mhz.map_or("-".into(), |m| format!("{m} MHz"));
+        println!("processor  {} ({mhz})", or_dash(&p.name));
+    }
+    for m in &inv.memory {
+        let gib = m.capacity_bytes.map_or("-".into(), |c| {
+            format!("{:.0} GiB", c as f64 / (1u64 << 30) as f64)
+        });
+        let speed = m.speed_mhz.map_or("-".into(), |s| format!("{s} MHz"));
+        println!(
+            "memory     {gib} {speed} {} {}",
+            or_dash(&m.manufacturer),
+            or_dash(&m.part_number)
+        );
+    }
+    for n in &inv.network {
+        let dhcp = match n.dhcp {
+            Some(true) => "DHCP",
+            Some(false) => "static",
+            None => "-",
+        };
+        println!("network    {} {} ({dhcp})", or_dash(&n.mac), or_dash(&n.ip));
+    }
+    for (component, version) in &inv.firmware {
+        println!("firmware   {component}: {version}");
     }
 }

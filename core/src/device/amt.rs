@@ -36,6 +36,61 @@ const SOFTWARE_IDENTITY: &str = "CIM_SoftwareIdentity";
 const ASSOCIATED_POWER: &str = "CIM_AssociatedPowerManagementService";
 const POWER_SERVICE: &str = "CIM_PowerManagementService";
 const COMPUTER_SYSTEM: &str = "CIM_ComputerSystem";
+const BIOS: &str = "CIM_BIOSElement";
+const PROCESSOR: &str = "CIM_Processor";
+const MEMORY: &str = "CIM_PhysicalMemory";
+const ETHERNET: &str = "AMT_EthernetPortSettings";
+
+/// What `vprov devices inventory` reads from a device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inventory {
+    /// AMT firmware version (`CIM_SoftwareIdentity` `AMT`).
+    pub amt_version: String,
+    /// Every firmware component's version, by `InstanceID`.
+    pub firmware: Vec<(String, String)>,
+    pub bios: Bios,
+    pub processors: Vec<Processor>,
+    pub memory: Vec<Memory>,
+    pub network: Vec<NetworkPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bios {
+    pub manufacturer: Option<String>,
+    pub version: Option<String>,
+    pub release_date: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Processor {
+    pub name: Option<String>,
+    pub max_clock_mhz: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    pub capacity_bytes: Option<u64>,
+    pub speed_mhz: Option<u32>,
+    pub manufacturer: Option<String>,
+    pub part_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkPort {
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub dhcp: Option<bool>,
+}
+
+fn text(e: &Element, name: &str) -> Option<String> {
+    e.property(name)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+fn number<T: std::str::FromStr>(e: &Element, name: &str) -> Option<T> {
+    e.property(name).and_then(|v| v.parse().ok())
+}
 
 /// What vprov needs from `AMT_GeneralSettings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,6 +336,69 @@ impl AmtSession {
         );
         let xml = self.send(request, "RequestPowerStateChange").await?;
         wsman::parse_method_output(&xml, &uri, "RequestPowerStateChange").map(drop)
+    }
+
+    /// Firmware, BIOS, processors, memory and network ports, one enumeration each.
+    pub async fn inventory(&mut self) -> Result<Inventory, DeviceError> {
+        let software = self
+            .enumerate(
+                &cim_uri(SOFTWARE_IDENTITY),
+                "CIM_SoftwareIdentity enumerate",
+            )
+            .await?;
+        let bios = self
+            .enumerate(&cim_uri(BIOS), "CIM_BIOSElement enumerate")
+            .await?;
+        let processors = self
+            .enumerate(&cim_uri(PROCESSOR), "CIM_Processor enumerate")
+            .await?;
+        let memory = self
+            .enumerate(&cim_uri(MEMORY), "CIM_PhysicalMemory enumerate")
+            .await?;
+        let ports = self
+            .enumerate(&amt_uri(ETHERNET), "AMT_EthernetPortSettings enumerate")
+            .await?;
+        let bios = bios.first();
+        Ok(Inventory {
+            amt_version: amt_version_of(&software)?,
+            firmware: software
+                .iter()
+                .filter_map(|s| Some((text(s, "InstanceID")?, text(s, "VersionString")?)))
+                .collect(),
+            bios: Bios {
+                manufacturer: bios.and_then(|b| text(b, "Manufacturer")),
+                version: bios.and_then(|b| text(b, "Version")),
+                // A CIM datetime: <ReleaseDate><Datetime>…</Datetime></ReleaseDate>.
+                release_date: bios
+                    .and_then(|b| b.child("ReleaseDate"))
+                    .and_then(|d| d.children.first())
+                    .map(|d| d.text.trim().to_string()),
+            },
+            processors: processors
+                .iter()
+                .map(|p| Processor {
+                    name: text(p, "ElementName"),
+                    max_clock_mhz: number(p, "MaxClockSpeed"),
+                })
+                .collect(),
+            memory: memory
+                .iter()
+                .map(|m| Memory {
+                    capacity_bytes: number(m, "Capacity"),
+                    speed_mhz: number(m, "Speed"),
+                    manufacturer: text(m, "Manufacturer"),
+                    part_number: text(m, "PartNumber"),
+                })
+                .collect(),
+            network: ports
+                .iter()
+                .map(|n| NetworkPort {
+                    mac: text(n, "MACAddress"),
+                    ip: text(n, "IPAddress"),
+                    dhcp: text(n, "DHCPEnabled").map(|d| d == "true"),
+                })
+                .collect(),
+        })
     }
 
     /// `GetUuid`: the 16 raw bytes as on the wire (no GUID byte swapping here).

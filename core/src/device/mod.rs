@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::keys::{Pid, Pps};
 
-pub use amt::GeneralSettings;
+pub use amt::{Bios, GeneralSettings, Inventory, Memory, NetworkPort, Processor};
 
 /// Per-step time limits for talking to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

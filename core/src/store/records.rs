@@ -317,6 +317,30 @@ impl Store {
         }))
     }
 
+    /// Stores the inventory (JSON) read from a device just now.
+    pub fn set_device_inventory(&mut self, uuid: &str, inventory: &str) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE devices SET inventory = ?2, inventory_at = ?3, last_contact_at = ?3 WHERE uuid = ?1",
+            params![uuid, inventory, now_ms()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::UnknownDevice(uuid.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The stored inventory (JSON) and when it was read, if any.
+    pub fn device_inventory(&self, uuid: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT inventory, inventory_at FROM devices WHERE uuid = ?1 AND inventory IS NOT NULL",
+                [uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// Records that the device answered just now.
     pub fn touch_device(&mut self, uuid: &str) -> Result<(), StoreError> {
         self.conn.execute(

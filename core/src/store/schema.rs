@@ -114,6 +114,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at            INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 3: the last inventory read from each device (JSON) and when.
+    r#"
+    ALTER TABLE devices ADD COLUMN inventory TEXT;
+    ALTER TABLE devices ADD COLUMN inventory_at INTEGER;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

@@ -520,6 +520,69 @@ fn instances(dev: &Device, st: &State, class: &str) -> Option<Vec<Instance>> {
             );
             one(Vec::new(), xml)
         }
+        "CIM_BIOSElement" => one(
+            vec![("Name", "Primary BIOS".into())],
+            format!(
+                r#"<h:{class} xmlns:h="{}"><h:ElementName>Primary BIOS</h:ElementName><h:Manufacturer>Intel Corp.</h:Manufacturer><h:Name>Primary BIOS</h:Name><h:PrimaryBIOS>true</h:PrimaryBIOS><h:ReleaseDate><h:Datetime>2012-03-14T00:00:00Z</h:Datetime></h:ReleaseDate><h:SoftwareElementID>Primary BIOS</h:SoftwareElementID><h:Version>ACRVMBY1.86C.0094.P01</h:Version></h:{class}>"#,
+                uri_of(class)
+            ),
+        ),
+        "CIM_Processor" => one(
+            vec![("DeviceID", "CPU 0".into())],
+            instance(
+                class,
+                &[
+                    ("CPUStatus", "1".into()),
+                    ("CreationClassName", class.into()),
+                    ("CurrentClockSpeed", "2900".into()),
+                    ("DeviceID", "CPU 0".into()),
+                    ("ElementName", "Managed System CPU".into()),
+                    ("Family", "198".into()),
+                    ("MaxClockSpeed", "3400".into()),
+                    ("UpgradeMethod", "36".into()),
+                ],
+            ),
+        ),
+        "CIM_PhysicalMemory" => ["DIMM 0", "DIMM 1"]
+            .iter()
+            .map(|tag| Instance {
+                keys: vec![("Tag", tag.to_string())],
+                xml: instance(
+                    class,
+                    &[
+                        ("BankLabel", tag.to_string()),
+                        ("Capacity", (4u64 << 30).to_string()),
+                        ("CreationClassName", class.into()),
+                        ("ElementName", "Managed System Memory Chip".into()),
+                        ("Manufacturer", "Samsung".into()),
+                        ("MemoryType", "24".into()),
+                        ("PartNumber", "M471B5273CH0-CH9".into()),
+                        ("Speed", "1333".into()),
+                        ("Tag", tag.to_string()),
+                    ],
+                ),
+            })
+            .collect(),
+        "AMT_EthernetPortSettings" => {
+            let id = "Intel(r) AMT Ethernet Port Settings 0".to_string();
+            let u = dev.reported_uuid;
+            let mac = format!("00-1e-{:02x}-{:02x}-{:02x}-{:02x}", u[12], u[13], u[14], u[15]);
+            one(
+                vec![("InstanceID", id.clone())],
+                instance(
+                    class,
+                    &[
+                        ("DHCPEnabled", "true".into()),
+                        ("ElementName", "Intel(r) AMT Ethernet Port Settings".into()),
+                        ("IPAddress", dev.spec.address.to_string()),
+                        ("InstanceID", id),
+                        ("LinkIsUp", "true".into()),
+                        ("MACAddress", mac),
+                        ("SharedMAC", "true".into()),
+                    ],
+                ),
+            )
+        }
         "AMT_PublicPrivateKeyPair" => st
             .keys
             .iter()
