@@ -3,16 +3,17 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use vprov_core::device::{AmtSession, DeviceTimeouts};
+use vprov_core::store::{Store, StoreOptions};
 use vprov_tests::eventually;
 use vprov_tests::rig::Rig;
 
-#[test]
-fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
-    let rig = Rig::new(1, "");
+/// Provisions one simulated device (kept running) and returns its UUID.
+fn provisioned(rig: &Rig, second_octet: u8) -> (vprov_tests::sim::Simulator, String) {
     let server = rig.serve();
     let sim = rig.simulate(
         &server,
-        rig.specs(0..1, Ipv4Addr::new(127, 44, 0, 1)),
+        rig.specs(0..1, Ipv4Addr::new(127, second_octet, 0, 1)),
         0.001,
     );
     assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
@@ -22,6 +23,13 @@ fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
             .map(|d| d["uuid"].as_str().unwrap().to_string())
     });
     assert_eq!(server.stop(), 0);
+    (sim, uuid)
+}
+
+#[test]
+fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
+    let rig = Rig::new(1, "");
+    let (_sim, uuid) = provisioned(&rig, 44);
     let s = &rig.s;
 
     let err = s.run(&["devices", "manage", &uuid]).fails();
@@ -69,19 +77,7 @@ fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
 #[test]
 fn a_managed_device_is_powered_and_inventoried_over_verified_tls() {
     let rig = Rig::new(1, "");
-    let server = rig.serve();
-    let sim = rig.simulate(
-        &server,
-        rig.specs(0..1, Ipv4Addr::new(127, 45, 0, 1)),
-        0.001,
-    );
-    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
-    let uuid = eventually(Duration::from_secs(30), "device record", || {
-        rig.devices()
-            .first()
-            .map(|d| d["uuid"].as_str().unwrap().to_string())
-    });
-    assert_eq!(server.stop(), 0);
+    let (sim, uuid) = provisioned(&rig, 45);
     let power = |action: &str| rig.run_configured(&["devices", "power", &uuid, action]);
 
     let err = power("status").fails();
@@ -153,4 +149,86 @@ fn a_managed_device_is_powered_and_inventoried_over_verified_tls() {
     assert!(err.contains(&uuid), "{err}");
     let alert = rig.wait_for_alert("power status failed");
     assert_eq!(alert["device_uuid"], uuid);
+}
+
+#[test]
+fn a_device_credential_is_changed_and_a_cut_off_change_settles_on_next_contact() {
+    let rig = Rig::new(1, "");
+    let (sim, uuid) = provisioned(&rig, 46);
+    let cli = |args: &[&str]| rig.run_configured(args);
+    let status = || cli(&["devices", "power", &uuid, "status"]);
+    cli(&["devices", "manage", &uuid, "--agentless"]).ok();
+
+    let out = cli(&["devices", "password", &uuid]).ok();
+    assert!(out.contains("admin credential changed"), "{out}");
+    assert_eq!(status().ok().trim(), "on", "the store and the device agree");
+    let err = rig
+        .s
+        .run_with_stdin(
+            &[
+                "--config",
+                rig.config.to_str().unwrap(),
+                "devices",
+                "password",
+                &uuid,
+                "--stdin",
+            ],
+            "short\n",
+        )
+        .fails();
+    assert!(err.contains("at least 8"), "{err}");
+    rig.s
+        .run_with_stdin(
+            &[
+                "--config",
+                rig.config.to_str().unwrap(),
+                "devices",
+                "password",
+                &uuid,
+                "--stdin",
+            ],
+            "Chosen!Passw0rd\n",
+        )
+        .ok();
+    assert_eq!(status().ok().trim(), "on");
+
+    // A change cut off after the device took it: the store still holds the old
+    // credential as current and the new one as pending.
+    let mut store = Store::open(&StoreOptions::new(rig.s.data_dir())).unwrap();
+    let access = store.device_access(&uuid).unwrap().unwrap();
+    assert_eq!(access.password.as_str(), "Chosen!Passw0rd");
+    assert!(access.pending_password.is_none());
+    store
+        .begin_password_change(&uuid, "Next!Passw0rd-7", "test")
+        .unwrap();
+    let ca = store.ca_certificate().unwrap().unwrap();
+    let addr = std::net::SocketAddr::new(access.address.parse().unwrap(), rig.device_port);
+    rig.rt.block_on(async {
+        let timeouts = DeviceTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+        };
+        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
+            .await
+            .unwrap();
+        let realm = s.general_settings().await.unwrap().digest_realm;
+        s.set_admin_acl_entry_ex("admin", &realm, "Next!Passw0rd-7")
+            .await
+            .unwrap();
+    });
+    // The next contact finds the device on the new credential and records it.
+    assert_eq!(status().ok().trim(), "on");
+    let access = store.device_access(&uuid).unwrap().unwrap();
+    assert_eq!(access.password.as_str(), "Next!Passw0rd-7");
+    assert!(access.pending_password.is_none());
+
+    // A change that never reached the device: the pending one is dropped.
+    store
+        .begin_password_change(&uuid, "Never!Sent-0001", "test")
+        .unwrap();
+    assert_eq!(status().ok().trim(), "on");
+    let access = store.device_access(&uuid).unwrap().unwrap();
+    assert_eq!(access.password.as_str(), "Next!Passw0rd-7");
+    assert!(access.pending_password.is_none());
+    drop(sim);
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::device::{AmtSession, DeviceTimeouts, Inventory};
+use vprov_core::device::{AmtSession, DeviceError, DeviceTimeouts, Inventory};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, NewAlert, Severity};
 use zeroize::Zeroizing;
@@ -76,6 +76,22 @@ pub enum DevicesCommand {
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
+    },
+    /// Change one device's admin credential (AMT's SetAdminAclEntryEx)
+    ///
+    /// A random strong password by default, or one read from standard input with
+    /// --stdin (AMT's password rules apply). The new credential is sealed in the store
+    /// before it is sent, and the old one kept until the device accepts the new one, so
+    /// an interruption never locks vprov out. Audited; the password is never printed.
+    Password {
+        /// Device UUID
+        uuid: String,
+        /// Generate a random strong password (the default)
+        #[arg(long, conflicts_with = "stdin")]
+        random: bool,
+        /// Read the new password from the first line of standard input
+        #[arg(long)]
+        stdin: bool,
     },
     /// Move managed devices back to the unmanaged list
     Unmanage {
@@ -234,6 +250,9 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
         DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
+        DevicesCommand::Password { uuid, stdin, .. } => {
+            return change_device_password(ctx, &uuid, stdin)
+        }
         DevicesCommand::Inventory {
             uuid,
             cached,
@@ -395,15 +414,26 @@ struct ManagedDevice {
 }
 
 impl ManagedDevice {
+    /// Opens a managed device (power, inventory act only on managed devices).
     fn open(ctx: &Context, uuid: &str) -> anyhow::Result<ManagedDevice> {
+        let device = ManagedDevice::open_provisioned(ctx, uuid)?;
+        if device.access.state != DeviceState::Managed {
+            bail!(
+                "device {} is not managed: move it first with `vprov devices manage {} --agentless`",
+                device.uuid,
+                device.uuid
+            );
+        }
+        Ok(device)
+    }
+
+    /// Opens any provisioned device, managed or not.
+    fn open_provisioned(ctx: &Context, uuid: &str) -> anyhow::Result<ManagedDevice> {
         let uuid = uuid.trim().to_ascii_lowercase();
         let store = ctx.store()?;
         let access = store
             .device_access(&uuid)?
             .ok_or_else(|| anyhow::anyhow!("no device with UUID {uuid}"))?;
-        if access.state != DeviceState::Managed {
-            bail!("device {uuid} is not managed: move it first with `vprov devices manage {uuid} --agentless`");
-        }
         let ca = store
             .ca_certificate()?
             .context("the store has no certificate authority (no device was provisioned here)")?;
@@ -424,34 +454,63 @@ impl ManagedDevice {
         })
     }
 
-    /// Runs `work` in a verified-TLS session with the device.
+    /// Runs `work` in a verified-TLS session with the device. If an earlier
+    /// credential change was cut off, the device holds either the old or the new
+    /// credential: whichever it accepts becomes the recorded one.
     fn run<T>(
-        &self,
-        work: impl for<'s> FnOnce(
+        &mut self,
+        work: impl for<'s> Fn(
             &'s mut AmtSession,
         ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, vprov_core::device::DeviceError>> + 's>,
+            Box<dyn std::future::Future<Output = Result<T, DeviceError>> + 's>,
         >,
-    ) -> anyhow::Result<Result<T, vprov_core::device::DeviceError>> {
+    ) -> anyhow::Result<Result<T, DeviceError>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        Ok(runtime.block_on(async {
-            let mut session = AmtSession::connect_tls(
-                self.addr,
-                &self.ca,
-                &self.access.admin_user,
-                &self.access.password,
-                self.timeouts,
-            )
-            .await?;
-            work(&mut session).await
-        }))
+        let attempt = |password: &str| {
+            runtime.block_on(async {
+                let mut session = AmtSession::connect_tls(
+                    self.addr,
+                    &self.ca,
+                    &self.access.admin_user,
+                    password,
+                    self.timeouts,
+                )
+                .await?;
+                work(&mut session).await
+            })
+        };
+        let first = attempt(&self.access.password);
+        let Some(pending) = self.access.pending_password.take() else {
+            return Ok(first);
+        };
+        match first {
+            Err(DeviceError::Unauthorized) => {
+                let second = attempt(&pending);
+                if second.is_ok() {
+                    self.store.complete_password_change(&self.uuid, "vprov")?;
+                    self.access.password = pending;
+                } else {
+                    self.access.pending_password = Some(pending);
+                }
+                Ok(second)
+            }
+            Ok(value) => {
+                // The device kept the old credential: the change never took.
+                self.store.abandon_password_change(&self.uuid)?;
+                Ok(Ok(value))
+            }
+            Err(e) => {
+                self.access.pending_password = Some(pending);
+                Ok(Err(e))
+            }
+        }
     }
 
     /// A failed exchange: an alert naming the device, and the error for the caller.
-    fn failed(&mut self, what: &str, e: vprov_core::device::DeviceError) -> anyhow::Error {
+    fn failed(&mut self, what: &str, e: DeviceError) -> anyhow::Error {
         let alert = NewAlert {
             severity: Severity::Error,
             source: "management".into(),
@@ -562,5 +621,57 @@ fn print_inventory(inv: &Inventory, at: i64) {
     }
     for (component, version) in &inv.firmware {
         println!("firmware   {component}: {version}");
+    }
+}
+
+/// `devices password`: intent (sealed) first, then the device, then the record.
+fn change_device_password(ctx: &Context, uuid: &str, from_stdin: bool) -> anyhow::Result<ExitCode> {
+    let new = if from_stdin {
+        let mut line = Zeroizing::new(String::new());
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the new password from standard input")?;
+        ProvisioningPassword::new(line.trim_end_matches(['\r', '\n']))?
+    } else {
+        vprov_core::password::generate()
+    };
+    let mut device = ManagedDevice::open_provisioned(ctx, uuid)?;
+    // Settle any earlier cut-off change first, so exactly one change is in flight.
+    let settled = device.run(|s| Box::pin(async move { s.get_uuid().await.map(drop) }))?;
+    settled.map_err(|e| device.failed("password change", e))?;
+    let uuid = device.uuid.clone();
+    device
+        .store
+        .begin_password_change(&uuid, new.expose(), &actor())?;
+    let user = device.access.admin_user.clone();
+    let secret = Zeroizing::new(new.expose().to_string());
+    let result = device.run(|s| {
+        let (user, secret) = (user.clone(), secret.clone());
+        Box::pin(async move {
+            let realm = s.general_settings().await?.digest_realm;
+            s.set_admin_acl_entry_ex(&user, &realm, &secret).await
+        })
+    })?;
+    match result {
+        Ok(()) => {
+            device.store.complete_password_change(&uuid, &actor())?;
+            device.store.touch_device(&uuid)?;
+            println!("device {uuid}: admin credential changed (sealed in the store)");
+            Ok(ExitCode::SUCCESS)
+        }
+        // The device answered and refused: it keeps the old credential.
+        Err(
+            e @ (DeviceError::ReturnValue { .. }
+            | DeviceError::Fault { .. }
+            | DeviceError::Unauthorized),
+        ) => {
+            device.store.abandon_password_change(&uuid)?;
+            Err(device.failed("password change", e))
+        }
+        // Cut off: the device may hold either; both stay recorded until next contact.
+        Err(e) => Err(device.failed("password change", e).context(
+            "the outcome is unknown: vprov keeps both credentials and settles on the next contact",
+        )),
     }
 }

@@ -85,6 +85,9 @@ pub struct DeviceAccess {
     pub address: String,
     pub admin_user: String,
     pub password: zeroize::Zeroizing<String>,
+    /// A credential vprov was sending when an earlier change was cut off: the device
+    /// may hold this one instead.
+    pub pending_password: Option<zeroize::Zeroizing<String>>,
     pub state: DeviceState,
 }
 
@@ -291,30 +294,121 @@ impl Store {
     /// What it takes to reach a provisioned device: its address and admin credential
     /// (opened from the store), and whether it is managed.
     pub fn device_access(&self, uuid: &str) -> Result<Option<DeviceAccess>, StoreError> {
-        /// address, admin user, sealed credential, state
-        type Row = (Option<String>, Option<String>, Option<Vec<u8>>, String);
+        /// address, admin user, sealed credential, sealed pending credential, state
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            String,
+        );
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT address, admin_user, admin_password_sealed, state FROM devices WHERE uuid = ?1",
+                "SELECT address, admin_user, admin_password_sealed, pending_password_sealed, state
+                 FROM devices WHERE uuid = ?1",
                 [uuid],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let Some((address, user, sealed, state)) = row else {
+        let Some((address, user, sealed, pending, state)) = row else {
             return Ok(None);
         };
         let corrupt = |what: &str| StoreError::Corrupt(format!("device {uuid} has no {what}"));
+        let open =
+            |context: String, sealed: &[u8]| -> Result<zeroize::Zeroizing<String>, StoreError> {
+                let plain = self.key.open(&context, sealed)?;
+                String::from_utf8(plain.to_vec())
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|_| corrupt("readable credential"))
+            };
         let sealed = sealed.ok_or_else(|| corrupt("admin credential"))?;
-        let password = self.key.open(&format!("device_password:{uuid}"), &sealed)?;
         Ok(Some(DeviceAccess {
             address: address.ok_or_else(|| corrupt("address"))?,
             admin_user: user.ok_or_else(|| corrupt("admin user"))?,
-            password: zeroize::Zeroizing::new(
-                String::from_utf8(password.to_vec()).map_err(|_| corrupt("readable credential"))?,
-            ),
+            password: open(format!("device_password:{uuid}"), &sealed)?,
+            pending_password: pending
+                .map(|p| open(format!("device_pending_password:{uuid}"), &p))
+                .transpose()?,
             state: state.parse().map_err(|_| corrupt("valid state"))?,
         }))
+    }
+
+    /// Records (sealed) the admin credential about to be sent to a device, before it
+    /// is sent: if the exchange is cut, vprov still holds whichever credential the
+    /// device ended up with.
+    pub fn begin_password_change(
+        &mut self,
+        uuid: &str,
+        new_password: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let sealed = self.key.seal(
+            &format!("device_pending_password:{uuid}"),
+            new_password.as_bytes(),
+        );
+        let tx = self.write_tx()?;
+        if tx.execute(
+            "UPDATE devices SET pending_password_sealed = ?2 WHERE uuid = ?1",
+            params![uuid, sealed],
+        )? == 0
+        {
+            return Err(StoreError::UnknownDevice(uuid.to_string()));
+        }
+        audit(
+            &tx,
+            actor,
+            "device.password.begin",
+            &serde_json::json!({ "uuid": uuid }),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The device accepted the pending credential: it becomes the device's credential.
+    pub fn complete_password_change(&mut self, uuid: &str, actor: &str) -> Result<(), StoreError> {
+        let pending: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT pending_password_sealed FROM devices WHERE uuid = ?1",
+                [uuid],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(pending) = pending else {
+            return Err(StoreError::Corrupt(format!(
+                "device {uuid} has no pending credential"
+            )));
+        };
+        // Re-seal under the credential's own context.
+        let plain = self
+            .key
+            .open(&format!("device_pending_password:{uuid}"), &pending)?;
+        let sealed = self.key.seal(&format!("device_password:{uuid}"), &plain);
+        let tx = self.write_tx()?;
+        tx.execute(
+            "UPDATE devices SET admin_password_sealed = ?2, pending_password_sealed = NULL
+             WHERE uuid = ?1",
+            params![uuid, sealed],
+        )?;
+        audit(
+            &tx,
+            actor,
+            "device.password.changed",
+            &serde_json::json!({ "uuid": uuid }),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The device refused the pending credential (it keeps the old one).
+    pub fn abandon_password_change(&mut self, uuid: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE devices SET pending_password_sealed = NULL WHERE uuid = ?1",
+            [uuid],
+        )?;
+        Ok(())
     }
 
     /// Stores the inventory (JSON) read from a device just now.

@@ -114,10 +114,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at            INTEGER NOT NULL
     ) STRICT;
     "#,
-    // 3: the last inventory read from each device (JSON) and when.
+    // 3: the last inventory read from each device (JSON) and when; a new admin
+    // credential being sent to the device (sealed), kept beside the old one until the
+    // device accepts it.
     r#"
     ALTER TABLE devices ADD COLUMN inventory TEXT;
     ALTER TABLE devices ADD COLUMN inventory_at INTEGER;
+    ALTER TABLE devices ADD COLUMN pending_password_sealed BLOB;
     "#,
 ];
 
