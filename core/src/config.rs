@@ -53,6 +53,21 @@ struct ConfigFile {
     plugins: PluginsSection,
     #[serde(default)]
     export: ExportSection,
+    #[serde(default)]
+    management: ManagementSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagementSection {
+    check_interval_ms: Option<u64>,
+}
+
+/// `[management]`: managed devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// Pause between reachability checks of managed devices; `None` turns them off.
+    pub check_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +191,7 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     pub plugins: PluginsConfig,
     pub export: ExportConfig,
+    pub management: ManagementConfig,
 }
 
 impl Config {
@@ -230,6 +246,9 @@ impl Default for Config {
             export: ExportConfig {
                 server_address: String::new(),
                 server_port: None,
+            },
+            management: ManagementConfig {
+                check_interval: Some(Duration::from_secs(300)),
             },
         }
     }
@@ -342,7 +361,15 @@ impl Config {
             server_address: file.export.server_address.unwrap_or_default(),
             server_port: file.export.server_port,
         };
+        let management = ManagementConfig {
+            check_interval: match file.management.check_interval_ms {
+                None => defaults.management.check_interval,
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+            },
+        };
         Ok(Config {
+            management,
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
             busy_timeout: Duration::from_millis(busy_ms),
             master_key_file: file.store.master_key_file,
@@ -375,6 +402,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/vprov"));
         assert_eq!(c.busy_timeout, Duration::from_millis(500));
         assert_eq!(c.master_key_file, Some(PathBuf::from("/etc/vprov/key")));
+        let off = Config::parse("[management]\ncheck_interval_ms = 0\n", Path::new("x")).unwrap();
+        assert_eq!(off.management.check_interval, None);
     }
 
     #[test]

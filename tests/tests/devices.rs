@@ -232,3 +232,25 @@ fn a_device_credential_is_changed_and_a_cut_off_change_settles_on_next_contact()
     assert!(access.pending_password.is_none());
     drop(sim);
 }
+
+#[test]
+fn managed_devices_are_checked_and_a_lost_one_raises_an_alert() {
+    let rig = Rig::new(1, "[management]\ncheck_interval_ms = 200\n");
+    let (sim, uuid) = provisioned(&rig, 47);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    let server = rig.serve();
+    let reachable = |want: bool| {
+        eventually(
+            Duration::from_secs(30),
+            &format!("reachable = {want}"),
+            || (rig.devices()[0]["reachable"] == want).then_some(()),
+        )
+    };
+    reachable(true);
+    drop(sim);
+    reachable(false);
+    let alert = rig.wait_for_alert("managed device is unreachable");
+    assert_eq!(alert["device_uuid"], uuid);
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(server.stop(), 0);
+}

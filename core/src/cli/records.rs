@@ -273,6 +273,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 "provisioned_pid": d.provisioned_pid,
                 "provisioned_at": output::time(d.provisioned_at),
                 "last_contact_at": d.last_contact_at.map(output::time),
+                "reachable": d.reachable,
             }))
             .collect::<Vec<_>>()))?,
         ListFormat::Table => output::table(
@@ -285,6 +286,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 "MODE",
                 "PROVISIONED",
                 "LAST CONTACT",
+                "REACHABLE",
             ],
             &devices
                 .iter()
@@ -298,6 +300,11 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                         cell(d.management_mode.as_deref()),
                         output::time(d.provisioned_at),
                         cell(d.last_contact_at.map(output::time).as_deref()),
+                        match d.reachable {
+                            Some(true) => "yes".into(),
+                            Some(false) => "no".into(),
+                            None => "-".into(),
+                        },
                     ]
                 })
                 .collect::<Vec<_>>(),

@@ -10,6 +10,7 @@ use vprov_core::config::AdminPasswordPolicy;
 use vprov_core::device::DeviceTimeouts;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
+use vprov_core::server::reachability::ReachabilitySettings;
 use vprov_core::server::{self, ServerSettings};
 use vprov_sdk::PluginKinds;
 
@@ -52,6 +53,18 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             domain: prov.domain.clone(),
         },
         shutdown_grace: prov.shutdown_grace,
+        reachability: ctx
+            .config
+            .management
+            .check_interval
+            .map(|interval| ReachabilitySettings {
+                interval,
+                device_port: args.device_port.unwrap_or(prov.device_port),
+                timeouts: DeviceTimeouts {
+                    connect: prov.connect_timeout,
+                    request: prov.step_timeout,
+                },
+            }),
         plugins: super::plugins::host_settings(
             &ctx.config,
             PluginKinds::KEY_EXPORTER

@@ -4,11 +4,12 @@
 //! store → [`jobs`] connects back to the device over TLS-PSK and provisions it → the
 //! store records the device. Every failure on the way is raised on the [`alerts`]
 //! log. The store is owned by one thread ([`store_thread`]); no async worker touches
-//! SQLite.
+//! SQLite. [`reachability`] checks managed devices periodically.
 
 pub mod alerts;
 pub mod hello_listener;
 pub mod jobs;
+pub mod reachability;
 pub mod store_thread;
 
 use std::future::Future;
@@ -36,6 +37,8 @@ pub struct ServerSettings {
     /// How long shutdown waits for running jobs before abandoning them safely.
     pub shutdown_grace: Duration,
     pub plugins: HostSettings,
+    /// The periodic reachability check of managed devices; `None` turns it off.
+    pub reachability: Option<reachability::ReachabilitySettings>,
 }
 
 /// Why the server could not start.
@@ -53,6 +56,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let ca = Arc::new(CertificateAuthority::load_or_create(&mut store)?);
+    let ca_der = Arc::new(ca.cert_der().to_vec());
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
     let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone());
@@ -92,6 +96,15 @@ pub async fn run(
     );
     jobs.resume_pending().await;
 
+    let checking = settings.reachability.clone().map(|r| {
+        tokio::spawn(reachability::run(
+            store.clone(),
+            alerts.clone(),
+            ca_der,
+            r,
+            stop_rx.clone(),
+        ))
+    });
     let hello = HelloListener::new(
         listener,
         settings.hello.clone(),
@@ -105,6 +118,9 @@ pub async fn run(
     tracing::info!("shutting down: no new hellos; waiting for running jobs");
     let _ = stop_tx.send(true);
     let _ = listening.await;
+    if let Some(checking) = checking {
+        let _ = checking.await;
+    }
     jobs.shutdown(settings.shutdown_grace).await;
     plugins.shutdown().await;
     alert_writer.finish(Duration::from_secs(5)).await;

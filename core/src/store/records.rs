@@ -78,6 +78,8 @@ pub struct DeviceRecord {
     pub provisioned_pid: Option<String>,
     pub provisioned_at: i64,
     pub last_contact_at: Option<i64>,
+    /// The last reachability check's result (managed devices), if any ran.
+    pub reachable: Option<bool>,
 }
 
 /// How to reach a device (see [`Store::device_access`]). `Debug` hides the password.
@@ -271,7 +273,7 @@ impl Store {
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
-                    provisioned_pid, provisioned_at, last_contact_at
+                    provisioned_pid, provisioned_at, last_contact_at, reachable
              FROM devices WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
         )?;
@@ -286,6 +288,7 @@ impl Store {
                 provisioned_pid: r.get(6)?,
                 provisioned_at: r.get(7)?,
                 last_contact_at: r.get(8)?,
+                reachable: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -433,6 +436,17 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// Records a reachability check; a reachable device also gets its last contact.
+    pub fn set_device_reachable(&mut self, uuid: &str, reachable: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE devices SET reachable = ?2,
+                    last_contact_at = CASE WHEN ?2 THEN ?3 ELSE last_contact_at END
+             WHERE uuid = ?1",
+            params![uuid, reachable, now_ms()],
+        )?;
+        Ok(())
     }
 
     /// Records that the device answered just now.

@@ -116,11 +116,12 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: the last inventory read from each device (JSON) and when; a new admin
     // credential being sent to the device (sealed), kept beside the old one until the
-    // device accepts it.
+    // device accepts it; whether the last reachability check reached it.
     r#"
     ALTER TABLE devices ADD COLUMN inventory TEXT;
     ALTER TABLE devices ADD COLUMN inventory_at INTEGER;
     ALTER TABLE devices ADD COLUMN pending_password_sealed BLOB;
+    ALTER TABLE devices ADD COLUMN reachable INTEGER;
     "#,
 ];
 
