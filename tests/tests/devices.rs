@@ -10,6 +10,16 @@ use vprov_tests::rig::Rig;
 
 /// Provisions one simulated device (kept running) and returns its UUID.
 fn provisioned(rig: &Rig, second_octet: u8) -> (vprov_tests::sim::Simulator, String) {
+    provisioned_waiting(rig, second_octet, |_| true)
+}
+
+/// Like [`provisioned`], but keeps the server until the device record satisfies
+/// `done` (post-provision actions run after the record is written).
+fn provisioned_waiting(
+    rig: &Rig,
+    second_octet: u8,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (vprov_tests::sim::Simulator, String) {
     let server = rig.serve();
     let sim = rig.simulate(
         &server,
@@ -20,6 +30,7 @@ fn provisioned(rig: &Rig, second_octet: u8) -> (vprov_tests::sim::Simulator, Str
     let uuid = eventually(Duration::from_secs(30), "device record", || {
         rig.devices()
             .first()
+            .filter(|d| done(d))
             .map(|d| d["uuid"].as_str().unwrap().to_string())
     });
     assert_eq!(server.stop(), 0);
@@ -253,4 +264,19 @@ fn managed_devices_are_checked_and_a_lost_one_raises_an_alert() {
     assert_eq!(alert["device_uuid"], uuid);
     assert_eq!(alert["severity"], "warning");
     assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn the_post_agentless_plugin_manages_new_devices_without_an_admin() {
+    let rig = Rig::new(1, "");
+    rig.s.install_plugin("post_agentless", "post-agentless.so");
+    std::fs::write(
+        rig.s.data_dir().join("plugins/plugins.toml"),
+        "[instances.auto-manage]\nplugin = \"post-agentless\"\n",
+    )
+    .unwrap();
+    let (_sim, uuid) = provisioned_waiting(&rig, 48, |d| d["state"] == "managed");
+    let device = &rig.devices()[0];
+    assert_eq!(device["uuid"], uuid);
+    assert_eq!(device["management_mode"], "agentless");
 }
