@@ -380,3 +380,32 @@ fn a_post_provision_action_moves_the_device_to_managed() {
     assert_eq!(moved["detail"]["mode"], "agentless");
     assert_eq!(server.stop(), 0);
 }
+
+#[test]
+fn alerts_reach_a_syslog_server_on_loopback() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let rig = Rig::new(1, "");
+    write_instances(
+        &rig.s,
+        &format!(
+            "[instances.syslog]\nplugin = \"alert-syslog\"\n[instances.syslog.config]\nserver = \"{}\"\n",
+            receiver.local_addr().unwrap()
+        ),
+    );
+    rig.s.install_plugin("alert_syslog", "alert-syslog.so");
+    let server = rig.serve();
+    wait_instance(&rig.s, "syslog", "active");
+    bad_hello(server.hello_addr, "for syslog");
+    let mut buf = [0u8; 4096];
+    let n = receiver.recv(&mut buf).expect("a syslog datagram");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    // local0 (16) * 8 + warning (4) = 132; MSGID is the alert's source.
+    assert!(text.starts_with("<132>1 "), "{text}");
+    assert!(text.contains(" vprov "), "{text}");
+    assert!(text.contains(" hello - \u{feff}malformed hello"), "{text}");
+    assert!(text.contains("address=127.0.0.1"), "{text}");
+    assert_eq!(server.stop(), 0);
+}
