@@ -409,3 +409,81 @@ fn alerts_reach_a_syslog_server_on_loopback() {
     assert!(text.contains("address=127.0.0.1"), "{text}");
     assert_eq!(server.stop(), 0);
 }
+
+/// An HTTP endpoint on loopback: answers 200 to each request and sends its body on.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn alerts_are_posted_to_a_webhook_and_a_hanging_one_is_reported() {
+    let (url, received) = webhook_receiver();
+    // A second endpoint that accepts connections and never answers.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_url = format!("http://{}/", stuck.local_addr().unwrap());
+    let rig = Rig::new(1, "");
+    write_instances(
+        &rig.s,
+        &format!(
+            "[instances.hook]\nplugin = \"alert-webhook\"\n[instances.hook.config]\nurl = \"{url}\"\n\
+             [instances.stuck-hook]\nplugin = \"alert-webhook\"\n[instances.stuck-hook.config]\nurl = \"{stuck_url}\"\ntimeout_ms = 300\nretries = 1\n"
+        ),
+    );
+    rig.s.install_plugin("alert_webhook", "alert-webhook.so");
+    let server = rig.serve();
+    wait_instance(&rig.s, "hook", "active");
+    wait_instance(&rig.s, "stuck-hook", "active");
+    bad_hello(server.hello_addr, "for the webhook");
+    let posted = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a POST");
+    assert_eq!(posted["source"], "hello");
+    assert!(
+        posted["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed hello"),
+        "{posted}"
+    );
+    assert_eq!(posted["address"], "127.0.0.1");
+    let alert = rig.wait_for_alert("alert sink stuck-hook cannot deliver alerts");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{alert}"
+    );
+    // Slow failures are failures, not hangs: the instance stays active.
+    wait_instance(&rig.s, "stuck-hook", "active");
+    assert_eq!(server.stop(), 0);
+    drop(stuck);
+}
