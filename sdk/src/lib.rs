@@ -56,7 +56,9 @@ pub use abi::{
     KeyPair, LogLevel, OutcomeAction, PluginAlert, PluginError, PluginKinds, PluginManifest,
     Severity, SDK_VERSION,
 };
-pub use plugin::{AlertSink, Context, Host, KeyExporter, Plugin, PostProvisionAction};
+pub use plugin::{
+    export_options, AlertSink, Context, Host, KeyExporter, Plugin, PostProvisionAction,
+};
 
 #[cfg(test)]
 mod tests;

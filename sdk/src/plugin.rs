@@ -149,6 +149,23 @@ impl Host {
     }
 }
 
+/// For exporters: checks that `request` asks for `format` and parses its
+/// `--option key=value` pairs into the exporter's own options type (use
+/// `#[serde(deny_unknown_fields)]` so a misspelt option is an error naming it).
+pub fn export_options<T: DeserializeOwned>(
+    request: &ExportRequest,
+    format: &str,
+) -> Result<T, PluginError> {
+    if request.format != format {
+        return Err(PluginError::unsupported(format!(
+            "unknown format {}",
+            request.format
+        )));
+    }
+    serde_json::from_str(&request.options_json)
+        .map_err(|e| PluginError::unsupported(format!("bad option: {e}")))
+}
+
 /// The manifest of `P`, as the root module reports it.
 pub extern "C" fn manifest_of<P: Plugin>() -> PluginManifest {
     PluginManifest {

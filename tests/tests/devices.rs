@@ -173,34 +173,14 @@ fn a_device_credential_is_changed_and_a_cut_off_change_settles_on_next_contact()
     let out = cli(&["devices", "password", &uuid]).ok();
     assert!(out.contains("admin credential changed"), "{out}");
     assert_eq!(status().ok().trim(), "on", "the store and the device agree");
-    let err = rig
-        .s
-        .run_with_stdin(
-            &[
-                "--config",
-                rig.config.to_str().unwrap(),
-                "devices",
-                "password",
-                &uuid,
-                "--stdin",
-            ],
-            "short\n",
-        )
-        .fails();
+    let from_stdin = |input: &str| {
+        let config = rig.config.to_str().unwrap();
+        let args = ["--config", config, "devices", "password", &uuid, "--stdin"];
+        rig.s.run_with_stdin(&args, input)
+    };
+    let err = from_stdin("short\n").fails();
     assert!(err.contains("at least 8"), "{err}");
-    rig.s
-        .run_with_stdin(
-            &[
-                "--config",
-                rig.config.to_str().unwrap(),
-                "devices",
-                "password",
-                &uuid,
-                "--stdin",
-            ],
-            "Chosen!Passw0rd\n",
-        )
-        .ok();
+    from_stdin("Chosen!Passw0rd\n").ok();
     assert_eq!(status().ok().trim(), "on");
 
     // A change cut off after the device took it: the store still holds the old

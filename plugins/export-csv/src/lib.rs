@@ -46,14 +46,7 @@ impl KeyExporter for ExportCsv {
     }
 
     fn export(&self, request: &ExportRequest) -> Result<ExportedFile, PluginError> {
-        if request.format != "csv" {
-            return Err(PluginError::unsupported(format!(
-                "unknown format {}",
-                request.format
-            )));
-        }
-        let options: Options = serde_json::from_str(&request.options_json)
-            .map_err(|e| PluginError::unsupported(format!("bad option: {e}")))?;
+        let options: Options = vprov_sdk::export_options(request, "csv")?;
         let dashes = match options.dashes.as_deref() {
             None | Some("true") => true,
             Some("false") => false,

@@ -74,14 +74,7 @@ impl KeyExporter for ExportPrint {
     }
 
     fn export(&self, request: &ExportRequest) -> Result<ExportedFile, PluginError> {
-        if request.format != "pdf" {
-            return Err(PluginError::unsupported(format!(
-                "unknown format {}",
-                request.format
-            )));
-        }
-        let options: Options = serde_json::from_str(&request.options_json)
-            .map_err(|e| PluginError::unsupported(format!("bad option: {e}")))?;
+        let options: Options = vprov_sdk::export_options(request, "pdf")?;
         let paper = match options.paper.as_deref() {
             None | Some("a4") => Paper {
                 width: 210.0,

@@ -89,14 +89,7 @@ impl KeyExporter for ExportUsb {
     }
 
     fn export(&self, request: &ExportRequest) -> Result<ExportedFile, PluginError> {
-        if request.format != "setupbin" {
-            return Err(PluginError::unsupported(format!(
-                "unknown format {}",
-                request.format
-            )));
-        }
-        let options: Options = serde_json::from_str(&request.options_json)
-            .map_err(|e| PluginError::unsupported(format!("bad option: {e}")))?;
+        let options: Options = vprov_sdk::export_options(request, "setupbin")?;
         let version: u8 = match options.version.as_deref() {
             None => 2,
             Some(v) => number("version", v)?,
