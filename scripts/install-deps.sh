@@ -15,13 +15,21 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 # The key-sheet tests read the exported PDF back with poppler's pdftotext.
 command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
 
-if ((${#need[@]} == 0)); then
-  exit 0
-fi
+# The e-mail alert tests deliver to aiosmtpd (Python), a real SMTP server.
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
   sudo=(sudo)
 fi
-echo "installing: ${need[*]}" >&2
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+if ((${#need[@]} > 0)); then
+  echo "installing: ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "installing: aiosmtpd (PyPI)" >&2
+  python3 -m pip install --quiet --user aiosmtpd 2>/dev/null ||
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages aiosmtpd
+fi

@@ -487,3 +487,111 @@ fn alerts_are_posted_to_a_webhook_and_a_hanging_one_is_reported() {
     assert_eq!(server.stop(), 0);
     drop(stuck);
 }
+
+/// A real SMTP server (aiosmtpd, installed by scripts/install-deps.sh) on loopback,
+/// offering STARTTLS with a certificate from a private CA and storing mail in a
+/// Maildir. Killed when dropped.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    ca_pem: PathBuf,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(dir: &Path) -> SmtpServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_pem = dir.join("smtp-ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        std::fs::write(dir.join("smtp-cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("smtp-key.pem"), key.serialize_pem()).unwrap();
+        let maildir = dir.join("maildir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .arg("--tlscert")
+            .arg(dir.join("smtp-cert.pem"))
+            .arg("--tlskey")
+            .arg(dir.join("smtp-key.pem"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (installed by scripts/install-deps.sh)");
+        eventually(Duration::from_secs(30), "aiosmtpd listening", || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+        });
+        SmtpServer {
+            child,
+            port,
+            ca_pem,
+            maildir,
+        }
+    }
+
+    fn mails(&self) -> Vec<String> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_burst_of_alerts_is_mailed_once_over_starttls() {
+    let rig = Rig::new(1, "");
+    let smtp = SmtpServer::start(rig.s.dir.path());
+    write_instances(
+        &rig.s,
+        &format!(
+            "[instances.mail]\nplugin = \"alert-email\"\n[instances.mail.config]\n\
+             server = \"localhost:{}\"\nfrom = \"vprov@example.org\"\nto = [\"it@example.org\"]\n\
+             ca_file = \"{}\"\nbatch_ms = 1500\n",
+            smtp.port,
+            smtp.ca_pem.display()
+        ),
+    );
+    rig.s.install_plugin("alert_email", "alert-email.so");
+    let server = rig.serve();
+    wait_instance(&rig.s, "mail", "active");
+    for i in 0..3 {
+        bad_hello(server.hello_addr, &format!("burst {i}"));
+    }
+    let mail = eventually(Duration::from_secs(30), "a mail", || {
+        smtp.mails().into_iter().next()
+    });
+    assert!(
+        mail.contains("Subject: [vprov] 3 alerts (worst: warning)"),
+        "{mail}"
+    );
+    assert_eq!(mail.matches("malformed hello").count(), 3, "{mail}");
+    assert!(mail.contains("To: it@example.org"), "{mail}");
+    // aiosmtpd only accepts mail after STARTTLS (it requires TLS by default).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smtp.mails().len(), 1, "one mail for the burst");
+    assert_eq!(server.stop(), 0);
+}
