@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use serde::de::DeserializeOwned;
 
 use crate::abi::{
@@ -146,6 +146,35 @@ impl Host {
             .device(RStr::from(uuid))
             .into_result()
             .map(|d| d.into_option())
+    }
+}
+
+impl AlertEvent {
+    /// The alert's time as RFC 3339 UTC with milliseconds (empty if out of range).
+    pub fn at_rfc3339(&self) -> String {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.at_unix_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The alert as the JSON object sinks write: `at`, `at_unix_ms`, `severity`,
+    /// `source`, `message`, `pid`, `device_uuid`, `address` (null when absent).
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = |v: &ROption<RString>| v.as_ref().map(|s| s.to_string()).into_option();
+        serde_json::json!({
+            "at": self.at_rfc3339(),
+            "at_unix_ms": self.at_unix_ms,
+            "severity": self.severity.as_str(),
+            "source": self.source.as_str(),
+            "message": self.message.as_str(),
+            "pid": text(&self.pid),
+            "device_uuid": text(&self.device_uuid),
+            "address": text(&self.address),
+        })
     }
 }
 

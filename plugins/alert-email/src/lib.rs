@@ -23,8 +23,6 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use vprov_sdk::{AlertEvent, AlertSink, Context, Host, Plugin, PluginError, PluginKinds, Severity};
 
 #[derive(Deserialize)]
@@ -176,10 +174,7 @@ impl Plugin for AlertEmail {
 }
 
 fn line(alert: &AlertEvent) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(alert.at_unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default();
+    let at = alert.at_rfc3339();
     let mut text = format!(
         "{at} {} [{}] {}",
         alert.severity.as_str(),

@@ -18,10 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use abi_stable::std_types::{ROption, RString};
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use vprov_sdk::{AlertEvent, AlertSink, Context, Plugin, PluginError, PluginKinds};
 
 const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -90,7 +87,7 @@ impl Plugin for AlertFile {
 
 impl AlertSink for AlertFile {
     fn deliver(&self, alert: &AlertEvent) -> Result<(), PluginError> {
-        let mut line = serde_json::to_vec(&line(alert))
+        let mut line = serde_json::to_vec(&alert.to_json())
             .map_err(|e| PluginError::failed(format!("cannot encode the alert: {e}")))?;
         line.push(b'\n');
         let mut slot = self.file.lock().expect("file lock");
@@ -152,27 +149,11 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn line(alert: &AlertEvent) -> serde_json::Value {
-    let text = |v: &ROption<RString>| v.as_ref().map(|s| s.to_string()).into_option();
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(alert.at_unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok());
-    serde_json::json!({
-        "at": at,
-        "at_unix_ms": alert.at_unix_ms,
-        "severity": alert.severity.as_str(),
-        "source": alert.source.as_str(),
-        "message": alert.message.as_str(),
-        "pid": text(&alert.pid),
-        "device_uuid": text(&alert.device_uuid),
-        "address": text(&alert.address),
-    })
-}
-
 vprov_sdk::export_plugin!(AlertFile);
 
 #[cfg(test)]
 mod tests {
+    use abi_stable::std_types::ROption;
     use vprov_sdk::testing::{sample_alert, FakeHost};
     use vprov_sdk::{ErrorKind, Severity};
 

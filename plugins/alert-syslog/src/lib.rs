@@ -16,8 +16,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use vprov_sdk::{AlertEvent, AlertSink, Context, Plugin, PluginError, PluginKinds, Severity};
 
 #[derive(Deserialize)]
@@ -147,11 +145,9 @@ impl Plugin for AlertSyslog {
 impl AlertSyslog {
     fn message(&self, alert: &AlertEvent) -> String {
         let pri = u16::from(self.facility) * 8 + u16::from(syslog_severity(alert.severity));
-        let at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(alert.at_unix_ms) * 1_000_000)
-                .ok()
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .unwrap_or_else(|| "-".into());
+        let at = Some(alert.at_rfc3339())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "-".into());
         let mut text = alert.message.to_string();
         let mut details = Vec::new();
         for (name, value) in [

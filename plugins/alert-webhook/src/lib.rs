@@ -21,8 +21,6 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use vprov_sdk::{AlertEvent, AlertSink, Context, Plugin, PluginError, PluginKinds};
 
 #[derive(Deserialize)]
@@ -119,29 +117,9 @@ fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn body(alert: &AlertEvent) -> Vec<u8> {
-    let text = |v: &abi_stable::std_types::ROption<abi_stable::std_types::RString>| {
-        v.as_ref().map(|s| s.to_string()).into_option()
-    };
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(alert.at_unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok());
-    serde_json::to_vec(&serde_json::json!({
-        "at": at,
-        "at_unix_ms": alert.at_unix_ms,
-        "severity": alert.severity.as_str(),
-        "source": alert.source.as_str(),
-        "message": alert.message.as_str(),
-        "pid": text(&alert.pid),
-        "device_uuid": text(&alert.device_uuid),
-        "address": text(&alert.address),
-    }))
-    .expect("JSON of strings and numbers")
-}
-
 impl AlertSink for AlertWebhook {
     fn deliver(&self, alert: &AlertEvent) -> Result<(), PluginError> {
-        let body = body(alert);
+        let body = serde_json::to_vec(&alert.to_json()).expect("JSON of strings and numbers");
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
