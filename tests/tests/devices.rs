@@ -260,3 +260,54 @@ fn the_post_agentless_plugin_manages_new_devices_without_an_admin() {
     assert_eq!(device["uuid"], uuid);
     assert_eq!(device["management_mode"], "agentless");
 }
+
+/// A self-signed RSA certificate and key (no link to vprov's CA).
+fn foreign_certificate() -> (
+    openssl::x509::X509,
+    openssl::pkey::PKey<openssl::pkey::Private>,
+) {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "impostor").unwrap();
+    let name = name.build();
+    let mut b = x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    (b.build(), key)
+}
+
+#[test]
+fn a_device_presenting_a_foreign_certificate_is_refused_with_an_alert() {
+    let rig = Rig::new(1, "");
+    let (sim, uuid) = provisioned(&rig, 49);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    let address = rig.devices()[0]["address"].as_str().unwrap().to_string();
+    drop(sim);
+    // Something else now answers at the device's address, with its own certificate.
+    let (cert, key) = foreign_certificate();
+    let ctx = vprov_tests::sim::tls::cert_context(&cert, &std::sync::Arc::new(key)).unwrap();
+    let addr: std::net::SocketAddr = format!("{address}:{}", rig.device_port).parse().unwrap();
+    let _impostor = rig.rt.spawn(async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(16).unwrap();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = vprov_tests::sim::tls::accept(&ctx, tcp).await;
+        }
+    });
+    let err = rig
+        .run_configured(&["devices", "power", &uuid, "status"])
+        .fails();
+    assert!(err.contains("device certificate rejected"), "{err}");
+    let alert = rig.wait_for_alert("power status failed: device certificate rejected");
+    assert_eq!(alert["device_uuid"], uuid);
+}
