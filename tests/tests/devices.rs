@@ -311,3 +311,37 @@ fn a_device_presenting_a_foreign_certificate_is_refused_with_an_alert() {
     let alert = rig.wait_for_alert("power status failed: device certificate rejected");
     assert_eq!(alert["device_uuid"], uuid);
 }
+
+#[test]
+fn a_device_that_no_longer_accepts_the_stored_credential_raises_an_alert() {
+    let rig = Rig::new(1, "");
+    let (_sim, uuid) = provisioned(&rig, 50);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    // Someone changes the device's credential behind vprov's back.
+    let store = Store::open(&StoreOptions::new(rig.s.data_dir())).unwrap();
+    let access = store.device_access(&uuid).unwrap().unwrap();
+    let ca = store.ca_certificate().unwrap().unwrap();
+    let addr = std::net::SocketAddr::new(access.address.parse().unwrap(), rig.device_port);
+    rig.rt.block_on(async {
+        let timeouts = DeviceTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+        };
+        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
+            .await
+            .unwrap();
+        let realm = s.general_settings().await.unwrap().digest_realm;
+        s.set_admin_acl_entry_ex("admin", &realm, "Changed!Elsewhere9")
+            .await
+            .unwrap();
+    });
+    let err = rig.run_configured(&["devices", "inventory", &uuid]).fails();
+    assert!(err.contains("refused the credentials"), "{err}");
+    let alert = rig.wait_for_alert("inventory failed: device refused the credentials");
+    assert_eq!(alert["device_uuid"], uuid);
+    // vprov's record is unchanged: nothing was stored from the failed read.
+    let err = rig
+        .run_configured(&["devices", "inventory", &uuid, "--cached"])
+        .fails();
+    assert!(err.contains("no inventory stored"), "{err}");
+}
