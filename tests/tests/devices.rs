@@ -37,6 +37,27 @@ fn provisioned_waiting(
     (sim, uuid)
 }
 
+/// Sets the device's admin credential to `new` directly over AMT (as another tool, or
+/// a cut-off exchange, would), logging in with the credential vprov holds as current.
+fn set_device_credential(rig: &Rig, store: &Store, uuid: &str, new: &str) {
+    let access = store.device_access(uuid).unwrap().unwrap();
+    let ca = store.ca_certificate().unwrap().unwrap();
+    let addr = std::net::SocketAddr::new(access.address.parse().unwrap(), rig.device_port);
+    rig.rt.block_on(async {
+        let timeouts = DeviceTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+        };
+        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
+            .await
+            .unwrap();
+        let realm = s.general_settings().await.unwrap().digest_realm;
+        s.set_admin_acl_entry_ex("admin", &realm, new)
+            .await
+            .unwrap();
+    });
+}
+
 #[test]
 fn a_provisioned_device_is_moved_to_managed_agentless_and_back() {
     let rig = Rig::new(1, "");
@@ -192,21 +213,7 @@ fn a_device_credential_is_changed_and_a_cut_off_change_settles_on_next_contact()
     store
         .begin_password_change(&uuid, "Next!Passw0rd-7", "test")
         .unwrap();
-    let ca = store.ca_certificate().unwrap().unwrap();
-    let addr = std::net::SocketAddr::new(access.address.parse().unwrap(), rig.device_port);
-    rig.rt.block_on(async {
-        let timeouts = DeviceTimeouts {
-            connect: Duration::from_secs(5),
-            request: Duration::from_secs(5),
-        };
-        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
-            .await
-            .unwrap();
-        let realm = s.general_settings().await.unwrap().digest_realm;
-        s.set_admin_acl_entry_ex("admin", &realm, "Next!Passw0rd-7")
-            .await
-            .unwrap();
-    });
+    set_device_credential(&rig, &store, &uuid, "Next!Passw0rd-7");
     // The next contact finds the device on the new credential and records it.
     assert_eq!(status().ok().trim(), "on");
     let access = store.device_access(&uuid).unwrap().unwrap();
@@ -319,22 +326,7 @@ fn a_device_that_no_longer_accepts_the_stored_credential_raises_an_alert() {
     rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
     // Someone changes the device's credential behind vprov's back.
     let store = Store::open(&StoreOptions::new(rig.s.data_dir())).unwrap();
-    let access = store.device_access(&uuid).unwrap().unwrap();
-    let ca = store.ca_certificate().unwrap().unwrap();
-    let addr = std::net::SocketAddr::new(access.address.parse().unwrap(), rig.device_port);
-    rig.rt.block_on(async {
-        let timeouts = DeviceTimeouts {
-            connect: Duration::from_secs(5),
-            request: Duration::from_secs(5),
-        };
-        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
-            .await
-            .unwrap();
-        let realm = s.general_settings().await.unwrap().digest_realm;
-        s.set_admin_acl_entry_ex("admin", &realm, "Changed!Elsewhere9")
-            .await
-            .unwrap();
-    });
+    set_device_credential(&rig, &store, &uuid, "Changed!Elsewhere9");
     let err = rig.run_configured(&["devices", "inventory", &uuid]).fails();
     assert!(err.contains("refused the credentials"), "{err}");
     let alert = rig.wait_for_alert("inventory failed: device refused the credentials");
