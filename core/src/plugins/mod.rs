@@ -90,6 +90,8 @@ pub enum PluginCallError {
     Busy { instance: String, slots: usize },
     #[error("plugin instance {instance} {reason}")]
     TimedOut { instance: String, reason: String },
+    #[error("plugin instance {instance} {reason}")]
+    Crashed { instance: String, reason: String },
     #[error("plugin instance {instance}: {error}")]
     Plugin {
         instance: String,
@@ -113,6 +115,8 @@ pub struct Instance {
     timeout: Duration,
     quarantine: Mutex<Option<String>>,
     shut_down: AtomicBool,
+    /// A call timed out: a thread may still be stuck inside the plugin.
+    hung: AtomicBool,
     link: Option<ServerLink>,
     /// Signalled when the instance's status changes (quarantine), so the server's
     /// status snapshot is rewritten.
@@ -168,7 +172,7 @@ impl Instance {
             Ok(Err(join)) => {
                 let reason = format!("crashed in {what}: {join}");
                 self.quarantine_for(reason.clone());
-                Err(PluginCallError::TimedOut {
+                Err(PluginCallError::Crashed {
                     instance: self.name.clone(),
                     reason,
                 })
@@ -178,6 +182,8 @@ impl Instance {
                     "did not return from {what} within {} ms",
                     self.timeout.as_millis()
                 );
+                // Its thread may still be inside the plugin: never call it again.
+                self.hung.store(true, Ordering::Relaxed);
                 self.quarantine_for(reason.clone());
                 Err(PluginCallError::TimedOut {
                     instance: self.name.clone(),
@@ -219,10 +225,7 @@ impl Instance {
         if self.shut_down.swap(true, Ordering::Relaxed) {
             return;
         }
-        if self
-            .quarantined()
-            .is_some_and(|r| r.starts_with("did not return"))
-        {
+        if self.hung.load(Ordering::Relaxed) {
             return;
         }
         let handle = self.handle.clone();
@@ -617,6 +620,7 @@ impl PluginHost {
             timeout: settings.call_timeout,
             quarantine: Mutex::new(None),
             shut_down: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             link: self.inner.link.clone(),
             status_changed: self.inner.status_changed.clone(),
         });
@@ -924,6 +928,7 @@ mod tests {
             timeout,
             quarantine: Mutex::new(None),
             shut_down: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             link: None,
             status_changed: Arc::default(),
         })

@@ -92,7 +92,11 @@ async fn deliver(
         {
             Ok(()) => {}
             // Quarantine raises its own alert.
-            Err(PluginCallError::Quarantined { .. } | PluginCallError::TimedOut { .. }) => {}
+            Err(
+                PluginCallError::Quarantined { .. }
+                | PluginCallError::TimedOut { .. }
+                | PluginCallError::Crashed { .. },
+            ) => {}
             Err(e) => {
                 failures += 1;
                 if due(last_failure_report, FAILURE_REPORT_EVERY) {
