@@ -35,6 +35,9 @@ struct Config {
 
 pub struct AlertWebhook {
     url: String,
+    /// The URL as errors show it: scheme and host only, since webhook URLs often
+    /// carry their secret token in the path or query.
+    shown_url: String,
     agent: ureq::Agent,
     secret: Option<Vec<u8>>,
     retries: u32,
@@ -50,8 +53,8 @@ impl Plugin for AlertWebhook {
         let config: Config = context.config()?;
         if !(config.url.starts_with("https://") || config.url.starts_with("http://")) {
             return Err(PluginError::invalid_config(format!(
-                "url must start with https:// or http://, got {:?}",
-                config.url
+                "url must start with https:// or http://, got {}",
+                shown_url(&config.url)
             )));
         }
         let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(2000).max(1));
@@ -77,6 +80,7 @@ impl Plugin for AlertWebhook {
             None => None,
         };
         Ok(AlertWebhook {
+            shown_url: shown_url(&config.url),
             url: config.url,
             agent: builder.build(),
             secret,
@@ -87,6 +91,19 @@ impl Plugin for AlertWebhook {
     fn alert_sink(&self) -> Option<&dyn AlertSink> {
         Some(self)
     }
+}
+
+/// `scheme://host[:port]/…`: the URL without path, query or user information.
+fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("?", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let elided = if rest.len() > authority.len() {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{elided}")
 }
 
 /// A rustls client configuration trusting only the certificates in `path`.
@@ -144,15 +161,24 @@ impl AlertSink for AlertWebhook {
                 Err(ureq::Error::Status(code, _)) => {
                     return Err(PluginError::failed(format!(
                         "the webhook {} refused the alert with {code}",
-                        self.url
+                        self.shown_url
                     )))
                 }
-                Err(e) => last = e.to_string(),
+                // Not the error's Display: it starts with the whole URL.
+                Err(ureq::Error::Transport(t)) => {
+                    last = t.kind().to_string();
+                    if let Some(m) = t.message() {
+                        last.push_str(&format!(": {m}"));
+                    }
+                    if let Some(cause) = std::error::Error::source(&t) {
+                        last.push_str(&format!(": {cause}"));
+                    }
+                }
             }
         }
         Err(PluginError::failed(format!(
             "cannot deliver to {} after {} attempts: {last}",
-            self.url,
+            self.shown_url,
             self.retries + 1
         ))
         .retryable())
@@ -221,6 +247,37 @@ mod tests {
         dir: &std::path::Path,
     ) -> Result<vprov_sdk::abi::PluginInstanceBox, PluginError> {
         FakeHost::default().instantiate::<AlertWebhook>(config, dir)
+    }
+
+    #[test]
+    fn errors_show_the_url_without_its_secret_parts() {
+        assert_eq!(
+            shown_url("https://hooks.example.com/services/T0/B0/s3cr3tT0k3n?x=1"),
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            shown_url("http://user:pw@10.0.0.1:8080"),
+            "http://10.0.0.1:8080"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = sink(
+            &format!("url = \"http://127.0.0.1:{port}/hook/s3cr3tT0k3n\"\nretries = 0"),
+            &std::env::temp_dir(),
+        )
+        .unwrap();
+        let err = s
+            .deliver_alert(&sample_alert("x"))
+            .into_result()
+            .unwrap_err();
+        assert!(!err.message.contains("s3cr3tT0k3n"), "{err}");
+        assert!(
+            err.message.contains(&format!("127.0.0.1:{port}/…")),
+            "{err}"
+        );
     }
 
     #[test]
