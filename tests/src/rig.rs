@@ -83,17 +83,10 @@ impl Rig {
     }
 
     /// A (re)start on a given hello address: simulated devices keep saying hello to
-    /// the address they were given.
+    /// the address they were given. The device port comes from the rig's config.
     pub fn serve_on(&self, listen: &str) -> Server {
-        self.s.serve(
-            listen,
-            &[
-                "--config",
-                self.config.to_str().unwrap(),
-                "--device-port",
-                &self.device_port.to_string(),
-            ],
-        )
+        self.s
+            .serve(listen, &["--config", self.config.to_str().unwrap()])
     }
 
     /// One device per key in `keys[range]`, on addresses from `base`.
