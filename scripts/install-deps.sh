@@ -15,6 +15,11 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 # The key-sheet tests read the exported PDF back with poppler's pdftotext.
 command -v pdftotext >/dev/null 2>&1 || need+=(poppler-utils)
 
+# The agent deployment tests start a real OpenSSH server (sshd) on loopback, and make
+# its keys with ssh-keygen.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+
 # The e-mail alert tests deliver to aiosmtpd (Python), a real SMTP server.
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 
@@ -27,6 +32,9 @@ if ((${#need[@]} > 0)); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# sshd refuses to start without its privilege separation directory, which the
+# service's start-up (not the package) creates; /run is emptied at every boot.
+[ -d /run/sshd ] || "${sudo[@]}" mkdir -p -m 0755 /run/sshd
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing: aiosmtpd (PyPI)" >&2
   python3 -m pip install --quiet --user aiosmtpd 2>/dev/null ||

@@ -55,11 +55,15 @@ impl PluginKinds {
     pub const ALERT_SINK: PluginKinds = PluginKinds(1 << 1);
     /// Runs after a device is provisioned and says what to do with it.
     pub const POST_PROVISION: PluginKinds = PluginKinds(1 << 2);
+    /// Deploys a management agent to a device on request, under named profiles
+    /// (`vprov devices manage --agent --profile NAME`).
+    pub const AGENT_DEPLOYER: PluginKinds = PluginKinds(1 << 3);
 
-    const NAMES: [(PluginKinds, &'static str); 3] = [
+    const NAMES: [(PluginKinds, &'static str); 4] = [
         (PluginKinds::KEY_EXPORTER, "key_exporter"),
         (PluginKinds::ALERT_SINK, "alert_sink"),
         (PluginKinds::POST_PROVISION, "post_provision"),
+        (PluginKinds::AGENT_DEPLOYER, "agent_deployer"),
     ];
 
     pub const fn union(self, other: PluginKinds) -> PluginKinds {
@@ -396,6 +400,30 @@ pub struct ActionOutcome {
     pub message: RString,
 }
 
+/// What the core knows of a device's SSH host key ([`HostServices::check_host_key`]).
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HostKeyVerdict(pub u8);
+
+impl HostKeyVerdict {
+    /// No key was recorded for the device: this one is now (trust on first use).
+    pub const FIRST_USE: HostKeyVerdict = HostKeyVerdict(0);
+    /// The key is the one recorded.
+    pub const MATCHES: HostKeyVerdict = HostKeyVerdict(1);
+    /// A different key is recorded: the host may be an impostor (or was reinstalled;
+    /// an admin clears the record with `vprov devices forget-host-key`).
+    pub const CHANGED: HostKeyVerdict = HostKeyVerdict(2);
+}
+
+/// The answer to [`HostServices::check_host_key`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct HostKeyCheck {
+    pub verdict: HostKeyVerdict,
+    /// The recorded key's SHA-256 fingerprint (`SHA256:…`, as OpenSSH prints it).
+    pub recorded_fingerprint: RString,
+}
+
 // === trait objects ===
 
 /// What the core offers a plugin. The core never blocks inside these calls for long.
@@ -413,6 +441,35 @@ pub trait HostServices: Send + Sync {
     /// Last method of ABI version 0.1: later methods are appended below it.
     #[sabi(last_prefix_field)]
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError>;
+
+    /// Checks a device's SSH host key (`public_key` in OpenSSH form, `ssh-ed25519
+    /// AAAA…`) against the one recorded in the store, recording it when none is (trust
+    /// on first use). Only an admin can replace a recorded key. Appended in 0.1; a
+    /// core without it answers `UNSUPPORTED`.
+    fn check_host_key(
+        &self,
+        uuid: RStr<'_>,
+        public_key: RStr<'_>,
+    ) -> RResult<HostKeyCheck, PluginError> {
+        let _ = (uuid, public_key);
+        RResult::RErr(PluginError::unsupported(
+            "this vprov core does not record SSH host keys",
+        ))
+    }
+
+    /// Issues a fresh enrollment token for an agent being deployed to the device
+    /// under `profile`. The store keeps only its hash; an earlier token of the device
+    /// stops being valid. Appended in 0.1; a core without it answers `UNSUPPORTED`.
+    fn issue_enroll_token(
+        &self,
+        uuid: RStr<'_>,
+        profile: RStr<'_>,
+    ) -> RResult<RString, PluginError> {
+        let _ = (uuid, profile);
+        RResult::RErr(PluginError::unsupported(
+            "this vprov core does not issue agent enrollment tokens",
+        ))
+    }
 }
 
 /// The host handle as a plugin holds it.
@@ -440,6 +497,23 @@ pub trait PluginInstance: Send + Sync {
     /// Last method of ABI version 0.1: later methods are appended below it.
     #[sabi(last_prefix_field)]
     fn shutdown(&self);
+
+    /// AgentDeployer: the profile names it deploys. Appended in 0.1 (an older
+    /// plugin offers none).
+    fn agent_profiles(&self) -> RVec<RString> {
+        RVec::new()
+    }
+
+    /// AgentDeployer: deploys a management agent to `device` under `profile` (the
+    /// instance's default profile when absent). Appended in 0.1.
+    fn deploy_agent(
+        &self,
+        device: &DeviceInfo,
+        profile: ROption<RStr<'_>>,
+    ) -> RResult<ActionOutcome, PluginError> {
+        let _ = (device, profile);
+        RResult::RErr(PluginError::unsupported("this plugin deploys no agents"))
+    }
 }
 
 /// An instance as the core holds it.

@@ -1,6 +1,6 @@
 //! The vprov plugin SDK: the stable ABI between the vprov core and its dynamically
-//! loaded plugins (key export formats, alert sinks, post-provision actions), and the
-//! plain-Rust layer plugin authors write against.
+//! loaded plugins (key export formats, alert sinks, post-provision actions, agent
+//! deployers), and the plain-Rust layer plugin authors write against.
 //!
 //! - [`abi`]: the boundary (root module, manifest, trait objects, data types), built on
 //!   abi_stable so the core can check at load that a library was built against a
@@ -53,11 +53,12 @@ pub mod testing;
 
 pub use abi::{
     ActionOutcome, AlertEvent, DeviceInfo, ErrorKind, ExportFormat, ExportRequest, ExportedFile,
-    KeyPair, LogLevel, OutcomeAction, PluginAlert, PluginError, PluginKinds, PluginManifest,
-    Severity, SDK_VERSION,
+    HostKeyCheck, HostKeyVerdict, KeyPair, LogLevel, OutcomeAction, PluginAlert, PluginError,
+    PluginKinds, PluginManifest, Severity, SDK_VERSION,
 };
 pub use plugin::{
-    export_options, AlertSink, Context, Host, KeyExporter, Plugin, PostProvisionAction,
+    export_options, AgentDeployer, AlertSink, Context, Host, KeyExporter, Plugin,
+    PostProvisionAction,
 };
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::abi::{
     self, ActionOutcome, AlertEvent, DeviceInfo, ErrorKind, ExportFormat, ExportRequest,
-    ExportedFile, HostServicesBox, InitContext, LogLevel, PluginAlert, PluginError,
-    PluginInstanceBox, PluginKinds, PluginManifest, Severity,
+    ExportedFile, HostKeyCheck, HostServicesBox, InitContext, LogLevel, PluginAlert,
+    PluginError, PluginInstanceBox, PluginKinds, PluginManifest, Severity,
 };
 
 /// A plugin: its manifest as constants, a constructor, and the kinds it implements.
@@ -49,6 +49,10 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         None
     }
 
+    fn agent_deployer(&self) -> Option<&dyn AgentDeployer> {
+        None
+    }
+
     /// Called once when the instance is retired (replaced, removed or the core stops).
     fn shutdown(&self) {}
 }
@@ -67,6 +71,17 @@ pub trait AlertSink {
 /// Runs after a device is provisioned; the core applies the returned outcome.
 pub trait PostProvisionAction {
     fn run(&self, device: &DeviceInfo) -> Result<ActionOutcome, PluginError>;
+}
+
+/// Deploys a management agent to a device's operating system on request, under
+/// named profiles. The core moves the device to managed (agent) when it succeeds.
+pub trait AgentDeployer {
+    /// The profile names this instance deploys.
+    fn profiles(&self) -> Vec<String>;
+    /// Deploys under `profile` (the instance's default profile when `None`). An error
+    /// names the step that failed; the device stays where it is.
+    fn deploy(&self, device: &DeviceInfo, profile: Option<&str>)
+        -> Result<ActionOutcome, PluginError>;
 }
 
 /// What an instance is created with.
@@ -146,6 +161,22 @@ impl Host {
             .device(RStr::from(uuid))
             .into_result()
             .map(|d| d.into_option())
+    }
+
+    /// Checks a device's SSH host key (OpenSSH form) against the store's record,
+    /// recording it on first use.
+    pub fn check_host_key(&self, uuid: &str, public_key: &str) -> Result<HostKeyCheck, PluginError> {
+        self.0
+            .check_host_key(RStr::from(uuid), RStr::from(public_key))
+            .into_result()
+    }
+
+    /// A fresh agent enrollment token for the device (the store keeps its hash).
+    pub fn issue_enroll_token(&self, uuid: &str, profile: &str) -> Result<String, PluginError> {
+        self.0
+            .issue_enroll_token(RStr::from(uuid), RStr::from(profile))
+            .into_result()
+            .map(RString::into_string)
     }
 }
 
@@ -297,6 +328,34 @@ impl<P: Plugin> abi::PluginInstance for Guarded<P> {
             self.0.shutdown();
             Ok(())
         });
+    }
+
+    fn agent_profiles(&self) -> RVec<RString> {
+        guarded("agent_profiles", || {
+            Ok(self
+                .0
+                .agent_deployer()
+                .map(|d| d.profiles())
+                .unwrap_or_default())
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .map(RString::from)
+        .collect()
+    }
+
+    fn deploy_agent(
+        &self,
+        device: &DeviceInfo,
+        profile: ROption<RStr<'_>>,
+    ) -> RResult<ActionOutcome, PluginError> {
+        guarded("deploy_agent", || {
+            self.0
+                .agent_deployer()
+                .ok_or_else(|| not_provided("agent deployer"))?
+                .deploy(device, profile.map(|p| p.as_str()).into_option())
+        })
+        .into()
     }
 }
 

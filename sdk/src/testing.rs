@@ -1,23 +1,29 @@
 //! A fake host for plugin unit tests: instantiate a plugin in-process through the same
 //! guarded adapter the real boundary uses, and inspect what it logged and raised.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, ROption, RResult, RStr};
+use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
 
 use crate::abi::{
-    AlertEvent, DeviceInfo, HostServices, HostServicesBox, InitContext, LogLevel, PluginAlert,
-    PluginError, PluginInstanceBox, Severity,
+    AlertEvent, DeviceInfo, HostKeyCheck, HostKeyVerdict, HostServices, HostServicesBox,
+    InitContext, LogLevel, PluginAlert, PluginError, PluginInstanceBox, Severity,
 };
 use crate::plugin::{instantiate, Plugin};
 
-/// Records logs and alerts; answers device lookups from a list.
+/// Records logs and alerts; answers device lookups from a list; records SSH host
+/// keys by device (trust on first use) and issues enrollment tokens `token-<n>`.
 #[derive(Clone, Default)]
 pub struct FakeHost {
     pub logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
     pub alerts: Arc<Mutex<Vec<PluginAlert>>>,
     pub devices: Arc<Mutex<Vec<DeviceInfo>>>,
+    /// Device UUID → recorded host key (OpenSSH form).
+    pub host_keys: Arc<Mutex<BTreeMap<String, String>>>,
+    /// (device UUID, profile) of every token issued.
+    pub tokens: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl FakeHost {
@@ -60,6 +66,36 @@ impl HostServices for FakeHost {
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError> {
         let devices = self.devices.lock().unwrap();
         RResult::ROk(devices.iter().find(|d| d.uuid == uuid).cloned().into())
+    }
+
+    fn check_host_key(
+        &self,
+        uuid: RStr<'_>,
+        public_key: RStr<'_>,
+    ) -> RResult<HostKeyCheck, PluginError> {
+        let mut keys = self.host_keys.lock().unwrap();
+        let (verdict, recorded) = match keys.get(uuid.as_str()) {
+            None => {
+                keys.insert(uuid.to_string(), public_key.to_string());
+                (HostKeyVerdict::FIRST_USE, public_key.to_string())
+            }
+            Some(k) if k.as_str() == public_key.as_str() => (HostKeyVerdict::MATCHES, k.clone()),
+            Some(k) => (HostKeyVerdict::CHANGED, k.clone()),
+        };
+        RResult::ROk(HostKeyCheck {
+            verdict,
+            recorded_fingerprint: format!("fake:{recorded}").into(),
+        })
+    }
+
+    fn issue_enroll_token(
+        &self,
+        uuid: RStr<'_>,
+        profile: RStr<'_>,
+    ) -> RResult<RString, PluginError> {
+        let mut tokens = self.tokens.lock().unwrap();
+        tokens.push((uuid.to_string(), profile.to_string()));
+        RResult::ROk(format!("token-{}", tokens.len()).into())
     }
 }
 

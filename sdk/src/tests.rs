@@ -120,6 +120,24 @@ fn kinds_not_provided_answer_unsupported() {
         .into_result()
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
+    assert!(sink.agent_profiles().is_empty());
+    let err = sink
+        .deploy_agent(&testing::sample_device("u"), ROption::RNone)
+        .into_result()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
+}
+
+#[test]
+fn the_fake_host_records_host_keys_on_first_use() {
+    let host = Host::new(FakeHost::default().services());
+    let first = host.check_host_key("u", "ssh-ed25519 AAAA").unwrap();
+    assert_eq!(first.verdict, HostKeyVerdict::FIRST_USE);
+    let again = host.check_host_key("u", "ssh-ed25519 AAAA").unwrap();
+    assert_eq!(again.verdict, HostKeyVerdict::MATCHES);
+    let other = host.check_host_key("u", "ssh-ed25519 BBBB").unwrap();
+    assert_eq!(other.verdict, HostKeyVerdict::CHANGED);
+    assert_eq!(host.issue_enroll_token("u", "p").unwrap(), "token-1");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! `vprov plugins list` and `vprov keys export`: the plugin host as one-shot commands
-//! use it (libraries loaded and checked here; exporters instantiated on demand).
+//! `vprov plugins list`, `vprov keys export` and `vprov devices manage --agent`: the
+//! plugin host as one-shot commands use it (libraries loaded and checked here;
+//! exporters and agent deployers instantiated on demand).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,10 +11,15 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 use vprov_core::config::Config;
 use vprov_core::plugins::sinks::AlertSinks;
-use vprov_core::plugins::{instances, HostSettings, InstanceReport, PluginHost, StatusSnapshot};
-use vprov_core::store::{KeyFilter, KeyState};
+use vprov_core::plugins::services::device_info;
+use vprov_core::plugins::{
+    instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
+};
+use vprov_core::server::alerts::AlertLog;
+use vprov_core::server::store_thread::StoreHandle;
+use vprov_core::store::{KeyFilter, KeyState, ManagementMode, NewAlert, Severity};
 use vprov_sdk::abi::ExportRequest;
-use vprov_sdk::{ExportFormat, KeyPair, PluginKinds};
+use vprov_sdk::{ExportFormat, KeyPair, OutcomeAction, PluginKinds};
 
 use super::output::{self, ListFormat};
 use super::{actor, Context};
@@ -32,9 +38,11 @@ pub enum PluginsCommand {
     },
 }
 
-/// The plugin host settings for `config`, instantiating only `kinds`.
+/// The plugin host settings for `config`, instantiating only `kinds`, for a one-shot
+/// command (which leaves the server's status snapshot alone).
 pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
     HostSettings {
+        publishes_status: false,
         plugin_dir: config.plugin_dir(),
         config_path: config.plugin_config(),
         data_dir: config.data_dir.clone(),
@@ -129,6 +137,100 @@ pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 output::table(&["NAME", "PLUGIN", "KINDS", "STATUS"], &rows)?;
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices manage --agent`: deploys an agent to each device, one after another,
+/// through the configured agent deployer. A success moves the device to managed
+/// (agent) with its profile; a failure is an alert naming the step, and the device
+/// stays where it was. Every UUID is checked before anything is deployed.
+pub fn deploy_agents(
+    ctx: &Context,
+    uuids: &[String],
+    profile: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let mut devices = Vec::new();
+    for uuid in uuids {
+        let uuid = uuid.trim().to_ascii_lowercase();
+        let device = store
+            .device(&uuid)?
+            .ok_or_else(|| anyhow!("no device with UUID {uuid}; nothing was deployed"))?;
+        devices.push(device);
+    }
+    let settings = host_settings(&ctx.config, PluginKinds::AGENT_DEPLOYER);
+    let rt = CommandRuntime::new()?;
+    let failed = rt.block_on(async {
+        let store = StoreHandle::spawn(store);
+        let (alerts, writer) = AlertLog::start(store.clone(), Default::default());
+        let link = ServerLink {
+            alerts: alerts.clone(),
+            store: store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let host = PluginHost::new(settings, Some(link), Default::default());
+        host.reload().await;
+        let mut failed = 0usize;
+        for device in devices {
+            let uuid = device.uuid.clone();
+            let info = device_info(device.clone());
+            let outcome = match host.deploy_agent(info, profile.clone()).await {
+                Ok(o) if o.action == OutcomeAction::MANAGE_WITH_AGENT => Ok(o),
+                Ok(o) => Err(format!("the deployer did not deploy an agent: {}", o.message)),
+                Err(e) => Err(e.to_string()),
+            };
+            let result = match outcome {
+                Ok(outcome) => {
+                    let deployed = outcome.profile.as_ref().map(|p| p.to_string()).into_option();
+                    let detail = serde_json::json!({ "message": outcome.message.as_str() });
+                    let (u, p) = (uuid.clone(), deployed.clone());
+                    store
+                        .call(move |s| {
+                            s.set_device_management(
+                                &[&u],
+                                Some(ManagementMode::Agent),
+                                p.as_deref(),
+                                &actor(),
+                                detail,
+                            )
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map(|()| deployed)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(deployed) => println!(
+                    "{uuid}: agent deployed (profile {}); managed (agent)",
+                    deployed.as_deref().unwrap_or("-")
+                ),
+                Err(e) => {
+                    failed += 1;
+                    let message = format!(
+                        "agent deployment to device {uuid} failed: {e}; the device stays {}",
+                        device.state.as_str()
+                    );
+                    eprintln!("error: {message}");
+                    alerts.raise(NewAlert {
+                        severity: Severity::Error,
+                        source: "agent".into(),
+                        message,
+                        pid: device.provisioned_pid.clone(),
+                        device_uuid: Some(uuid.clone()),
+                        address: device.address.clone(),
+                    });
+                }
+            }
+        }
+        host.shutdown().await;
+        writer.finish(std::time::Duration::from_secs(10)).await;
+        failed
+    });
+    if failed > 0 {
+        bail!("{failed} of {} agent deployment(s) failed (see `vprov alerts list`)", uuids.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,16 +39,41 @@ pub enum DevicesCommand {
     /// Move unmanaged devices to managed devices
     ///
     /// --agentless: AMT-only management (power, inventory) over TLS, no agent in the
-    /// operating system. If any UUID is unknown, nothing changes. Written to the
-    /// audit log.
+    /// operating system; all devices move or, if any UUID is unknown, none.
+    ///
+    /// --agent: deploy a management agent to each device's operating system first,
+    /// through the configured agent deployer (the post-agent-ssh plugin: copies the
+    /// profile's package over SSH and runs its install command). A device moves to
+    /// managed (agent) only when its deployment succeeded; a failure names the step,
+    /// is written to the alert log, and leaves the device where it was. Exits
+    /// non-zero if any deployment failed.
+    ///
+    /// Every move is written to the audit log.
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["agentless", "agent"])))]
     Manage {
         /// Device UUIDs (as `vprov devices list` shows them)
         #[arg(required = true)]
         uuids: Vec<String>,
-        /// Manage over AMT only, without an agent (required: agent deployment is not
-        /// available yet)
+        /// Manage over AMT only, without an agent
         #[arg(long)]
         agentless: bool,
+        /// Deploy a management agent, then manage the device with it
+        #[arg(long)]
+        agent: bool,
+        /// The agent profile to deploy (package, command, credentials; see the agent
+        /// deployer's configuration) [default: the deployer's default profile]
+        #[arg(long, requires = "agent", value_name = "NAME")]
+        profile: Option<String>,
+    },
+    /// Forget a device's recorded SSH host key
+    ///
+    /// Agent deployment records each device's SSH host key the first time it
+    /// connects and refuses a device presenting a different one. After an operating
+    /// system reinstall, forget the old key so the next deployment records the new
+    /// one. Audited.
+    ForgetHostKey {
+        /// Device UUID
+        uuid: String,
     },
     /// Read or change a managed device's power state over AMT (TLS, verified against
     /// vprov's CA, with the device's own admin credential)
@@ -242,11 +267,30 @@ fn prompt_password() -> anyhow::Result<ProvisioningPassword> {
 pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     let (state, format) = match cmd {
         DevicesCommand::List { state, format } => (state, format),
-        DevicesCommand::Manage { uuids, agentless } => {
-            if !agentless {
-                bail!("say how the devices are managed: --agentless (AMT only); deploying a management agent is not available yet");
+        DevicesCommand::Manage {
+            uuids,
+            agentless,
+            profile,
+            ..
+        } => {
+            if agentless {
+                return move_devices(ctx, &uuids, Some(ManagementMode::Agentless));
             }
-            return move_devices(ctx, &uuids, Some(ManagementMode::Agentless));
+            return super::plugins::deploy_agents(ctx, &uuids, profile);
+        }
+        DevicesCommand::ForgetHostKey { uuid } => {
+            let uuid = uuid.trim().to_ascii_lowercase();
+            let mut store = ctx.store()?;
+            if store.device(&uuid)?.is_none() {
+                bail!("no device with UUID {uuid}");
+            }
+            match store.forget_host_key(&uuid, &actor())? {
+                Some(fingerprint) => println!(
+                    "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
+                ),
+                None => println!("device {uuid} has no recorded SSH host key"),
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
         DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
@@ -270,6 +314,8 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 "amt_version": d.amt_version,
                 "state": d.state,
                 "management_mode": d.management_mode,
+                "agent_profile": d.agent_profile,
+                "ssh_host_key": d.ssh_host_key,
                 "provisioned_pid": d.provisioned_pid,
                 "provisioned_at": output::time(d.provisioned_at),
                 "last_contact_at": d.last_contact_at.map(output::time),
@@ -297,7 +343,10 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                         cell(d.address.as_deref()),
                         cell(d.amt_version.as_deref()),
                         d.state.as_str().to_string(),
-                        cell(d.management_mode.as_deref()),
+                        match (&d.management_mode, &d.agent_profile) {
+                            (Some(mode), Some(profile)) => format!("{mode} ({profile})"),
+                            (mode, _) => cell(mode.as_deref()),
+                        },
                         output::time(d.provisioned_at),
                         cell(d.last_contact_at.map(output::time).as_deref()),
                         match d.reachable {
@@ -401,7 +450,7 @@ fn move_devices(
         .collect();
     let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
     ctx.store()?
-        .set_device_management(&refs, mode, &actor(), json!(null))?;
+        .set_device_management(&refs, mode, None, &actor(), json!(null))?;
     let to = match mode {
         Some(m) => format!("managed ({})", m.as_str()),
         None => "unmanaged".to_string(),

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use vprov_core::config::AdminPasswordPolicy;
 use vprov_core::device::DeviceTimeouts;
+use vprov_core::plugins::HostSettings;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
 use vprov_core::server::reachability::ReachabilitySettings;
@@ -65,12 +66,15 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
                     request: prov.step_timeout,
                 },
             }),
-        plugins: super::plugins::host_settings(
-            &ctx.config,
-            PluginKinds::KEY_EXPORTER
-                .union(PluginKinds::ALERT_SINK)
-                .union(PluginKinds::POST_PROVISION),
-        ),
+        plugins: HostSettings {
+            publishes_status: true,
+            ..super::plugins::host_settings(
+                &ctx.config,
+                PluginKinds::KEY_EXPORTER
+                    .union(PluginKinds::ALERT_SINK)
+                    .union(PluginKinds::POST_PROVISION),
+            )
+        },
     };
     let store = ctx.store()?;
     if !store.password_status()?.set {

@@ -5,6 +5,8 @@
 //! [instances.alerts-to-file]
 //! plugin = "alert-file"          # the plugin's manifest name
 //! enabled = true                 # optional, default true
+//! call_timeout_ms = 10000        # optional: this instance's call bound, overriding
+//!                                # [plugins] call_timeout_ms (agent deployers need minutes)
 //! [instances.alerts-to-file.config]
 //! path = "alerts.jsonl"          # the plugin's own settings, passed to it as TOML
 //! ```
@@ -43,9 +45,13 @@ struct InstanceEntry {
     plugin: String,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
+    call_timeout_ms: Option<u64>,
     #[serde(default)]
     config: toml::Table,
 }
+
+/// The longest call bound an instance may have: one hour.
+const MAX_CALL_TIMEOUT_MS: u64 = 3_600_000;
 
 fn enabled_by_default() -> bool {
     true
@@ -61,6 +67,8 @@ pub struct InstanceSpec {
     pub config_toml: String,
     /// Created because an exporter plugin had no configured instance.
     pub implicit: bool,
+    /// This instance's call bound, when it overrides the host's.
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 /// Reads the enabled instances from `path`, sorted by name.
@@ -96,8 +104,16 @@ fn parse(text: &str) -> Result<Vec<InstanceSpec>, String> {
                 "instance name {name:?}: use letters, digits, '-' and '_' (at most 64)"
             ));
         }
+        if let Some(ms) = entry.call_timeout_ms {
+            if !(1..=MAX_CALL_TIMEOUT_MS).contains(&ms) {
+                return Err(format!(
+                    "instance {name}: call_timeout_ms must be 1 to {MAX_CALL_TIMEOUT_MS}, not {ms}"
+                ));
+            }
+        }
         if entry.enabled {
             specs.push(InstanceSpec {
+                call_timeout: entry.call_timeout_ms.map(std::time::Duration::from_millis),
                 config_toml: toml::to_string(&entry.config)
                     .map_err(|e| format!("instance {name}: {e}"))?,
                 plugin: entry.plugin,
@@ -127,6 +143,12 @@ mod tests {
         assert_eq!(table["path"].as_str(), Some("x.jsonl"));
         assert_eq!(table["max_bytes"].as_integer(), Some(2048));
         assert_eq!(specs[0].config_toml, "");
+        assert_eq!(specs[0].call_timeout, None);
+        let specs = parse("[instances.a]\nplugin = \"x\"\ncall_timeout_ms = 600000\n").unwrap();
+        assert_eq!(
+            specs[0].call_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
     }
 
     #[test]
@@ -135,6 +157,8 @@ mod tests {
         assert!(err.contains("plugn"), "{err}");
         let err = parse("[instances.\"a b\"]\nplugin = \"x\"\n").unwrap_err();
         assert!(err.contains("a b"), "{err}");
+        let err = parse("[instances.a]\nplugin = \"x\"\ncall_timeout_ms = 0\n").unwrap_err();
+        assert!(err.contains("call_timeout_ms must be 1 to 3600000"), "{err}");
         assert!(parse("[instances.a\n").is_err());
     }
 

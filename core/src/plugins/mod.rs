@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RResult};
+use abi_stable::std_types::{RArc, RResult, RStr};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
@@ -60,6 +60,9 @@ pub struct HostSettings {
     pub sink_queue: usize,
     /// Kinds to instantiate: everything for the server, exporters for the CLI.
     pub kinds: PluginKinds,
+    /// Whether this host writes the status snapshot `vprov plugins list` reads: the
+    /// server's does; a one-shot command's must not overwrite it.
+    pub publishes_status: bool,
 }
 
 impl HostSettings {
@@ -97,6 +100,22 @@ pub enum PluginCallError {
         instance: String,
         error: PluginError,
     },
+}
+
+/// Why an agent could not be deployed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentDeployError {
+    #[error("no agent deployer is configured: add an instance of an agent-deploying plugin (post-agent-ssh) to {config}")]
+    NoDeployer { config: String },
+    #[error("no agent profile {profile}; configured profiles: {available}")]
+    UnknownProfile { profile: String, available: String },
+    #[error("several agent deployers are configured ({instances}): name a profile (configured: {available})")]
+    Ambiguous {
+        instances: String,
+        available: String,
+    },
+    #[error(transparent)]
+    Call(#[from] PluginCallError),
 }
 
 /// One live plugin instance.
@@ -318,7 +337,7 @@ impl PluginHost {
                 status_changed: Arc::new(tokio::sync::Notify::new()),
             }),
         };
-        if let Some(link) = &host.inner.link {
+        if let (Some(link), true) = (&host.inner.link, host.inner.settings.publishes_status) {
             // Rewrites the status snapshot after a quarantine; ends with the host.
             let weak = Arc::downgrade(&host.inner);
             let changed = host.inner.status_changed.clone();
@@ -402,7 +421,7 @@ impl PluginHost {
             tracing::info!(instance = %old.name, "plugin instance retired");
             self.retire(&mut state, old).await;
         }
-        if inner.link.is_some() {
+        if inner.settings.publishes_status {
             self.write_status(&state);
         }
     }
@@ -477,6 +496,7 @@ impl PluginHost {
                     plugin: name.clone(),
                     config_toml: String::new(),
                     implicit: true,
+                    call_timeout: None,
                 });
             }
         }
@@ -525,7 +545,10 @@ impl PluginHost {
             return (Err(reason), old);
         };
         if let Some(old) = &old {
-            if old.lib_hash == lib.hash && old.config_toml == spec.config_toml {
+            if old.lib_hash == lib.hash
+                && old.config_toml == spec.config_toml
+                && old.timeout == spec.call_timeout.unwrap_or(self.inner.settings.call_timeout)
+            {
                 return (Ok(old.clone()), None);
             }
         }
@@ -617,7 +640,7 @@ impl PluginHost {
             handle: Arc::new(handle),
             slots: Arc::new(Semaphore::new(settings.max_calls_per_instance)),
             max_calls: settings.max_calls_per_instance,
-            timeout: settings.call_timeout,
+            timeout: spec.call_timeout.unwrap_or(settings.call_timeout),
             quarantine: Mutex::new(None),
             shut_down: AtomicBool::new(false),
             hung: AtomicBool::new(false),
@@ -738,7 +761,7 @@ impl PluginHost {
 
     /// Refreshes the status snapshot (after a quarantine, say).
     pub async fn refresh_status(&self) {
-        if self.inner.link.is_some() {
+        if self.inner.settings.publishes_status {
             let state = self.inner.state.lock().await;
             self.write_status(&state);
         }
@@ -778,6 +801,78 @@ impl PluginHost {
                 }
             }
         });
+    }
+}
+
+impl PluginHost {
+    /// Deploys a management agent to `device` under `profile` (or, with none, the
+    /// default profile of the only agent deployer), through the deployer instance
+    /// offering that profile. The caller applies the outcome.
+    pub async fn deploy_agent(
+        &self,
+        device: DeviceInfo,
+        profile: Option<String>,
+    ) -> Result<ActionOutcome, AgentDeployError> {
+        let deployers: Vec<Arc<Instance>> = self
+            .active()
+            .iter()
+            .filter(|i| i.kinds.contains(PluginKinds::AGENT_DEPLOYER))
+            .cloned()
+            .collect();
+        if deployers.is_empty() {
+            return Err(AgentDeployError::NoDeployer {
+                config: self.inner.settings.config_path.display().to_string(),
+            });
+        }
+        let mut offered: Vec<(Arc<Instance>, Vec<String>)> = Vec::new();
+        for deployer in deployers {
+            let profiles = deployer
+                .call("agent_profiles", |p| {
+                    RResult::ROk(p.agent_profiles().into_iter().map(|p| p.into_string()).collect())
+                })
+                .await?;
+            offered.push((deployer, profiles));
+        }
+        let available = || {
+            let mut all: Vec<&str> = offered
+                .iter()
+                .flat_map(|(_, p)| p.iter().map(String::as_str))
+                .collect();
+            all.sort_unstable();
+            if all.is_empty() {
+                "none".to_string()
+            } else {
+                all.join(", ")
+            }
+        };
+        let deployer = match &profile {
+            Some(name) => match offered.iter().find(|(_, p)| p.contains(name)) {
+                Some((deployer, _)) => deployer.clone(),
+                None => {
+                    return Err(AgentDeployError::UnknownProfile {
+                        profile: name.clone(),
+                        available: available(),
+                    })
+                }
+            },
+            None if offered.len() == 1 => offered[0].0.clone(),
+            None => {
+                return Err(AgentDeployError::Ambiguous {
+                    instances: offered
+                        .iter()
+                        .map(|(i, _)| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    available: available(),
+                })
+            }
+        };
+        let outcome = deployer
+            .call("deploy_agent", move |p| {
+                p.deploy_agent(&device, profile.as_deref().map(RStr::from).into())
+            })
+            .await?;
+        Ok(outcome)
     }
 }
 
@@ -843,13 +938,13 @@ async fn apply_outcome(
     };
     let uuid = device.uuid.to_string();
     let actor = plugin_source(&action.name);
-    let detail = serde_json::json!({
-        "message": outcome.message.as_str(),
-        "profile": outcome.profile.as_ref().map(|p| p.as_str()).into_option(),
-    });
+    let profile = outcome.profile.as_ref().map(|p| p.to_string()).into_option();
+    let detail = serde_json::json!({ "message": outcome.message.as_str() });
     match link
         .store
-        .call(move |s| s.set_device_management(&[&uuid], Some(mode), &actor, detail))
+        .call(move |s| {
+            s.set_device_management(&[&uuid], Some(mode), profile.as_deref(), &actor, detail)
+        })
         .await
     {
         Ok(Ok(())) => tracing::info!(instance = %action.name, device = %device.uuid,

@@ -1,12 +1,20 @@
 //! What the core offers each plugin instance ([`HostServices`]): logging into the
-//! core's tracing, raising alerts, and read-only device lookups through the store
-//! thread. Nothing else of the core is reachable from a plugin.
+//! core's tracing, raising alerts, read-only device lookups, and — for agent
+//! deployers — checking a device's SSH host key against the store's record and issuing
+//! agent enrollment tokens, all through the store thread. Nothing else of the core is
+//! reachable from a plugin.
 
-use abi_stable::std_types::{ROption, RResult, RStr};
-use vprov_sdk::abi::{DeviceInfo, HostServices, LogLevel, PluginAlert, PluginError, Severity};
+use abi_stable::std_types::{ROption, RResult, RStr, RString};
+use vprov_sdk::abi::{
+    DeviceInfo, HostKeyCheck, HostKeyVerdict, HostServices, LogLevel, PluginAlert, PluginError,
+    Severity,
+};
 
 use super::ServerLink;
-use crate::store::{DeviceRecord, NewAlert, Severity as CoreSeverity};
+use crate::store::{
+    DeviceRecord, HostKeyStatus, NewAlert, Severity as CoreSeverity, SshPublicKey, Store,
+    StoreError,
+};
 
 /// The host services of one instance.
 pub struct CoreServices {
@@ -46,20 +54,75 @@ impl HostServices for CoreServices {
     }
 
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError> {
-        let Some(link) = &self.link else {
-            return RResult::RErr(PluginError::unsupported(
-                "device lookups are only available inside `vprov serve`",
-            ));
-        };
         let uuid = uuid.as_str().to_ascii_lowercase();
-        // Plugin calls run on blocking threads, where waiting on the store is fine.
-        let found = link
-            .runtime
-            .block_on(link.store.call(move |s| s.device(&uuid)));
-        match found {
-            Ok(Ok(device)) => RResult::ROk(device.map(device_info).into()),
-            Ok(Err(e)) => RResult::RErr(PluginError::failed(e.to_string()).retryable()),
-            Err(e) => RResult::RErr(PluginError::failed(e.to_string())),
+        self.with_store("device lookups", move |s| s.device(&uuid))
+            .map(|device| device.map(device_info).into())
+            .into()
+    }
+
+    fn check_host_key(
+        &self,
+        uuid: RStr<'_>,
+        public_key: RStr<'_>,
+    ) -> RResult<HostKeyCheck, PluginError> {
+        let uuid = uuid.as_str().to_ascii_lowercase();
+        let key = match SshPublicKey::parse(public_key.as_str()) {
+            Ok(key) => key,
+            Err(e) => return RResult::RErr(PluginError::failed(e.to_string())),
+        };
+        let actor = super::plugin_source(&self.instance);
+        self.with_store("host key checks", move |s| s.check_host_key(&uuid, &key, &actor))
+            .map(|status| match status {
+                HostKeyStatus::FirstUse { fingerprint } => HostKeyCheck {
+                    verdict: HostKeyVerdict::FIRST_USE,
+                    recorded_fingerprint: fingerprint.into(),
+                },
+                HostKeyStatus::Matches { fingerprint } => HostKeyCheck {
+                    verdict: HostKeyVerdict::MATCHES,
+                    recorded_fingerprint: fingerprint.into(),
+                },
+                HostKeyStatus::Changed { recorded } => HostKeyCheck {
+                    verdict: HostKeyVerdict::CHANGED,
+                    recorded_fingerprint: recorded.into(),
+                },
+            })
+            .into()
+    }
+
+    fn issue_enroll_token(
+        &self,
+        uuid: RStr<'_>,
+        profile: RStr<'_>,
+    ) -> RResult<RString, PluginError> {
+        let uuid = uuid.as_str().to_ascii_lowercase();
+        let profile = profile.to_string();
+        let actor = super::plugin_source(&self.instance);
+        self.with_store("enrollment tokens", move |s| {
+            s.issue_enroll_token(&uuid, &profile, &actor)
+        })
+        .map(|token| RString::from(token.as_str()))
+        .into()
+    }
+}
+
+impl CoreServices {
+    /// Runs `f` on the store thread and waits for it (plugin calls run on blocking
+    /// threads, where waiting is fine).
+    fn with_store<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, PluginError> {
+        let Some(link) = &self.link else {
+            return Err(PluginError::unsupported(format!(
+                "{what} are only available where vprov runs the plugin with its store"
+            )));
+        };
+        match link.runtime.block_on(link.store.call(f)) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e @ StoreError::UnknownDevice(_))) => Err(PluginError::failed(e.to_string())),
+            Ok(Err(e)) => Err(PluginError::failed(e.to_string()).retryable()),
+            Err(e) => Err(PluginError::failed(e.to_string())),
         }
     }
 }

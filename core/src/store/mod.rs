@@ -1,8 +1,8 @@
 //! The device store: one SQLite file (`vprov.db`) in the data directory.
 //!
 //! Owns the connection, the schema ([`schema`]), and every read and write of key
-//! batches, provisioning keys, the provisioning password, devices, alerts and the
-//! audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
+//! batches, provisioning keys, the provisioning password, devices (with their SSH
+//! host keys and agent enrollments), alerts and the audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
 //! the database file never holds a PPS or a password in plain text.
 //!
 //! **Single owner.** A [`Store`] owns its `Connection` and is not shared between
@@ -16,6 +16,7 @@
 //! before anything is written to it. A store whose master key is missing or wrong is
 //! refused too, and vprov never creates a new key for an existing store.
 
+mod agents;
 mod keys;
 mod provisioning;
 mod records;
@@ -32,6 +33,7 @@ use zeroize::Zeroizing;
 use crate::secrets::{MasterKey, SecretError};
 use schema::SchemaState;
 
+pub use agents::{HostKeyStatus, SshPublicKey};
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{
@@ -117,6 +119,8 @@ pub enum StoreError {
     UnknownDevice(String),
     #[error("the store holds an invalid value: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    InvalidInput(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

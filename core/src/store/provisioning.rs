@@ -446,6 +446,7 @@ mod tests {
             .set_device_management(
                 &["uuid-1", "nope"],
                 Some(ManagementMode::Agentless),
+                None,
                 "t",
                 serde_json::Value::Null,
             )
@@ -459,6 +460,7 @@ mod tests {
             .set_device_management(
                 &["uuid-1"],
                 Some(ManagementMode::Agentless),
+                None,
                 "t",
                 serde_json::Value::Null,
             )
@@ -467,7 +469,7 @@ mod tests {
         assert_eq!(d.state, DeviceState::Managed);
         assert_eq!(d.management_mode.as_deref(), Some("agentless"));
         store
-            .set_device_management(&["uuid-1"], None, "t", serde_json::Value::Null)
+            .set_device_management(&["uuid-1"], None, None, "t", serde_json::Value::Null)
             .unwrap();
         let d = store.device("uuid-1").unwrap().unwrap();
         assert_eq!((d.state, d.management_mode), (DeviceState::Unmanaged, None));

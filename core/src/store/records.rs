@@ -75,6 +75,10 @@ pub struct DeviceRecord {
     pub amt_version: Option<String>,
     pub state: DeviceState,
     pub management_mode: Option<String>,
+    /// The agent profile deployed (managed with an agent).
+    pub agent_profile: Option<String>,
+    /// The SHA-256 fingerprint of the device's recorded SSH host key, if any.
+    pub ssh_host_key: Option<String>,
     pub provisioned_pid: Option<String>,
     pub provisioned_at: i64,
     pub last_contact_at: Option<i64>,
@@ -273,8 +277,10 @@ impl Store {
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
-                    provisioned_pid, provisioned_at, last_contact_at, reachable
-             FROM devices WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
+                    provisioned_pid, provisioned_at, last_contact_at, reachable,
+                    agent_profile, k.fingerprint
+             FROM devices LEFT JOIN device_host_keys k ON k.device_uuid = uuid
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
         )?;
         let rows = stmt.query_map(params![state.map(DeviceState::as_str), uuid], |r| {
@@ -289,6 +295,8 @@ impl Store {
                 provisioned_at: r.get(7)?,
                 last_contact_at: r.get(8)?,
                 reachable: r.get(9)?,
+                agent_profile: r.get(10)?,
+                ssh_host_key: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -471,13 +479,15 @@ impl Store {
         Ok(())
     }
 
-    /// Moves devices to managed (`Some(mode)`: `agentless` or `agent`) or back to
-    /// unmanaged (`None`) in one transaction, with an audit entry per device saying who
-    /// and why. If any UUID is unknown nothing changes.
+    /// Moves devices to managed (`Some(mode)`: `agentless` or `agent`, the latter
+    /// with the agent profile deployed) or back to unmanaged (`None`) in one
+    /// transaction, with an audit entry per device saying who and why. If any UUID is
+    /// unknown nothing changes.
     pub fn set_device_management(
         &mut self,
         uuids: &[&str],
         mode: Option<ManagementMode>,
+        profile: Option<&str>,
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -486,10 +496,12 @@ impl Store {
             Some(m) => ("managed", Some(m.as_str())),
             None => ("unmanaged", None),
         };
+        let profile = profile.filter(|_| mode == Some(ManagementMode::Agent));
         for uuid in uuids {
             let changed = tx.execute(
-                "UPDATE devices SET state = ?2, management_mode = ?3 WHERE uuid = ?1",
-                params![uuid, state, mode_text],
+                "UPDATE devices SET state = ?2, management_mode = ?3, agent_profile = ?4
+                 WHERE uuid = ?1",
+                params![uuid, state, mode_text, profile],
             )?;
             if changed == 0 {
                 return Err(StoreError::UnknownDevice(uuid.to_string()));
@@ -502,7 +514,9 @@ impl Store {
                 } else {
                     "device.unmanage"
                 },
-                &serde_json::json!({ "uuid": uuid, "mode": mode_text, "detail": detail }),
+                &serde_json::json!({
+                    "uuid": uuid, "mode": mode_text, "profile": profile, "detail": detail
+                }),
             )?;
         }
         tx.commit()?;

@@ -123,6 +123,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN pending_password_sealed BLOB;
     ALTER TABLE devices ADD COLUMN reachable INTEGER;
     "#,
+    // 4: agent management: the profile a device's agent was deployed under; each
+    // device's SSH host key, recorded on first use and replaced only by an admin; the
+    // hash of the device's latest agent enrollment token (never the token).
+    r#"
+    ALTER TABLE devices ADD COLUMN agent_profile TEXT;
+    CREATE TABLE device_host_keys (
+        device_uuid TEXT PRIMARY KEY REFERENCES devices (uuid),
+        public_key  TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        recorded_by TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE agent_enrollments (
+        device_uuid  TEXT PRIMARY KEY REFERENCES devices (uuid),
+        profile      TEXT NOT NULL,
+        token_sha256 BLOB NOT NULL CHECK (length(token_sha256) = 32),
+        issued_at    INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

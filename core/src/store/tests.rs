@@ -7,6 +7,38 @@ fn open(dir: &Path) -> Store {
     Store::open(&StoreOptions::new(dir)).unwrap()
 }
 
+/// A store in a temporary directory holding one provisioned device; its UUID.
+pub(super) fn store_with_device() -> (tempfile::TempDir, Store, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.generate_batch(1, None, "t", |_| {}).unwrap();
+    let pid = all_pids(&store, &KeyFilter::default())[0];
+    let uuid = "8c2f7d4e-0000-4000-8000-000000000001".to_string();
+    let job = store
+        .begin_job(&pid, &uuid, "127.0.0.5", "N3w!Password")
+        .unwrap()
+        .unwrap();
+    let device = ProvisionedDevice {
+        uuid: uuid.clone(),
+        host_name: Some("pc-1".into()),
+        address: "127.0.0.5".into(),
+        amt_version: Some("11.8.50".into()),
+        admin_user: "admin".into(),
+        certificate_der: vec![1, 2, 3],
+    };
+    store.complete_job(job.id, &device, "N3w!Password").unwrap();
+    (dir, store, uuid)
+}
+
+/// The database file and its write-ahead log, as bytes (to look for plaintext).
+pub(super) fn all_store_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(dir.join(DB_FILE)).unwrap();
+    if let Ok(wal) = fs::read(dir.join(format!("{DB_FILE}-wal"))) {
+        bytes.extend(wal);
+    }
+    bytes
+}
+
 fn all_pids(store: &Store, filter: &KeyFilter) -> Vec<Pid> {
     let mut pids = Vec::new();
     store
@@ -135,10 +167,7 @@ fn the_database_never_holds_a_plaintext_pps_or_password() {
         })
         .unwrap();
     drop(store);
-    let mut bytes = fs::read(dir.path().join(DB_FILE)).unwrap();
-    if let Ok(wal) = fs::read(dir.path().join(format!("{DB_FILE}-wal"))) {
-        bytes.extend(wal);
-    }
+    let bytes = all_store_bytes(dir.path());
     for secret in &secrets {
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_slice()));
     }
