@@ -6,7 +6,10 @@
 //! it at load: for 0.y.z the minor must match). Within one version, fields and trait
 //! methods are only ever appended after the item marked `#[sabi(last_prefix_field)]`,
 //! never reordered or removed; enums are `u8`/`u32` newtypes with constants, so a new
-//! value is not a layout change.
+//! value is not a layout change. An appended trait method has a default body (abi_stable
+//! calls it when the other side's vtable predates the method), answering
+//! `UNSUPPORTED`; the core routes such calls only to plugins whose manifest declares
+//! the kind they belong to.
 //!
 //! The only `unsafe` in the SDK is what abi_stable's derives generate in this module.
 

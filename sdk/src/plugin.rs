@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::abi::{
     self, ActionOutcome, AlertEvent, DeviceInfo, ErrorKind, ExportFormat, ExportRequest,
-    ExportedFile, HostKeyCheck, HostServicesBox, InitContext, LogLevel, PluginAlert,
-    PluginError, PluginInstanceBox, PluginKinds, PluginManifest, Severity,
+    ExportedFile, HostKeyCheck, HostServicesBox, InitContext, LogLevel, PluginAlert, PluginError,
+    PluginInstanceBox, PluginKinds, PluginManifest, Severity,
 };
 
 /// A plugin: its manifest as constants, a constructor, and the kinds it implements.
@@ -80,8 +80,11 @@ pub trait AgentDeployer {
     fn profiles(&self) -> Vec<String>;
     /// Deploys under `profile` (the instance's default profile when `None`). An error
     /// names the step that failed; the device stays where it is.
-    fn deploy(&self, device: &DeviceInfo, profile: Option<&str>)
-        -> Result<ActionOutcome, PluginError>;
+    fn deploy(
+        &self,
+        device: &DeviceInfo,
+        profile: Option<&str>,
+    ) -> Result<ActionOutcome, PluginError>;
 }
 
 /// What an instance is created with.
@@ -165,7 +168,11 @@ impl Host {
 
     /// Checks a device's SSH host key (OpenSSH form) against the store's record,
     /// recording it on first use.
-    pub fn check_host_key(&self, uuid: &str, public_key: &str) -> Result<HostKeyCheck, PluginError> {
+    pub fn check_host_key(
+        &self,
+        uuid: &str,
+        public_key: &str,
+    ) -> Result<HostKeyCheck, PluginError> {
         self.0
             .check_host_key(RStr::from(uuid), RStr::from(public_key))
             .into_result()

@@ -7,6 +7,7 @@
 
 pub mod rig;
 pub mod sim;
+pub mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

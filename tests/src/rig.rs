@@ -151,4 +151,29 @@ impl Rig {
     pub fn devices(&self) -> Vec<Value> {
         self.json(&["devices", "list", "--format", "json"])
     }
+
+    /// Serves until one simulated device on `127.<second_octet>.0.1` is provisioned
+    /// and its record satisfies `done` (post-provision actions run after the record is
+    /// written), then stops the server; the device keeps running. Its UUID.
+    pub fn provision_one(
+        &self,
+        second_octet: u8,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Simulator, String) {
+        let server = self.serve();
+        let sim = self.simulate(
+            &server,
+            self.specs(0..1, Ipv4Addr::new(127, second_octet, 0, 1)),
+            0.001,
+        );
+        assert!(self.wait_all(&sim, Duration::from_secs(60))[0].committed);
+        let uuid = eventually(Duration::from_secs(60), "device record", || {
+            self.devices()
+                .first()
+                .filter(|d| done(d))
+                .map(|d| d["uuid"].as_str().unwrap().to_string())
+        });
+        assert_eq!(server.stop(), 0);
+        (sim, uuid)
+    }
 }

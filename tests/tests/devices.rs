@@ -1,6 +1,5 @@
 //! End to end: moving provisioned devices between the unmanaged and managed lists.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use vprov_core::device::{AmtSession, DeviceTimeouts};
@@ -10,31 +9,7 @@ use vprov_tests::rig::Rig;
 
 /// Provisions one simulated device (kept running) and returns its UUID.
 fn provisioned(rig: &Rig, second_octet: u8) -> (vprov_tests::sim::Simulator, String) {
-    provisioned_waiting(rig, second_octet, |_| true)
-}
-
-/// Like [`provisioned`], but keeps the server until the device record satisfies
-/// `done` (post-provision actions run after the record is written).
-fn provisioned_waiting(
-    rig: &Rig,
-    second_octet: u8,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> (vprov_tests::sim::Simulator, String) {
-    let server = rig.serve();
-    let sim = rig.simulate(
-        &server,
-        rig.specs(0..1, Ipv4Addr::new(127, second_octet, 0, 1)),
-        0.001,
-    );
-    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
-    let uuid = eventually(Duration::from_secs(30), "device record", || {
-        rig.devices()
-            .first()
-            .filter(|d| done(d))
-            .map(|d| d["uuid"].as_str().unwrap().to_string())
-    });
-    assert_eq!(server.stop(), 0);
-    (sim, uuid)
+    rig.provision_one(second_octet, |_| true)
 }
 
 /// Sets the device's admin credential to `new` directly over AMT (as another tool, or
@@ -262,7 +237,7 @@ fn the_post_agentless_plugin_manages_new_devices_without_an_admin() {
         "[instances.auto-manage]\nplugin = \"post-agentless\"\n",
     )
     .unwrap();
-    let (_sim, uuid) = provisioned_waiting(&rig, 48, |d| d["state"] == "managed");
+    let (_sim, uuid) = rig.provision_one(48, |d| d["state"] == "managed");
     let device = &rig.devices()[0];
     assert_eq!(device["uuid"], uuid);
     assert_eq!(device["management_mode"], "agentless");

@@ -73,7 +73,7 @@ enum Command {
     /// The audit log: who changed or revealed what, and when
     #[command(subcommand)]
     Audit(records::AuditCommand),
-    /// Plugins: key export formats, alert sinks and post-provision actions
+    /// Plugins: key export formats, alert sinks, post-provision actions, agent deployers
     ///
     /// Plugin libraries (.so) in the plugin directory [default: DIR/plugins] are
     /// loaded at start and whenever they change; instances are configured in

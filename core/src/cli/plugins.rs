@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 use vprov_core::config::Config;
-use vprov_core::plugins::sinks::AlertSinks;
 use vprov_core::plugins::services::device_info;
+use vprov_core::plugins::sinks::AlertSinks;
 use vprov_core::plugins::{
     instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
 };
@@ -177,12 +177,19 @@ pub fn deploy_agents(
             let info = device_info(device.clone());
             let outcome = match host.deploy_agent(info, profile.clone()).await {
                 Ok(o) if o.action == OutcomeAction::MANAGE_WITH_AGENT => Ok(o),
-                Ok(o) => Err(format!("the deployer did not deploy an agent: {}", o.message)),
+                Ok(o) => Err(format!(
+                    "the deployer did not deploy an agent: {}",
+                    o.message
+                )),
                 Err(e) => Err(e.to_string()),
             };
             let result = match outcome {
                 Ok(outcome) => {
-                    let deployed = outcome.profile.as_ref().map(|p| p.to_string()).into_option();
+                    let deployed = outcome
+                        .profile
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .into_option();
                     let detail = serde_json::json!({ "message": outcome.message.as_str() });
                     let (u, p) = (uuid.clone(), deployed.clone());
                     store
@@ -230,7 +237,10 @@ pub fn deploy_agents(
         failed
     });
     if failed > 0 {
-        bail!("{failed} of {} agent deployment(s) failed (see `vprov alerts list`)", uuids.len());
+        bail!(
+            "{failed} of {} agent deployment(s) failed (see `vprov alerts list`)",
+            uuids.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -158,7 +158,10 @@ mod tests {
         let err = parse("[instances.\"a b\"]\nplugin = \"x\"\n").unwrap_err();
         assert!(err.contains("a b"), "{err}");
         let err = parse("[instances.a]\nplugin = \"x\"\ncall_timeout_ms = 0\n").unwrap_err();
-        assert!(err.contains("call_timeout_ms must be 1 to 3600000"), "{err}");
+        assert!(
+            err.contains("call_timeout_ms must be 1 to 3600000"),
+            "{err}"
+        );
         assert!(parse("[instances.a\n").is_err());
     }
 

@@ -547,7 +547,10 @@ impl PluginHost {
         if let Some(old) = &old {
             if old.lib_hash == lib.hash
                 && old.config_toml == spec.config_toml
-                && old.timeout == spec.call_timeout.unwrap_or(self.inner.settings.call_timeout)
+                && old.timeout
+                    == spec
+                        .call_timeout
+                        .unwrap_or(self.inner.settings.call_timeout)
             {
                 return (Ok(old.clone()), None);
             }
@@ -828,7 +831,12 @@ impl PluginHost {
         for deployer in deployers {
             let profiles = deployer
                 .call("agent_profiles", |p| {
-                    RResult::ROk(p.agent_profiles().into_iter().map(|p| p.into_string()).collect())
+                    RResult::ROk(
+                        p.agent_profiles()
+                            .into_iter()
+                            .map(|p| p.into_string())
+                            .collect(),
+                    )
                 })
                 .await?;
             offered.push((deployer, profiles));
@@ -938,7 +946,11 @@ async fn apply_outcome(
     };
     let uuid = device.uuid.to_string();
     let actor = plugin_source(&action.name);
-    let profile = outcome.profile.as_ref().map(|p| p.to_string()).into_option();
+    let profile = outcome
+        .profile
+        .as_ref()
+        .map(|p| p.to_string())
+        .into_option();
     let detail = serde_json::json!({ "message": outcome.message.as_str() });
     match link
         .store

@@ -71,22 +71,24 @@ impl HostServices for CoreServices {
             Err(e) => return RResult::RErr(PluginError::failed(e.to_string())),
         };
         let actor = super::plugin_source(&self.instance);
-        self.with_store("host key checks", move |s| s.check_host_key(&uuid, &key, &actor))
-            .map(|status| match status {
-                HostKeyStatus::FirstUse { fingerprint } => HostKeyCheck {
-                    verdict: HostKeyVerdict::FIRST_USE,
-                    recorded_fingerprint: fingerprint.into(),
-                },
-                HostKeyStatus::Matches { fingerprint } => HostKeyCheck {
-                    verdict: HostKeyVerdict::MATCHES,
-                    recorded_fingerprint: fingerprint.into(),
-                },
-                HostKeyStatus::Changed { recorded } => HostKeyCheck {
-                    verdict: HostKeyVerdict::CHANGED,
-                    recorded_fingerprint: recorded.into(),
-                },
-            })
-            .into()
+        self.with_store("host key checks", move |s| {
+            s.check_host_key(&uuid, &key, &actor)
+        })
+        .map(|status| match status {
+            HostKeyStatus::FirstUse { fingerprint } => HostKeyCheck {
+                verdict: HostKeyVerdict::FIRST_USE,
+                recorded_fingerprint: fingerprint.into(),
+            },
+            HostKeyStatus::Matches { fingerprint } => HostKeyCheck {
+                verdict: HostKeyVerdict::MATCHES,
+                recorded_fingerprint: fingerprint.into(),
+            },
+            HostKeyStatus::Changed { recorded } => HostKeyCheck {
+                verdict: HostKeyVerdict::CHANGED,
+                recorded_fingerprint: recorded.into(),
+            },
+        })
+        .into()
     }
 
     fn issue_enroll_token(

@@ -87,7 +87,9 @@ impl Store {
     ) -> Result<HostKeyStatus, StoreError> {
         let tx = self.write_tx()?;
         let known: bool = tx
-            .query_row("SELECT 1 FROM devices WHERE uuid = ?1", [uuid], |_| Ok(true))
+            .query_row("SELECT 1 FROM devices WHERE uuid = ?1", [uuid], |_| {
+                Ok(true)
+            })
             .optional()?
             .unwrap_or(false);
         if !known {
@@ -128,7 +130,11 @@ impl Store {
 
     /// Forgets the device's recorded SSH host key (after a reinstall, say), so the
     /// next connection records the key it finds. Returns the forgotten fingerprint.
-    pub fn forget_host_key(&mut self, uuid: &str, actor: &str) -> Result<Option<String>, StoreError> {
+    pub fn forget_host_key(
+        &mut self,
+        uuid: &str,
+        actor: &str,
+    ) -> Result<Option<String>, StoreError> {
         let tx = self.write_tx()?;
         let fingerprint: Option<String> = tx
             .query_row(
@@ -277,8 +283,6 @@ mod tests {
         ));
         drop(store);
         let bytes = crate::store::tests::all_store_bytes(dir.path());
-        assert!(!bytes
-            .windows(second.len())
-            .any(|w| w == second.as_bytes()));
+        assert!(!bytes.windows(second.len()).any(|w| w == second.as_bytes()));
     }
 }
