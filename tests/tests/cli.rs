@@ -383,6 +383,55 @@ fn configuration_file_is_used_and_a_corrupt_one_is_refused() {
     assert!(out.status.success(), "{out:?}");
 }
 
+#[test]
+fn the_data_dir_and_config_come_from_flags_environment_or_defaults() {
+    let s = Sandbox::default();
+    let root = s.dir.path();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let generate = ["keys", "generate", "--count", "1"];
+    // No flag, no variable: ./data under the working directory.
+    run(vprov_tests::bare_command().current_dir(root).args(generate));
+    assert!(root.join("data/vprov.db").exists());
+    // VPROV_DATA_DIR, and --data-dir over it.
+    run(vprov_tests::bare_command()
+        .env("VPROV_DATA_DIR", root.join("from-env"))
+        .args(generate));
+    assert!(root.join("from-env/vprov.db").exists());
+    run(vprov_tests::bare_command()
+        .env("VPROV_DATA_DIR", root.join("from-env"))
+        .arg("--data-dir")
+        .arg(root.join("from-flag"))
+        .args(generate));
+    assert!(root.join("from-flag/vprov.db").exists());
+    // VPROV_CONFIG names the configuration file, whose data_dir applies.
+    let cfg = root.join("site.toml");
+    let dir = root.join("from-config").display().to_string();
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = {dir:?}
+"
+        ),
+    )
+    .unwrap();
+    run(vprov_tests::bare_command()
+        .env("VPROV_CONFIG", &cfg)
+        .args(generate));
+    assert!(root.join("from-config/vprov.db").exists());
+    // ... and a bad one is refused by name.
+    fs::write(&cfg, "data_dri = \"x\"\n").unwrap();
+    let out = vprov_tests::bare_command()
+        .env("VPROV_CONFIG", &cfg)
+        .args(["keys", "batches"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data_dri"), "{err}");
+}
+
 /// `vprov --config FILE …` without `--data-dir`, so the file's `data_dir` applies.
 fn vprov_tests_command(cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
     vprov_tests::bare_command()

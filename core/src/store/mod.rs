@@ -109,6 +109,8 @@ pub enum StoreError {
     Busy,
     #[error("the store's file system is full; nothing was changed")]
     DiskFull,
+    #[error("the store's database file is damaged (SQLite finds it malformed): restore vprov.db from a backup; vprov changed nothing")]
+    Damaged,
     #[error("store error: {0}")]
     Sqlite(rusqlite::Error),
     #[error("no key batch with id {0}")]
@@ -129,6 +131,7 @@ impl From<rusqlite::Error> for StoreError {
         match e.sqlite_error_code() {
             Some(DatabaseBusy) | Some(DatabaseLocked) => StoreError::Busy,
             Some(DiskFull) => StoreError::DiskFull,
+            Some(DatabaseCorrupt) => StoreError::Damaged,
             _ => StoreError::Sqlite(e),
         }
     }
@@ -196,7 +199,7 @@ impl Store {
             }
             _ => StoreError::from(e),
         };
-        let mut conn = Connection::open_with_flags(&db_path, flags).map_err(not_db)?;
+        let conn = Connection::open_with_flags(&db_path, flags).map_err(not_db)?;
         // Wait for other writers rather than failing at once (two CLI processes).
         conn.busy_timeout(options.busy_timeout).map_err(not_db)?;
 
@@ -219,18 +222,30 @@ impl Store {
         }
         let is_new = state == SchemaState::Empty;
         let key = resolve_key(options, &db_path, is_new)?;
+        let mut store = Store {
+            conn,
+            key,
+            db_path: db_path.clone(),
+        };
+        // An existing store proves the key before anything is written to it (a
+        // migration, even the journal mode); a new one records its check value below.
+        if !is_new {
+            store.verify_key()?;
+        }
 
         // WAL: readers never block the writer, and two processes can share the file.
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+        store
+            .conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
             .map_err(not_db)?;
         // FULL: a committed transaction survives power loss (no lost provisioning).
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        store.conn.pragma_update(None, "synchronous", "FULL")?;
         // Enforce the REFERENCES clauses of the schema.
-        conn.pragma_update(None, "foreign_keys", true)?;
-        schema::migrate(&mut conn).map_err(not_db)?;
-
-        let store = Store { conn, key, db_path };
-        store.verify_key()?;
+        store.conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut store.conn).map_err(not_db)?;
+        if is_new {
+            store.verify_key()?;
+        }
         Ok(store)
     }
 

@@ -209,6 +209,42 @@ fn a_wrong_or_missing_key_is_refused_and_no_new_key_is_made() {
 }
 
 #[test]
+fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path());
+    // Make it a store of the previous schema version, as an older vprov left it.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TABLE agent_enrollments; DROP TABLE device_host_keys;
+             ALTER TABLE devices DROP COLUMN agent_profile;
+             PRAGMA user_version = {};",
+            schema::SCHEMA_VERSION - 1
+        ))
+        .unwrap();
+    }
+    let version = || -> i32 {
+        rusqlite::Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut wrong = StoreOptions::new(dir.path());
+    wrong.key = Some(KeySource::Hex(Zeroizing::new("11".repeat(32))));
+    assert!(matches!(
+        Store::open(&wrong),
+        Err(StoreError::WrongKey { .. })
+    ));
+    assert_eq!(
+        version(),
+        schema::SCHEMA_VERSION - 1,
+        "migrated with a wrong key"
+    );
+    open(dir.path());
+    assert_eq!(version(), schema::SCHEMA_VERSION);
+}
+
+#[test]
 fn foreign_and_corrupt_files_are_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(DB_FILE);
@@ -234,6 +270,30 @@ fn foreign_and_corrupt_files_are_refused_untouched() {
         Err(StoreError::ForeignDatabase { .. })
     ));
     assert_eq!(fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn a_damaged_store_is_reported_as_damaged_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path())
+        .generate_batch(2000, None, "t", |_| {})
+        .unwrap();
+    let db = dir.path().join(DB_FILE);
+    let mut bytes = fs::read(&db).unwrap();
+    // Keep the header page; overwrite everything after it.
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    for b in &mut bytes[page..] {
+        *b = 0xA5;
+    }
+    fs::write(&db, &bytes).unwrap();
+    let err = Store::open(&StoreOptions::new(dir.path()))
+        .and_then(|s| s.batches().map(drop))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Damaged | StoreError::NotADatabase { .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read(&db).unwrap(), bytes);
 }
 
 #[test]
