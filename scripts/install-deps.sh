@@ -23,6 +23,10 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 # The e-mail alert tests deliver to aiosmtpd (Python), a real SMTP server.
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 
+# The console's end-to-end test drives Debian's Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
   sudo=(sudo)

@@ -162,6 +162,34 @@ impl CertificateAuthority {
         let cert = params.signed_by(&DevicePublicKey(device_public_key_pkcs1.to_vec()), &issuer)?;
         Ok(cert.der().to_vec())
     }
+
+    /// A TLS server certificate for vprov's own HTTPS (the admin API), valid for
+    /// `names` (DNS names or IP addresses) for one year, with a fresh ECDSA P-256 key:
+    /// the certificate's DER and the key's PKCS#8 DER.
+    pub fn issue_server_certificate(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::KeyGeneration(e.to_string()))?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("vprov", String::as_str),
+        );
+        dn.push(DnType::OrganizationName, "vprov");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(365);
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.der().to_vec(), Zeroizing::new(key.serialize_der())))
+    }
 }
 
 #[cfg(test)]

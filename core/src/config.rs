@@ -17,6 +17,8 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 30_000;
 /// Default address of the hello listener.
 pub const DEFAULT_HELLO_LISTEN: &str = "0.0.0.0:9971";
+/// Where the admin API and console listen by default (this machine only).
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8443";
 /// Default port of the device's TLS (and TLS-PSK) service.
 pub const DEFAULT_DEVICE_PORT: u16 = 16993;
 
@@ -55,6 +57,31 @@ struct ConfigFile {
     export: ExportSection,
     #[serde(default)]
     management: ManagementSection,
+    #[serde(default)]
+    api: ApiSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    listen: Option<String>,
+    certificate_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    names: Option<Vec<String>>,
+    session_hours: Option<u64>,
+}
+
+/// `[api]`: the admin API and web console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Where `vprov serve` offers it; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+    /// A certificate chain and key (PEM) replacing the CA-issued certificate.
+    pub certificate: Option<(PathBuf, PathBuf)>,
+    /// More names for the CA-issued certificate (the host's DNS name, say).
+    pub names: Vec<String>,
+    /// How long a console session lasts.
+    pub session_ttl: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +219,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub export: ExportConfig,
     pub management: ManagementConfig,
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -249,6 +277,12 @@ impl Default for Config {
             },
             management: ManagementConfig {
                 check_interval: Some(Duration::from_secs(300)),
+            },
+            api: ApiConfig {
+                listen: Some(DEFAULT_API_LISTEN.parse().expect("valid default address")),
+                certificate: None,
+                names: Vec::new(),
+                session_ttl: Duration::from_secs(12 * 3600),
             },
         }
     }
@@ -368,7 +402,39 @@ impl Config {
                 Some(ms) => Some(Duration::from_millis(ms)),
             },
         };
+        let a = file.api;
+        let listen = match a.listen.as_deref() {
+            None => defaults.api.listen,
+            Some("") | Some("off") => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                invalid(
+                    "api.listen",
+                    format!("{text:?} is not an address:port (or \"off\")"),
+                )
+            })?),
+        };
+        let certificate = match (a.certificate_file, a.key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "api.certificate_file / key_file",
+                    "set both or neither".into(),
+                ))
+            }
+        };
+        let session_hours = a.session_hours.unwrap_or(12);
+        if !(1..=24 * 30).contains(&session_hours) {
+            return Err(invalid("api.session_hours", "must be 1 to 720".into()));
+        }
+        let api = ApiConfig {
+            listen,
+            certificate,
+            names: a.names.unwrap_or_default(),
+            session_ttl: Duration::from_secs(session_hours * 3600),
+        };
         Ok(Config {
+            api,
             management,
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
             busy_timeout: Duration::from_millis(busy_ms),

@@ -18,6 +18,9 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
+/// The most pairs one batch may hold.
+pub const MAX_BATCH: u32 = 1_000_000;
+
 /// The 36 symbols of PIDs and PPSs, in check-character order (`0–9`, then `A–Z`).
 const SYMBOLS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 

@@ -10,15 +10,21 @@
 //! - [`hello`]: the setup-mode hello messages devices send to port 9971;
 //! - [`ca`]: vprov's certificate authority for device TLS certificates;
 //! - [`device`]: the device connector (TLS-PSK, legacy TLS, Digest, WS-Management);
-//! - [`server`]: `vprov serve`: hello listener, provisioning jobs, alert log.
+//! - [`management`]: agentless management of one device (power, inventory);
+//! - [`server`]: `vprov serve`: hello listener, provisioning jobs, alert log;
+//! - [`api`]: the admin API and web console `vprov serve` offers over HTTPS;
+//! - [`accounts`]: admin account password hashes and session/bearer tokens.
 //!
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
+pub mod accounts;
+pub mod api;
 pub mod ca;
 pub mod config;
 pub mod device;
 pub mod hello;
 pub mod keys;
+pub mod management;
 pub mod password;
 pub mod plugins;
 pub mod secrets;

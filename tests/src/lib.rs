@@ -5,9 +5,11 @@
 //! The binary is the one built into the same target directory as the test
 //! executable (`cargo build --workspace` or `scripts/test.sh` builds it first).
 
+pub mod api;
 pub mod rig;
 pub mod sim;
 pub mod sshd;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -178,16 +180,22 @@ pub struct Server {
     pub child: std::process::Child,
     /// Where it listens for hellos.
     pub hello_addr: std::net::SocketAddr,
+    /// Where it offers the admin API and console (HTTPS).
+    pub api_addr: Option<std::net::SocketAddr>,
 }
 
 impl Sandbox {
     /// Starts `vprov serve --hello-listen <listen> <extra…>` and waits until it
-    /// listens. `VPROV_LOG=debug` in the environment shows the server's log.
+    /// listens; the admin API gets a free loopback port unless `extra` names one.
+    /// `VPROV_LOG=debug` in the environment shows the server's log.
     pub fn serve(&self, listen: &str, extra: &[&str]) -> Server {
         use std::io::BufRead;
-        let mut child = self
-            .command()
-            .args(["serve", "--hello-listen", listen])
+        let mut command = self.command();
+        command.args(["serve", "--hello-listen", listen]);
+        if !extra.contains(&"--api-listen") {
+            command.args(["--api-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("VPROV_TEST_SERVER_LOG").is_some() {
@@ -198,8 +206,9 @@ impl Sandbox {
             .spawn()
             .expect("start vprov serve");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .expect("read the listening line");
         let addr = line
@@ -208,9 +217,16 @@ impl Sandbox {
             .unwrap_or_else(|| panic!("vprov serve did not start: {line:?}"))
             .parse()
             .expect("listening address");
+        line.clear();
+        stdout.read_line(&mut line).expect("read the API line");
+        let api_addr = line
+            .trim()
+            .strip_prefix("admin API and console on https://")
+            .map(|a| a.parse().expect("API address"));
         Server {
             child,
             hello_addr: addr,
+            api_addr,
         }
     }
 }

@@ -13,7 +13,7 @@ use super::output::{self, KeyListFormat, ListFormat};
 use super::{actor, Context};
 
 /// Largest batch `keys generate` makes in one call.
-const MAX_BATCH: u32 = 1_000_000;
+use vprov_core::keys::MAX_BATCH;
 /// Batches at least this large show a progress bar on a terminal.
 const PROGRESS_FROM: u32 = 10_000;
 

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and dispatch to the subcommands.
 
+mod admin;
 mod keys;
 mod output;
 mod plugins;
@@ -80,6 +81,12 @@ enum Command {
     /// plugins.toml [default: DIR/plugins/plugins.toml]. See config/plugins.toml.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// Admin API accounts and bearer tokens (the console and scripts sign in with them)
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// vprov's certificate authority
+    #[command(subcommand)]
+    Ca(admin::CaCommand),
 }
 
 /// Everything a subcommand needs to open the store.
@@ -90,6 +97,11 @@ pub struct Context {
 
 impl Context {
     fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.store_options())?)
+    }
+
+    /// How this command opens the store.
+    fn store_options(&self) -> StoreOptions {
         let key = match std::env::var("VPROV_MASTER_KEY") {
             Ok(hex) => Some(KeySource::Hex(Zeroizing::new(hex))),
             Err(_) => self
@@ -98,12 +110,11 @@ impl Context {
                 .or_else(|| self.config.master_key_file.clone())
                 .map(KeySource::File),
         };
-        let options = StoreOptions {
+        StoreOptions {
             data_dir: self.config.data_dir.clone(),
             key,
             busy_timeout: self.config.busy_timeout,
-        };
-        Ok(Store::open(&options)?)
+        }
     }
 }
 
@@ -140,5 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts(cmd) => records::alerts(cmd, &ctx),
         Command::Audit(cmd) => records::audit(cmd, &ctx),
         Command::Plugins(cmd) => plugins::run(cmd, &ctx),
+        Command::Admin(cmd) => admin::admin(cmd, &ctx),
+        Command::Ca(cmd) => admin::ca(cmd, &ctx),
     }
 }

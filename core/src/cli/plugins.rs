@@ -10,16 +10,14 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 use vprov_core::config::Config;
-use vprov_core::plugins::services::device_info;
 use vprov_core::plugins::sinks::AlertSinks;
 use vprov_core::plugins::{
-    instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
+    export, instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
 };
 use vprov_core::server::alerts::AlertLog;
 use vprov_core::server::store_thread::StoreHandle;
-use vprov_core::store::{KeyFilter, KeyState, ManagementMode, NewAlert, Severity};
-use vprov_sdk::abi::ExportRequest;
-use vprov_sdk::{ExportFormat, KeyPair, OutcomeAction, PluginKinds};
+
+use vprov_sdk::{ExportFormat, PluginKinds};
 
 use super::output::{self, ListFormat};
 use super::{actor, Context};
@@ -165,7 +163,7 @@ pub fn deploy_agents(
         let store = StoreHandle::spawn(store);
         let (alerts, writer) = AlertLog::start(store.clone(), Default::default());
         let link = ServerLink {
-            alerts: alerts.clone(),
+            alerts,
             store: store.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -174,61 +172,17 @@ pub fn deploy_agents(
         let mut failed = 0usize;
         for device in devices {
             let uuid = device.uuid.clone();
-            let info = device_info(device.clone());
-            let outcome = match host.deploy_agent(info, profile.clone()).await {
-                Ok(o) if o.action == OutcomeAction::MANAGE_WITH_AGENT => Ok(o),
-                Ok(o) => Err(format!(
-                    "the deployer did not deploy an agent: {}",
-                    o.message
-                )),
-                Err(e) => Err(e.to_string()),
-            };
-            let result = match outcome {
-                Ok(outcome) => {
-                    let deployed = outcome
-                        .profile
-                        .as_ref()
-                        .map(|p| p.to_string())
-                        .into_option();
-                    let detail = serde_json::json!({ "message": outcome.message.as_str() });
-                    let (u, p) = (uuid.clone(), deployed.clone());
-                    store
-                        .call(move |s| {
-                            s.set_device_management(
-                                &[&u],
-                                Some(ManagementMode::Agent),
-                                p.as_deref(),
-                                &actor(),
-                                detail,
-                            )
-                        })
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                        .map(|()| deployed)
-                }
-                Err(e) => Err(e),
-            };
-            match result {
+            match host
+                .deploy_and_manage(device, profile.clone(), &actor())
+                .await
+            {
                 Ok(deployed) => println!(
                     "{uuid}: agent deployed (profile {}); managed (agent)",
                     deployed.as_deref().unwrap_or("-")
                 ),
-                Err(e) => {
+                Err(message) => {
                     failed += 1;
-                    let message = format!(
-                        "agent deployment to device {uuid} failed: {e}; the device stays {}",
-                        device.state.as_str()
-                    );
                     eprintln!("error: {message}");
-                    alerts.raise(NewAlert {
-                        severity: Severity::Error,
-                        source: "agent".into(),
-                        message,
-                        pid: device.provisioned_pid.clone(),
-                        device_uuid: Some(uuid.clone()),
-                        address: device.address.clone(),
-                    });
                 }
             }
         }
@@ -312,97 +266,22 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let rt = CommandRuntime::new()?;
     let offers = rt.block_on(async {
         host.reload().await;
-        let mut offers = Vec::new();
-        for instance in host.active().iter() {
-            if let Ok(formats) = instance
-                .call("export_formats", |p| {
-                    abi_stable::std_types::RResult::ROk(p.export_formats())
-                })
-                .await
-            {
-                offers.extend(formats.into_iter().map(|f| (instance.clone(), f)));
-            }
-        }
-        offers
+        export::offers(&host).await
     });
-    let Some((instance, format)) = offers
-        .iter()
-        .find(|(_, f)| f.name.as_str() == args.format)
-        .cloned()
-    else {
-        if offers.is_empty() {
-            bail!(
-                "no key export plugin is loaded (plugin directory {}); see `vprov plugins list`",
-                settings.plugin_dir.display()
-            );
-        }
-        let available: Vec<String> = offers
-            .iter()
-            .map(|(i, f)| format!("{} ({}, plugin {})", f.name, f.description, i.plugin))
-            .collect();
-        bail!(
-            "no plugin offers format {:?}; available: {}",
-            args.format,
-            available.join("; ")
-        );
-    };
-
-    let mut store = ctx.store()?;
-    let batch = store
-        .batches()?
-        .into_iter()
-        .find(|b| b.id == args.batch)
-        .ok_or_else(|| anyhow!("no key batch with id {}", args.batch))?;
-    let password = if format.needs_provisioning_password {
-        let pw = store.provisioning_password()?.ok_or_else(|| {
-            anyhow!(
-                "format {} writes the provisioning password into the file: set it first with `vprov password set`",
-                format.name
-            )
-        })?;
-        Some(pw)
-    } else {
-        None
-    };
-    let filter = KeyFilter {
-        batch: Some(args.batch),
-        state: Some(KeyState::Available),
-    };
-    let detail = serde_json::json!({
-        "format": format.name.as_str(),
-        "file": args.out.display().to_string(),
-        "plugin": instance.plugin,
-    });
-    let keys = store.export_keys(&filter, &actor(), detail)?;
-    if keys.is_empty() {
-        bail!("batch {} has no available keys to export", args.batch);
-    }
-    let count = keys.len();
-    let pairs = keys
-        .into_iter()
-        .map(|k| KeyPair {
-            pid: k.pid.as_str().into(),
-            pps: k
-                .pps
-                .as_ref()
-                .map(|p| String::from_utf8_lossy(p.expose_bytes()).into_owned())
-                .unwrap_or_default()
-                .into(),
-        })
-        .collect();
+    let (instance, format) = export::choose(&offers, &args.format, &settings.plugin_dir)?;
     let hello_port = ctx.config.hello.listen.port();
-    let request = ExportRequest {
-        format: format.name.clone(),
-        options_json: serde_json::to_string(&options)?.into(),
-        batch_id: batch.id,
-        batch_comment: batch.comment.unwrap_or_default().into(),
-        batch_created_unix_ms: batch.created_at,
-        server_address: ctx.config.export.server_address.as_str().into(),
-        server_port: ctx.config.export.server_port.unwrap_or(hello_port),
-        provisioning_password: password.map(|p| p.expose().into()).into(),
-        destination: Some(args.out.display().to_string().into()).into(),
-        pairs,
+    let target = export::ExportTarget {
+        batch: args.batch,
+        format: &format,
+        plugin: &instance.plugin,
+        options: &options,
+        destination: Some(args.out.display().to_string()),
+        server: (
+            ctx.config.export.server_address.as_str(),
+            ctx.config.export.server_port.unwrap_or(hello_port),
+        ),
     };
+    let (request, count) = export::request(&mut ctx.store()?, &target, &actor())?;
     let file = rt
         .block_on(instance.call("export", move |p| p.export_keys(&request)))
         .with_context(|| format!("exporting batch {} as {}", args.batch, format.name))?;

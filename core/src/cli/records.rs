@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::device::{AmtSession, DeviceError, DeviceTimeouts, Inventory};
+use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
+use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
-use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, NewAlert, Severity};
+use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, ListFormat};
@@ -133,48 +134,6 @@ pub enum DevicesCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
-}
-
-/// `devices power` actions and their CIM power states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PowerAction {
-    Status,
-    On,
-    Off,
-    Reset,
-    Cycle,
-}
-
-impl PowerAction {
-    fn name(self) -> &'static str {
-        match self {
-            PowerAction::Status => "status",
-            PowerAction::On => "on",
-            PowerAction::Off => "off",
-            PowerAction::Reset => "reset",
-            PowerAction::Cycle => "cycle",
-        }
-    }
-
-    fn cim_state(self) -> Option<u16> {
-        match self {
-            PowerAction::Status => None,
-            PowerAction::On => Some(2),
-            PowerAction::Cycle => Some(5),
-            PowerAction::Off => Some(8),
-            PowerAction::Reset => Some(10),
-        }
-    }
-}
-
-fn power_state_name(state: u16) -> String {
-    match state {
-        2 => "on".into(),
-        3 | 4 => "sleeping".into(),
-        7 => "hibernating".into(),
-        6 | 8 | 12 | 13 => "off".into(),
-        other => format!("state {other}"),
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -459,150 +418,21 @@ fn move_devices(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A managed device opened for one command: where it is and how to log in.
-struct ManagedDevice {
-    uuid: String,
-    store: vprov_core::store::Store,
-    access: vprov_core::store::DeviceAccess,
-    addr: std::net::SocketAddr,
-    ca: Vec<u8>,
-    timeouts: DeviceTimeouts,
-}
-
-impl ManagedDevice {
-    /// Opens a managed device (power, inventory act only on managed devices).
-    fn open(ctx: &Context, uuid: &str) -> anyhow::Result<ManagedDevice> {
-        let device = ManagedDevice::open_provisioned(ctx, uuid)?;
-        if device.access.state != DeviceState::Managed {
-            bail!(
-                "device {} is not managed: move it first with `vprov devices manage {} --agentless`",
-                device.uuid,
-                device.uuid
-            );
-        }
-        Ok(device)
-    }
-
-    /// Opens any provisioned device, managed or not.
-    fn open_provisioned(ctx: &Context, uuid: &str) -> anyhow::Result<ManagedDevice> {
-        let uuid = uuid.trim().to_ascii_lowercase();
-        let store = ctx.store()?;
-        let access = store
-            .device_access(&uuid)?
-            .ok_or_else(|| anyhow::anyhow!("no device with UUID {uuid}"))?;
-        let ca = store
-            .ca_certificate()?
-            .context("the store has no certificate authority (no device was provisioned here)")?;
-        let ip: std::net::IpAddr = access
-            .address
-            .parse()
-            .with_context(|| format!("device {uuid} has no usable address ({})", access.address))?;
-        Ok(ManagedDevice {
-            addr: std::net::SocketAddr::new(ip, ctx.config.provisioning.device_port),
-            timeouts: DeviceTimeouts {
-                connect: ctx.config.provisioning.connect_timeout,
-                request: ctx.config.provisioning.step_timeout,
-            },
-            uuid,
-            store,
-            access,
-            ca,
-        })
-    }
-
-    /// Runs `work` in a verified-TLS session with the device. If an earlier
-    /// credential change was cut off, the device holds either the old or the new
-    /// credential: whichever it accepts becomes the recorded one.
-    fn run<T>(
-        &mut self,
-        work: impl for<'s> Fn(
-            &'s mut AmtSession,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, DeviceError>> + 's>,
-        >,
-    ) -> anyhow::Result<Result<T, DeviceError>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let attempt = |password: &str| {
-            runtime.block_on(async {
-                let mut session = AmtSession::connect_tls(
-                    self.addr,
-                    &self.ca,
-                    &self.access.admin_user,
-                    password,
-                    self.timeouts,
-                )
-                .await?;
-                work(&mut session).await
-            })
-        };
-        let first = attempt(&self.access.password);
-        let Some(pending) = self.access.pending_password.take() else {
-            return Ok(first);
-        };
-        match first {
-            Err(DeviceError::Unauthorized) => {
-                let second = attempt(&pending);
-                if second.is_ok() {
-                    self.store.complete_password_change(&self.uuid, "vprov")?;
-                    self.access.password = pending;
-                } else {
-                    self.access.pending_password = Some(pending);
-                }
-                Ok(second)
-            }
-            Ok(value) => {
-                // The device kept the old credential: the change never took.
-                self.store.abandon_password_change(&self.uuid)?;
-                Ok(Ok(value))
-            }
-            Err(e) => {
-                self.access.pending_password = Some(pending);
-                Ok(Err(e))
-            }
-        }
-    }
-
-    /// A failed exchange: an alert naming the device, and the error for the caller.
-    fn failed(&mut self, what: &str, e: DeviceError) -> anyhow::Error {
-        let alert = NewAlert {
-            severity: Severity::Error,
-            source: "management".into(),
-            message: format!("{what} failed: {e}"),
-            pid: None,
-            device_uuid: Some(self.uuid.clone()),
-            address: Some(self.access.address.clone()),
-        };
-        if let Err(store_error) = self.store.insert_alerts(&[alert]) {
-            return anyhow::anyhow!("{e} (and the alert could not be stored: {store_error})");
-        }
-        anyhow::anyhow!(e).context(format!("device {} at {}", self.uuid, self.addr))
+/// How commands reach devices, from the configuration.
+fn reach(ctx: &Context) -> Reach {
+    Reach {
+        device_port: ctx.config.provisioning.device_port,
+        timeouts: DeviceTimeouts {
+            connect: ctx.config.provisioning.connect_timeout,
+            request: ctx.config.provisioning.step_timeout,
+        },
     }
 }
 
 /// `devices power`: one WS-Management session with the device over verified TLS.
 fn power(ctx: &Context, uuid: &str, action: PowerAction) -> anyhow::Result<ExitCode> {
-    let mut device = ManagedDevice::open(ctx, uuid)?;
-    if let Some(state) = action.cim_state() {
-        device.store.record_audit(
-            &actor(),
-            "device.power",
-            &json!({ "uuid": device.uuid, "action": action.name(), "power_state": state }),
-        )?;
-    }
-    let result = device.run(|s| {
-        Box::pin(async move {
-            if let Some(state) = action.cim_state() {
-                s.request_power_state_change(state).await?;
-            }
-            s.power_state().await
-        })
-    })?;
-    let state = result.map_err(|e| device.failed(&format!("power {}", action.name()), e))?;
-    device.store.touch_device(&device.uuid)?;
-    let now = power_state_name(state);
+    let mut device = ManagedDevice::open(ctx.store()?, uuid, reach(ctx))?;
+    let now = power_state_name(device.power(action, &actor())?);
     match action {
         PowerAction::Status => println!("{now}"),
         _ => println!("{} requested; the device reports: {now}", action.name()),
@@ -625,13 +455,8 @@ fn inventory(
         let inventory: Inventory = serde_json::from_str(&text).context("stored inventory")?;
         (inventory, at)
     } else {
-        let mut device = ManagedDevice::open(ctx, uuid)?;
-        let result = device.run(|s| Box::pin(async move { s.inventory().await }))?;
-        let inventory = result.map_err(|e| device.failed("inventory", e))?;
-        device
-            .store
-            .set_device_inventory(&device.uuid, &serde_json::to_string(&inventory)?)?;
-        (inventory, vprov_core::store::now_ms())
+        let mut device = ManagedDevice::open(ctx.store()?, uuid, reach(ctx))?;
+        (device.read_inventory()?, vprov_core::store::now_ms())
     };
     match format {
         ListFormat::Json => {
@@ -692,7 +517,7 @@ fn change_device_password(ctx: &Context, uuid: &str, from_stdin: bool) -> anyhow
     } else {
         vprov_core::password::generate()
     };
-    let mut device = ManagedDevice::open_provisioned(ctx, uuid)?;
+    let mut device = ManagedDevice::open_provisioned(ctx.store()?, uuid, reach(ctx))?;
     // Settle any earlier cut-off change first, so exactly one change is in flight.
     let settled = device.run(|s| Box::pin(async move { s.get_uuid().await.map(drop) }))?;
     settled.map_err(|e| device.failed("password change", e))?;
@@ -723,10 +548,10 @@ fn change_device_password(ctx: &Context, uuid: &str, from_stdin: bool) -> anyhow
             | DeviceError::Unauthorized),
         ) => {
             device.store.abandon_password_change(&uuid)?;
-            Err(device.failed("password change", e))
+            Err(device.failed("password change", e).into())
         }
         // Cut off: the device may hold either; both stay recorded until next contact.
-        Err(e) => Err(device.failed("password change", e).context(
+        Err(e) => Err(anyhow::Error::from(device.failed("password change", e)).context(
             "the outcome is unknown: vprov keeps both credentials and settles on the next contact",
         )),
     }

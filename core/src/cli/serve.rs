@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use vprov_core::api::ApiSettings;
 use vprov_core::config::AdminPasswordPolicy;
 use vprov_core::device::DeviceTimeouts;
+use vprov_core::management::Reach;
 use vprov_core::plugins::HostSettings;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
@@ -28,12 +30,22 @@ pub struct ServeArgs {
     /// configuration's provisioning.device_port]
     #[arg(long, value_name = "PORT")]
     device_port: Option<u16>,
+    /// Address of the admin API and web console (HTTPS) [default: 127.0.0.1:8443, or
+    /// the configuration's api.listen]
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<SocketAddr>,
 }
 
 pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let hello = &ctx.config.hello;
     let prov = &ctx.config.provisioning;
     let listen = args.hello_listen.unwrap_or(hello.listen);
+    let api_listen = args.api_listen.or(ctx.config.api.listen);
+    let device_port = args.device_port.unwrap_or(prov.device_port);
+    let timeouts = DeviceTimeouts {
+        connect: prov.connect_timeout,
+        request: prov.step_timeout,
+    };
     let settings = ServerSettings {
         hello: HelloLimits {
             max_connections: hello.max_connections,
@@ -72,11 +84,33 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
                 &ctx.config,
                 PluginKinds::KEY_EXPORTER
                     .union(PluginKinds::ALERT_SINK)
-                    .union(PluginKinds::POST_PROVISION),
+                    .union(PluginKinds::POST_PROVISION)
+                    .union(PluginKinds::AGENT_DEPLOYER),
             )
         },
+        api: api_listen.map(|_| ApiSettings {
+            certificate: ctx.config.api.certificate.clone(),
+            names: ctx.config.api.names.clone(),
+            session_ttl: ctx.config.api.session_ttl,
+            store_options: ctx.store_options(),
+            reach: Reach {
+                device_port,
+                timeouts,
+            },
+            export_server: (
+                ctx.config.export.server_address.clone(),
+                ctx.config
+                    .export
+                    .server_port
+                    .unwrap_or(ctx.config.hello.listen.port()),
+            ),
+        }),
     };
-    let store = ctx.store()?;
+    let mut store = ctx.store()?;
+    // The CA exists before anything listens: clients fetch it (`vprov ca export`) to
+    // trust the admin API as soon as the listening lines are printed.
+    vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
+        .context("loading or creating vprov's certificate authority")?;
     if !store.password_status()?.set {
         tracing::warn!(
             "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
@@ -91,11 +125,22 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen for hellos on {listen}"))?;
         let local = listener.local_addr()?;
-        // One line on stdout, for scripts and tests that bind port 0.
+        let api_listener = match api_listen {
+            Some(addr) => Some(
+                server::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the admin API on {addr}"))?,
+            ),
+            None => None,
+        };
+        // One line on stdout each, for scripts and tests that bind port 0.
         println!("listening for hellos on {local}");
+        if let Some(api) = &api_listener {
+            println!("admin API and console on https://{}", api.local_addr()?);
+        }
         std::io::stdout().flush()?;
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
-        server::run(store, listener, settings, shutdown_signal()).await?;
+        server::run(store, listener, api_listener, settings, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     });

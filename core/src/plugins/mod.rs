@@ -5,6 +5,7 @@
 //! - [`instances`] reads the instance configuration (`plugins.toml`);
 //! - [`services`] is what a plugin may call back into;
 //! - [`sinks`] fans alerts out to alert sinks through bounded queues;
+//! - [`export`] routes key exports to the exporter offering a format;
 //! - [`watch`] reloads on changes to the plugin directory or configuration.
 //!
 //! Invariants: **no async worker ever blocks on a plugin** (every call runs on the
@@ -14,6 +15,7 @@
 //! working instances than before because of a bad change** (a new library or
 //! configuration that fails keeps the previous instance running).
 
+pub mod export;
 pub mod instances;
 pub mod loader;
 pub mod services;
@@ -808,6 +810,31 @@ impl PluginHost {
 }
 
 impl PluginHost {
+    /// Every profile the active agent deployers offer, sorted.
+    pub async fn agent_profiles(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for deployer in self.active().iter() {
+            if !deployer.kinds.contains(PluginKinds::AGENT_DEPLOYER) {
+                continue;
+            }
+            if let Ok(profiles) = deployer
+                .call("agent_profiles", |p| {
+                    RResult::ROk(
+                        p.agent_profiles()
+                            .into_iter()
+                            .map(|p| p.into_string())
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .await
+            {
+                all.extend(profiles);
+            }
+        }
+        all.sort_unstable();
+        all
+    }
+
     /// Deploys a management agent to `device` under `profile` (or, with none, the
     /// default profile of the only agent deployer), through the deployer instance
     /// offering that profile. The caller applies the outcome.
@@ -881,6 +908,66 @@ impl PluginHost {
             })
             .await?;
         Ok(outcome)
+    }
+}
+
+impl PluginHost {
+    /// Deploys an agent to `device` and, on success, moves it to managed (agent) with
+    /// the profile deployed, audited as `actor`; returns that profile. A failure is
+    /// raised as an alert (source `agent`) naming the step, and the device stays
+    /// where it was. Needs a host with a store link.
+    pub async fn deploy_and_manage(
+        &self,
+        device: crate::store::DeviceRecord,
+        profile: Option<String>,
+        actor: &str,
+    ) -> Result<Option<String>, String> {
+        let Some(link) = self.inner.link.clone() else {
+            return Err("agent deployment needs vprov's store".into());
+        };
+        let uuid = device.uuid.clone();
+        let info = services::device_info(device.clone());
+        let deployed = match self.deploy_agent(info, profile).await {
+            Ok(o) if o.action == OutcomeAction::MANAGE_WITH_AGENT => {
+                let deployed = o.profile.as_ref().map(|p| p.to_string()).into_option();
+                let detail = serde_json::json!({ "message": o.message.as_str() });
+                let (u, p, actor) = (uuid.clone(), deployed.clone(), actor.to_string());
+                link.store
+                    .call(move |s| {
+                        s.set_device_management(
+                            &[&u],
+                            Some(ManagementMode::Agent),
+                            p.as_deref(),
+                            &actor,
+                            detail,
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map(|()| deployed)
+            }
+            Ok(o) => Err(format!(
+                "the deployer did not deploy an agent: {}",
+                o.message
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        deployed.map_err(|e| {
+            let message = format!(
+                "agent deployment to device {uuid} failed: {e}; the device stays {}",
+                device.state.as_str()
+            );
+            link.alerts.raise(NewAlert {
+                severity: Severity::Error,
+                source: "agent".into(),
+                message: message.clone(),
+                pid: device.provisioned_pid.clone(),
+                device_uuid: Some(uuid.clone()),
+                address: device.address.clone(),
+            });
+            message
+        })
     }
 }
 

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub plugins: HostSettings,
     /// The periodic reachability check of managed devices; `None` turns it off.
     pub reachability: Option<reachability::ReachabilitySettings>,
+    /// The admin API and console; `None` turns it off.
+    pub api: Option<crate::api::ApiSettings>,
 }
 
 /// Why the server could not start.
@@ -46,16 +48,35 @@ pub struct ServerSettings {
 pub enum ServerError {
     #[error("cannot load or create vprov's certificate authority: {0}")]
     Ca(#[from] CaError),
+    #[error("cannot offer the admin API over TLS: {0}")]
+    ApiTls(#[from] crate::api::tls::ApiTlsError),
 }
 
-/// Runs the server on an already-bound hello listener until `shutdown` resolves.
+/// Runs the server on an already-bound hello listener (and admin API listener, when
+/// the API is on) until `shutdown` resolves.
 pub async fn run(
     mut store: Store,
     listener: TcpListener,
+    api_listener: Option<TcpListener>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let ca = Arc::new(CertificateAuthority::load_or_create(&mut store)?);
+    let api_tls = match (&settings.api, &api_listener) {
+        (Some(api), Some(l)) => Some(crate::api::tls::server_config(
+            api.certificate
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            &ca,
+            l.local_addr()
+                .map_err(|e| crate::api::tls::ApiTlsError::Read {
+                    path: "the API listener".into(),
+                    source: e,
+                })?,
+            &api.names,
+        )?),
+        _ => None,
+    };
     let ca_der = Arc::new(ca.cert_der().to_vec());
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
@@ -105,6 +126,26 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    let api = match (settings.api.clone(), api_listener, api_tls) {
+        (Some(api_settings), Some(api_listener), Some(tls)) => {
+            let state = Arc::new(crate::api::ApiState {
+                settings: api_settings,
+                store: store.clone(),
+                alerts: alerts.clone(),
+                plugins: plugins.clone(),
+                events: Default::default(),
+                limiter: Default::default(),
+                generations: Default::default(),
+            });
+            Some(tokio::spawn(crate::api::serve(
+                api_listener,
+                tls,
+                state,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
     let hello = HelloListener::new(
         listener,
         settings.hello.clone(),
@@ -120,6 +161,9 @@ pub async fn run(
     let _ = listening.await;
     if let Some(checking) = checking {
         let _ = checking.await;
+    }
+    if let Some(api) = api {
+        let _ = api.await;
     }
     jobs.shutdown(settings.shutdown_grace).await;
     plugins.shutdown().await;

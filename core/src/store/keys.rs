@@ -15,7 +15,9 @@ use super::{now_ms, Store, StoreError};
 use crate::keys::{KeyGenerator, Pid, Pps};
 
 /// Life cycle of a provisioning key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Available,

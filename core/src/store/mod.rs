@@ -16,6 +16,7 @@
 //! before anything is written to it. A store whose master key is missing or wrong is
 //! refused too, and vprov never creates a new key for an existing store.
 
+mod admins;
 mod agents;
 mod keys;
 mod provisioning;
@@ -33,11 +34,12 @@ use zeroize::Zeroizing;
 use crate::secrets::{MasterKey, SecretError};
 use schema::SchemaState;
 
+pub use admins::{AdminRecord, Credential, CredentialKind, Role};
 pub use agents::{HostKeyStatus, SshPublicKey};
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{
-    AlertRecord, AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState,
+    AlertFilter, AlertRecord, AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState,
     ManagementMode, PasswordStatus, Severity,
 };
 

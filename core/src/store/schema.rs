@@ -142,6 +142,26 @@ const MIGRATIONS: &[&str] = &[
         issued_at    INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 5: the admin API's accounts (argon2 password hashes), their console sessions
+    // and bearer tokens (only SHA-256 hashes of either), and who acknowledged an alert.
+    r#"
+    CREATE TABLE admins (
+        name          TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('admin', 'operator')),
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE admin_credentials (
+        token_sha256 BLOB PRIMARY KEY CHECK (length(token_sha256) = 32),
+        admin        TEXT NOT NULL REFERENCES admins (name) ON DELETE CASCADE,
+        kind         TEXT NOT NULL CHECK (kind IN ('session', 'token')),
+        comment      TEXT,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER
+    ) STRICT;
+    ALTER TABLE alerts ADD COLUMN acknowledged_at INTEGER;
+    ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

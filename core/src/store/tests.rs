@@ -212,12 +212,14 @@ fn a_wrong_or_missing_key_is_refused_and_no_new_key_is_made() {
 fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path());
-    // Make it a store of the previous schema version, as an older vprov left it.
+    // Make it a store of the previous schema version, as an older vprov left it
+    // (undo the newest migration).
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(&format!(
-            "DROP TABLE agent_enrollments; DROP TABLE device_host_keys;
-             ALTER TABLE devices DROP COLUMN agent_profile;
+            "DROP TABLE admin_credentials; DROP TABLE admins;
+             ALTER TABLE alerts DROP COLUMN acknowledged_at;
+             ALTER TABLE alerts DROP COLUMN acknowledged_by;
              PRAGMA user_version = {};",
             schema::SCHEMA_VERSION - 1
         ))

@@ -176,7 +176,13 @@ fn main() -> anyhow::Result<()> {
     let mut child = vprov(&data)?
         .arg("--config")
         .arg(&config)
-        .args(["serve", "--hello-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--hello-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--device-port", &device_port.to_string()])
         .env("VPROV_LOG", "warn")
         .stdout(Stdio::piped())

@@ -1,0 +1,123 @@
+//! Live updates for the console: one task watches the store — so changes made by
+//! `vprov` commands in other processes count as well as the server's own — and
+//! broadcasts device and alert changes; `GET /api/v1/events` streams them, with the
+//! key generations' progress, as server-sent events.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+
+use super::auth::Caller;
+use super::devices::{alert_json, device_json};
+use super::{ApiState, State};
+use crate::store::{AlertFilter, DeviceFilter};
+
+/// How often the store is looked at for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One event: its SSE name (`device`, `alert`, `generation`) and JSON data.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+/// Fans events out to every open stream; a stream that falls behind skips what it
+/// missed (the console re-reads lists when it reconnects).
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus {
+            tx: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl EventBus {
+    pub fn publish(&self, name: &'static str, data: Value) {
+        let _ = self.tx.send(Event { name, data });
+    }
+
+    fn listening(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+}
+
+/// Compares the store with what it last saw and publishes the differences, while
+/// anybody listens.
+pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
+    let mut devices: HashMap<String, Value> = HashMap::new();
+    let mut last_alert = 0i64;
+    // Until someone listens (again), only the baseline is kept current.
+    let mut quiet = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            _ = super::stopped(&mut stop) => return,
+        }
+        if !state.events.listening() {
+            quiet = true;
+            continue;
+        }
+        let after = last_alert;
+        let read = state
+            .store(move |s| {
+                let devices = s.devices(&DeviceFilter::default())?;
+                let alerts = s.alerts_where(&AlertFilter {
+                    after_id: Some(after),
+                    limit: 500,
+                    ..AlertFilter::default()
+                })?;
+                Ok((devices, alerts))
+            })
+            .await;
+        let Ok((now_devices, new_alerts)) = read else {
+            continue;
+        };
+        for device in &now_devices {
+            let json = device_json(device);
+            if devices.get(&device.uuid) != Some(&json) {
+                if !quiet {
+                    state.events.publish("device", json.clone());
+                }
+                devices.insert(device.uuid.clone(), json);
+            }
+        }
+        // Oldest first; in a burst of more than 500 between looks, the oldest are
+        // skipped (they are in the alert log).
+        for alert in new_alerts.iter().rev() {
+            last_alert = last_alert.max(alert.id);
+            if !quiet {
+                state.events.publish("alert", alert_json(alert));
+            }
+        }
+        quiet = false;
+    }
+}
+
+/// `GET /api/v1/events`.
+pub async fn stream(
+    state: State,
+    _caller: Caller,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = BroadcastStream::new(state.events.tx.subscribe()).filter_map(|e| {
+        e.ok()
+            .map(|e| Ok(SseEvent::default().event(e.name).data(e.data.to_string())))
+    });
+    Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}

@@ -1,0 +1,342 @@
+//! The admin API and web console that `vprov serve` offers over HTTPS (`docs/api.md`
+//! is the reference; `/api/v1/openapi.json` the machine-readable form).
+//!
+//! - [`auth`]: who is calling — console sessions (cookie) and bearer tokens, roles,
+//!   rate-limited sign-in;
+//! - [`keys`]: key batches, keys, exports and the provisioning password;
+//! - [`devices`]: devices, agentless management, alerts, plugins, audit log;
+//! - [`events`]: the server-sent event stream of device and alert changes;
+//! - [`tls`]: the server certificate (issued by vprov's CA unless configured).
+//!
+//! Handlers never block an async worker: store work goes to the store thread, and
+//! anything slow (key generation, talking to a device, plugin calls) runs on a
+//! blocking thread with a store connection of its own.
+
+pub mod auth;
+pub mod devices;
+pub mod events;
+pub mod keys;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::management::{ManagementError, Reach};
+use crate::plugins::PluginHost;
+use crate::server::alerts::AlertLog;
+use crate::server::store_thread::{StoreClosed, StoreHandle};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// How `vprov serve` offers the API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// A certificate chain and key (PEM) replacing the one vprov's CA issues.
+    pub certificate: Option<(PathBuf, PathBuf)>,
+    /// Host names the CA-issued certificate names besides the listen address.
+    pub names: Vec<String>,
+    /// How long a console session lasts.
+    pub session_ttl: Duration,
+    /// For work on connections of its own (key generation, device management).
+    pub store_options: StoreOptions,
+    pub reach: Reach,
+    /// What key sheets and setup.bin name as the provisioning server.
+    pub export_server: (String, u16),
+}
+
+/// What every handler shares.
+pub struct ApiState {
+    pub settings: ApiSettings,
+    pub store: StoreHandle,
+    pub alerts: AlertLog,
+    pub plugins: PluginHost,
+    pub events: events::EventBus,
+    pub limiter: auth::SignInLimiter,
+    pub generations: Mutex<BTreeMap<u64, keys::Generation>>,
+}
+
+pub type State = axum::extract::State<Arc<ApiState>>;
+
+/// An error answer: a status and a message for a human, as `{"error": "…"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!("admin API: {}", self.message);
+        }
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match &e {
+            StoreError::UnknownDevice(_)
+            | StoreError::UnknownPid(_)
+            | StoreError::BatchNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<StoreClosed> for ApiError {
+    fn from(e: StoreClosed) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<ManagementError> for ApiError {
+    fn from(e: ManagementError) -> ApiError {
+        let status = match e {
+            ManagementError::Store(s) => return ApiError::from(s),
+            ManagementError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            ManagementError::NotManaged(_) | ManagementError::NoAddress { .. } => {
+                StatusCode::CONFLICT
+            }
+            ManagementError::Device(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiState {
+    /// Runs `f` on the store thread.
+    pub async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> ApiResult<T> {
+        Ok(self.store.call(f).await??)
+    }
+
+    /// Runs `f` on a blocking thread with a store connection of its own (for work
+    /// that must not hold up the store thread).
+    pub async fn own_store<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, E> + Send + 'static,
+    ) -> ApiResult<T> {
+        let options = self.settings.store_options.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&options).map_err(ApiError::from)?;
+            f(store).map_err(Into::into)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    }
+}
+
+/// The router: API under `/api/v1`, the console at `/`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route(
+            "/session",
+            get(auth::whoami).post(auth::sign_in).delete(auth::sign_out),
+        )
+        .route("/openapi.json", get(openapi))
+        .route("/dashboard", get(devices::dashboard))
+        .route("/batches", get(keys::batches).post(keys::generate))
+        .route("/generations/{id}", get(keys::generation))
+        .route("/batches/{id}/keys", get(keys::batch_keys))
+        .route("/batches/{id}/revoke", post(keys::revoke_batch))
+        .route("/batches/{id}/export", get(keys::export))
+        .route("/keys/revoke", post(keys::revoke_keys))
+        .route("/export-formats", get(keys::export_formats))
+        .route(
+            "/password",
+            get(keys::password_status).put(keys::set_password),
+        )
+        .route("/devices", get(devices::list))
+        .route("/devices/manage", post(devices::manage))
+        .route("/devices/unmanage", post(devices::unmanage))
+        .route("/devices/{uuid}", get(devices::detail))
+        .route("/devices/{uuid}/power", post(devices::power))
+        .route("/devices/{uuid}/inventory", post(devices::inventory))
+        .route("/agent-profiles", get(devices::agent_profiles))
+        .route("/alerts", get(devices::alerts))
+        .route("/alerts/{id}/acknowledge", post(devices::acknowledge))
+        .route("/plugins", get(devices::plugins))
+        .route("/audit", get(devices::audit))
+        .route("/events", get(events::stream));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/", get(console_page))
+        .route("/console.js", get(console_script))
+        .route("/console.css", get(console_style))
+        .fallback(|| async { ApiError::not_found("no such page") })
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// No caching of API answers, no framing, no sniffing; the console loads nothing
+/// from elsewhere.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, "no-store".parse().expect("header"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        "nosniff".parse().expect("header"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, "DENY".parse().expect("header"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; frame-ancestors 'none'"
+            .parse()
+            .expect("header"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=31536000".parse().expect("header"),
+    );
+    response
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+async fn console_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("console/index.html"),
+    )
+}
+
+async fn console_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("console/console.js"),
+    )
+}
+
+async fn console_style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("console/console.css"),
+    )
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves the API on `listener` over TLS until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<ApiState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(state.clone());
+    let poller = tokio::spawn(events::watch_store(state.clone(), stop.clone()));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("admin API accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            serve_connection(tls, peer, app, stop).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    poller.abort();
+}
+
+async fn serve_connection(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::TokioIo;
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(auth::Peer(peer));
+            let mut app = app.clone();
+            async move {
+                use tower_service::Service;
+                app.call(request.map(axum::body::Body::new)).await
+            }
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        _ = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+    }
+}

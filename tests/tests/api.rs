@@ -1,0 +1,433 @@
+//! End to end: the admin API of `vprov serve` over HTTPS — sign-in, sessions, bearer
+//! tokens, roles and the sign-in rate limit; keys, exports, the provisioning password,
+//! alerts, plugins and the audit log; devices provisioned by the simulator, managed,
+//! powered and inventoried, with the live event stream.
+
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vprov_tests::api::{ApiClient, Auth};
+use vprov_tests::eventually;
+use vprov_tests::rig::Rig;
+
+const ANN: &str = "ann-the-admin-pw";
+const OLAF: &str = "olaf-operates-pw";
+
+/// A rig with keys, two accounts (ann: admin, olaf: operator) and a running server.
+fn api_rig(keys: u32) -> (Rig, vprov_tests::Server, ApiClient) {
+    let rig = Rig::new(keys, "");
+    rig.s.add_admin("ann", "admin", ANN);
+    rig.s.add_admin("olaf", "operator", OLAF);
+    let server = rig.serve();
+    let client = ApiClient::new(&rig.s, server.api_addr.expect("the API is on"));
+    (rig, server, client)
+}
+
+fn audit_actions(api: &ApiClient) -> Vec<(String, String)> {
+    let audit = api.get("/api/v1/audit?limit=1000");
+    assert_eq!(audit.status, 200);
+    audit
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sign_in_sessions_tokens_roles_and_the_rate_limit() {
+    let (rig, _server, anon) = api_rig(3);
+    assert_eq!(anon.get("/api/v1/dashboard").status, 401);
+    let wrong = anon.post(
+        "/api/v1/session",
+        json!({"name": "ann", "password": "nope"}),
+    );
+    assert_eq!(
+        (wrong.status, wrong.error()),
+        (401, "wrong name or password")
+    );
+    let unknown = anon.post("/api/v1/session", json!({"name": "zed", "password": ANN}));
+    assert_eq!(unknown.status, 401);
+
+    // A session cookie with the flags a console needs.
+    let signed = anon.post("/api/v1/session", json!({"name": "ann", "password": ANN}));
+    let cookie = signed.header("set-cookie").unwrap().to_string();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let ann = anon.sign_in("ann", ANN);
+    assert_eq!(
+        ann.get("/api/v1/session").json,
+        json!({"name": "ann", "role": "admin"})
+    );
+    // A cookie-authenticated change without the console header is refused.
+    let Auth::Session(session) = ann.auth.clone() else {
+        unreachable!()
+    };
+    let bare = anon.with(Auth::Bearer("x".into()));
+    assert_eq!(bare.get("/api/v1/session").status, 401);
+    let forged = anon
+        .with(Auth::CookieOnly(session))
+        .post("/api/v1/batches", json!({"count": 1}));
+    assert_eq!(forged.status, 403, "{forged:?}");
+
+    // Bearer tokens act with the account's role; a token is not a session.
+    let token = rig
+        .s
+        .run(&["admin", "token", "olaf", "--comment", "ci"])
+        .ok();
+    let olaf = anon.with(Auth::Bearer(token.trim().to_string()));
+    assert_eq!(olaf.get("/api/v1/session").json["role"], "operator");
+    assert_eq!(
+        anon.with(Auth::Session(token.trim().to_string()))
+            .get("/api/v1/session")
+            .status,
+        401
+    );
+
+    // Operators may not reveal, export or change the provisioning password.
+    assert_eq!(olaf.get("/api/v1/batches/1/keys").status, 200);
+    let keys = olaf.get("/api/v1/batches/1/keys").json;
+    assert!(keys[0]["pid"].is_string() && keys[0].get("pps").is_none());
+    for (method, path, body) in [
+        ("GET", "/api/v1/batches/1/keys?reveal=true", None),
+        ("GET", "/api/v1/batches/1/export?format=csv", None),
+        (
+            "PUT",
+            "/api/v1/password",
+            Some(json!({"password": "N3w!Password"})),
+        ),
+    ] {
+        let answer = olaf.send(method, path, body.as_ref());
+        assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");
+        assert!(
+            answer.error().starts_with("operators may not"),
+            "{answer:?}"
+        );
+    }
+    // Admins may, and the reveal is audited.
+    let revealed = ann.get("/api/v1/batches/1/keys?reveal=true").json;
+    assert_eq!(revealed.as_array().unwrap().len(), 3);
+    assert_eq!(revealed[0]["pps"].as_str().unwrap().len(), 39);
+    let actions = audit_actions(&ann);
+    assert!(
+        actions.contains(&("api:ann".into(), "keys.reveal".into())),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&("api:ann".into(), "admin.sign_in".into())));
+
+    // Five failures from one address (two above, three now), then it waits — even
+    // with a right password.
+    let attempt = |name: &str, password: &str| {
+        anon.post(
+            "/api/v1/session",
+            json!({"name": name, "password": password}),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("mallory", "x").status, 401);
+    }
+    let limited = attempt("mallory", "x");
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(attempt("ann", ANN).status, 429);
+
+    // Signing out ends the session.
+    assert_eq!(ann.send("DELETE", "/api/v1/session", None).status, 204);
+    assert_eq!(ann.get("/api/v1/session").status, 401);
+
+    let spec = anon.get("/api/v1/openapi.json");
+    assert_eq!(spec.json["openapi"], "3.0.3");
+    assert!(spec.json["paths"].as_object().unwrap().len() >= 20);
+}
+
+#[test]
+fn keys_exports_the_password_alerts_plugins_and_audit() {
+    let (rig, server, anon) = api_rig(1);
+    rig.s.install_plugin("export_csv", "export-csv.so");
+    let ann = anon.sign_in("ann", ANN);
+
+    let bad = ann.post("/api/v1/batches", json!({"count": 0}));
+    assert_eq!(bad.status, 422, "{bad:?}");
+    let started = ann.post("/api/v1/batches", json!({"count": 5, "comment": "site B"}));
+    assert_eq!(started.status, 202, "{started:?}");
+    let id = started.json["generation"].as_u64().unwrap();
+    let done = eventually(Duration::from_secs(30), "generation", || {
+        let g = ann.get(&format!("/api/v1/generations/{id}")).json;
+        (g["done"] == true).then_some(g)
+    });
+    assert_eq!(
+        (done["generated"].as_u64(), done["error"].clone()),
+        (Some(5), Value::Null)
+    );
+    let batch = done["batch"].as_i64().unwrap();
+    let batches = ann.get("/api/v1/batches").json;
+    let listed = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == batch)
+        .unwrap();
+    assert_eq!(
+        (listed["size"].as_u64(), listed["comment"].as_str()),
+        (Some(5), Some("site B"))
+    );
+
+    // Export through the plugin, as a download.
+    let formats = ann.get("/api/v1/export-formats").json;
+    assert!(formats
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "csv"));
+    let file = ann.get(&format!(
+        "/api/v1/batches/{batch}/export?format=csv&option=dashes=true"
+    ));
+    assert_eq!(file.status, 200, "{file:?}");
+    assert!(file
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    let pids: Vec<String> = ann
+        .get(&format!("/api/v1/batches/{batch}/keys"))
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["pid"].as_str().unwrap().to_string())
+        .collect();
+    let text = String::from_utf8(file.bytes.clone()).unwrap();
+    assert!(pids.iter().all(|p| text.contains(p)), "{text}");
+    let unknown = ann.get(&format!("/api/v1/batches/{batch}/export?format=docx"));
+    assert_eq!(unknown.status, 422);
+    assert!(unknown.error().contains("available: csv"), "{unknown:?}");
+
+    // Revoking: an unknown PID among them changes nothing.
+    let none = ann.post(
+        "/api/v1/keys/revoke",
+        json!({"pids": [pids[0], "0000-037M"]}),
+    );
+    assert_eq!(none.status, 404, "{none:?}");
+    let one = ann.post("/api/v1/keys/revoke", json!({"pids": [pids[0]]}));
+    assert_eq!(one.json["revoked"], 1);
+    let rest = ann.post(&format!("/api/v1/batches/{batch}/revoke"), json!({}));
+    assert_eq!(rest.json["revoked"], 4);
+
+    // The provisioning password: AMT's rules, then set.
+    let weak = ann.send(
+        "PUT",
+        "/api/v1/password",
+        Some(&json!({"password": "weakling"})),
+    );
+    assert_eq!(weak.status, 422);
+    assert!(weak.error().contains("upper-case"), "{weak:?}");
+    let set = ann.send(
+        "PUT",
+        "/api/v1/password",
+        Some(&json!({"password": "N3w!Provisioning"})),
+    );
+    assert_eq!(set.status, 204, "{set:?}");
+    assert_eq!(ann.get("/api/v1/password").json["set"], true);
+
+    // Alerts: a malformed hello, listed, acknowledged.
+    let mut tcp = TcpStream::connect(server.hello_addr).unwrap();
+    tcp.write_all(b"not a hello").unwrap();
+    drop(tcp);
+    let alert = eventually(Duration::from_secs(30), "alert", || {
+        ann.get("/api/v1/alerts?acknowledged=false")
+            .json
+            .as_array()
+            .unwrap()
+            .first()
+            .cloned()
+    });
+    let alert_id = alert["id"].as_i64().unwrap();
+    let ack = ann.post(&format!("/api/v1/alerts/{alert_id}/acknowledge"), json!({}));
+    assert_eq!(ack.status, 204);
+    let acked = ann.get("/api/v1/alerts").json;
+    assert_eq!(acked[0]["acknowledged_by"], "api:ann");
+    assert!(ann
+        .get("/api/v1/alerts?acknowledged=false")
+        .json
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ann.post("/api/v1/alerts/999999/acknowledge", json!({}))
+            .status,
+        404
+    );
+
+    let plugins = ann.get("/api/v1/plugins").json;
+    assert!(plugins["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "export-csv"));
+    let dashboard = ann.get("/api/v1/dashboard").json;
+    assert_eq!(dashboard["keys"]["revoked"], 5);
+    assert_eq!(ann.get("/api/v1/devices").json["total"], 0);
+    let actions = audit_actions(&ann);
+    for action in [
+        "keys.generate",
+        "keys.export",
+        "keys.revoke",
+        "alert.acknowledge",
+        "password.set",
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(actor, a)| actor == "api:ann" && a.starts_with(action)),
+            "{action} in {actions:?}"
+        );
+    }
+}
+
+/// Reads server-sent events from the API on a thread: (event name, data) pairs.
+fn events(api: &ApiClient) -> mpsc::Receiver<(String, Value)> {
+    let (tx, rx) = mpsc::channel();
+    let url = api.url("/api/v1/events");
+    let request = api.request_for("GET", &url);
+    std::thread::spawn(move || {
+        let response = request.call().expect("event stream");
+        let mut name = String::new();
+        for line in std::io::BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let value = serde_json::from_str(data).unwrap_or(Value::Null);
+                if tx.send((name.clone(), value)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn next_event(
+    rx: &mpsc::Receiver<(String, Value)>,
+    what: &str,
+    matches: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((name, data)) if matches(&name, &data) => return data,
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    panic!("no {what} event");
+}
+
+#[test]
+fn devices_are_streamed_managed_powered_and_inventoried() {
+    let (rig, server, anon) = api_rig(1);
+    let olaf = anon.sign_in("olaf", OLAF);
+    let stream = events(&olaf);
+    std::thread::sleep(Duration::from_secs(1));
+    let sim = rig.simulate(
+        &server,
+        rig.specs(0..1, Ipv4Addr::new(127, 71, 0, 1)),
+        0.001,
+    );
+    let device = next_event(&stream, "device", |n, d| {
+        n == "device" && d["state"] == "unmanaged"
+    });
+    let uuid = device["uuid"].as_str().unwrap().to_string();
+    assert!(rig.wait_all(&sim, Duration::from_secs(60))[0].committed);
+
+    let listed = olaf.get("/api/v1/devices?state=unmanaged").json;
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["devices"][0]["uuid"], uuid.as_str());
+    assert_eq!(olaf.get("/api/v1/devices?limit=0").status, 400);
+    assert_eq!(
+        olaf.get(&format!("/api/v1/devices/{uuid}")).json["address"],
+        "127.71.0.1"
+    );
+    assert_eq!(
+        olaf.get("/api/v1/devices/00000000-0000-0000-0000-000000000000")
+            .status,
+        404
+    );
+
+    // Not managed yet: no power control.
+    let early = olaf.post(
+        &format!("/api/v1/devices/{uuid}/power"),
+        json!({"action": "status"}),
+    );
+    assert_eq!(early.status, 409, "{early:?}");
+    let unknown = olaf.post(
+        "/api/v1/devices/manage",
+        json!({"uuids": [uuid, "00000000-0000-0000-0000-000000000000"], "mode": "agentless"}),
+    );
+    assert_eq!(unknown.status, 404);
+    let moved = olaf.post(
+        "/api/v1/devices/manage",
+        json!({"uuids": [uuid], "mode": "agentless"}),
+    );
+    assert_eq!(moved.json["managed"][0], uuid.as_str(), "{moved:?}");
+    next_event(&stream, "managed device", |n, d| {
+        n == "device" && d["uuid"] == uuid.as_str() && d["management_mode"] == "agentless"
+    });
+
+    let power = |action: &str| {
+        olaf.post(
+            &format!("/api/v1/devices/{uuid}/power"),
+            json!({"action": action}),
+        )
+    };
+    assert_eq!(power("status").json["power"], "on");
+    assert_eq!(power("off").json["power"], "off");
+    assert_eq!(power("status").json["power"], "off");
+    assert_eq!(power("sideways").status, 422);
+    let inventory = olaf.post(&format!("/api/v1/devices/{uuid}/inventory"), json!({}));
+    assert_eq!(inventory.status, 200, "{inventory:?}");
+    assert!(inventory.json["amt_version"].is_string(), "{inventory:?}");
+    let detail = olaf.get(&format!("/api/v1/devices/{uuid}")).json;
+    assert!(detail["inventory"].is_object() && detail["inventory_at"].is_string());
+    // No agent deployer is configured: a clear refusal, the device stays as it is.
+    let agent = olaf.post(
+        "/api/v1/devices/manage",
+        json!({"uuids": [uuid], "mode": "agent", "profile": "lab"}),
+    );
+    assert!(
+        agent.json["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no agent deployer is configured"),
+        "{agent:?}"
+    );
+    assert_eq!(olaf.get("/api/v1/agent-profiles").json, json!([]));
+
+    let back = olaf.post("/api/v1/devices/unmanage", json!({"uuids": [uuid]}));
+    assert_eq!(back.json["unmanaged"][0], uuid.as_str());
+    next_event(&stream, "unmanaged device", |n, d| {
+        n == "device" && d["uuid"] == uuid.as_str() && d["state"] == "unmanaged"
+    });
+    let actions = audit_actions(&olaf);
+    for action in ["device.manage", "device.power", "device.unmanage"] {
+        assert!(
+            actions.contains(&("api:olaf".to_string(), action.to_string())),
+            "{action} in {actions:?}"
+        );
+    }
+
+    // A new alert reaches the stream too.
+    let mut tcp = TcpStream::connect(server.hello_addr).unwrap();
+    tcp.write_all(b"garbage hello").unwrap();
+    drop(tcp);
+    next_event(&stream, "alert", |n, _| n == "alert");
+}
