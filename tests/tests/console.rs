@@ -1,0 +1,113 @@
+//! End to end in a real browser: headless Chromium, driven through chromedriver
+//! (both installed by `scripts/install-deps.sh`), uses the console of a running
+//! `vprov serve` the way an admin does — signs in, generates a batch, watches a
+//! simulated device provision and appear in the unmanaged list without reloading,
+//! moves it to managed (agentless) and powers it off. Screenshots of each step are
+//! kept in `target/tmp/console-screenshots/`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vprov_tests::rig::Rig;
+use vprov_tests::webdriver::Browser;
+
+const PASSWORD: &str = "console-admin-pw";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn an_admin_provisions_and_manages_a_device_from_the_console() {
+    let rig = Rig::new(1, "");
+    rig.s.add_admin("ann", "admin", PASSWORD);
+    let server = rig.serve();
+    let base = format!("https://{}", server.api_addr.expect("the API is on"));
+    let shots = screenshots();
+    let browser = Browser::start();
+    let shot = |name: &str| browser.screenshot(shots.join(format!("{name}.png")));
+
+    browser.goto(&format!("{base}/"));
+    browser.find("#signin-name").send_keys("ann");
+    browser.find("#signin-password").send_keys(PASSWORD);
+    shot("1-sign-in");
+    browser.find("#signin-submit").click();
+    browser.wait_until("signed in", WAIT, |b| {
+        b.find("#whoami").text().contains("ann")
+    });
+    browser.wait_until("dashboard counts", WAIT, |b| {
+        b.find("#count-keys-available").text() == "1"
+    });
+    shot("2-dashboard");
+
+    // A new batch, generated with progress, appears in the list.
+    browser.find("a[data-page=\"batches\"]").click();
+    let count = browser.find("#generate-count");
+    count.clear();
+    count.send_keys("2500");
+    browser.find("#generate-comment").send_keys("bench 4");
+    browser.find("#generate-submit").click();
+    browser.wait_until("the new batch", WAIT, |b| {
+        b.find_all("tr[data-batch-id]").len() == 2
+    });
+    shot("3-batches");
+
+    // The device provisions while the unmanaged list is open: it appears live.
+    browser.find("a[data-page=\"unmanaged\"]").click();
+    browser.find("#page-unmanaged");
+    browser.execute("window.__sameDocument = true;", vec![]);
+    let _sim = rig.simulate(
+        &server,
+        rig.specs(0..1, Ipv4Addr::new(127, 81, 0, 1)),
+        0.001,
+    );
+    let row = browser.wait_for("#unmanaged-table tr[data-uuid]", WAIT);
+    let uuid = row.attr("data-uuid").unwrap();
+    assert_eq!(
+        browser.execute("return window.__sameDocument === true;", vec![]),
+        serde_json::Value::Bool(true),
+        "the page was reloaded"
+    );
+    assert!(row.text().contains("127.81.0.1"), "{}", row.text());
+    shot("4-unmanaged");
+
+    // Select it and move it to managed, agentless.
+    row.find("input[data-select]").click();
+    browser.find("#move-mode").select_by_value("agentless");
+    browser.find("#move-submit").click();
+    browser.wait_until("the device left the unmanaged list", WAIT, |b| {
+        b.find_all(&format!("#unmanaged-table tr[data-uuid=\"{uuid}\"]"))
+            .is_empty()
+    });
+    browser.find("a[data-page=\"managed\"]").click();
+    let managed = browser.wait_for(&format!("#managed-table tr[data-uuid=\"{uuid}\"]"), WAIT);
+    assert!(managed.text().contains("agentless"), "{}", managed.text());
+
+    // Power it off (the console asks for confirmation first).
+    browser.auto_confirm();
+    managed.find("button[data-power=\"off\"]").click();
+    browser.wait_until("power off", WAIT, |b| {
+        b.find(&format!(
+            "#managed-table tr[data-uuid=\"{uuid}\"] [data-power-state]"
+        ))
+        .text()
+            == "off"
+    });
+    shot("5-managed-off");
+
+    // The device really is off, as AMT reports it to the CLI.
+    let status = rig
+        .run_configured(&["devices", "power", &uuid, "status"])
+        .ok();
+    assert_eq!(status.trim(), "off");
+    let devices = rig.devices();
+    assert_eq!(devices[0]["management_mode"], "agentless");
+    let audit = rig.json(&["audit", "list", "--format", "json"]);
+    assert!(audit
+        .iter()
+        .any(|e| e["actor"] == "api:ann" && e["action"] == "device.power"));
+}
