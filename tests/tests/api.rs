@@ -46,7 +46,49 @@ fn audit_actions(api: &ApiClient) -> Vec<(String, String)> {
 #[test]
 fn sign_in_sessions_tokens_roles_and_the_rate_limit() {
     let (rig, _server, anon) = api_rig(3);
-    assert_eq!(anon.get("/api/v1/dashboard").status, 401);
+    // Every resource wants a signed-in caller (signing out without a session only
+    // clears the cookie).
+    assert_eq!(anon.send("DELETE", "/api/v1/session", None).status, 204);
+    for (method, path) in [
+        ("GET", "/api/v1/session"),
+        ("GET", "/api/v1/dashboard"),
+        ("GET", "/api/v1/batches"),
+        ("POST", "/api/v1/batches"),
+        ("GET", "/api/v1/generations/1"),
+        ("GET", "/api/v1/batches/1/keys"),
+        ("POST", "/api/v1/batches/1/revoke"),
+        ("GET", "/api/v1/batches/1/export?format=csv"),
+        ("POST", "/api/v1/keys/revoke"),
+        ("GET", "/api/v1/export-formats"),
+        ("GET", "/api/v1/password"),
+        ("PUT", "/api/v1/password"),
+        ("GET", "/api/v1/devices"),
+        (
+            "GET",
+            "/api/v1/devices/00000000-0000-0000-0000-000000000000",
+        ),
+        ("POST", "/api/v1/devices/manage"),
+        ("POST", "/api/v1/devices/unmanage"),
+        (
+            "POST",
+            "/api/v1/devices/00000000-0000-0000-0000-000000000000/power",
+        ),
+        (
+            "POST",
+            "/api/v1/devices/00000000-0000-0000-0000-000000000000/inventory",
+        ),
+        ("GET", "/api/v1/agent-profiles"),
+        ("GET", "/api/v1/alerts"),
+        ("POST", "/api/v1/alerts/1/acknowledge"),
+        ("GET", "/api/v1/plugins"),
+        ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/events"),
+    ] {
+        let body = (method != "GET").then(|| json!({}));
+        let answer = anon.send(method, path, body.as_ref());
+        assert_eq!(answer.status, 401, "{method} {path}: {answer:?}");
+        assert_eq!(answer.error(), "sign in first");
+    }
     let wrong = anon.post(
         "/api/v1/session",
         json!({"name": "ann", "password": "nope"}),
@@ -141,9 +183,19 @@ fn sign_in_sessions_tokens_roles_and_the_rate_limit() {
     assert!(limited.header("retry-after").is_some());
     assert_eq!(attempt("ann", ANN).status, 429);
 
-    // Signing out ends the session.
+    // Signing out ends the session; removing an account ends its tokens.
     assert_eq!(ann.send("DELETE", "/api/v1/session", None).status, 204);
     assert_eq!(ann.get("/api/v1/session").status, 401);
+    let accounts = rig.s.run(&["admin", "list", "--format", "json"]).json();
+    assert_eq!(accounts[1]["name"], "olaf");
+    assert_eq!(accounts[1]["tokens"], 1);
+    rig.s.run(&["admin", "remove", "olaf"]).ok();
+    assert_eq!(olaf.get("/api/v1/session").status, 401);
+    let err = rig
+        .s
+        .run_with_stdin(&["admin", "add", "eve", "--stdin"], "short\n")
+        .fails();
+    assert!(err.contains("at least 12 characters"), "{err}");
 
     let spec = anon.get("/api/v1/openapi.json");
     assert_eq!(spec.json["openapi"], "3.0.3");
@@ -351,6 +403,15 @@ fn devices_are_streamed_managed_powered_and_inventoried() {
 
     let listed = olaf.get("/api/v1/devices?state=unmanaged").json;
     assert_eq!(listed["total"], 1);
+    let paged = olaf.get("/api/v1/devices?limit=1&offset=1").json;
+    assert_eq!(
+        (
+            paged["total"].as_u64(),
+            paged["devices"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(olaf.get("/api/v1/devices?state=managed").json["total"], 0);
     assert_eq!(listed["devices"][0]["uuid"], uuid.as_str());
     assert_eq!(olaf.get("/api/v1/devices?limit=0").status, 400);
     assert_eq!(
@@ -430,4 +491,47 @@ fn devices_are_streamed_managed_powered_and_inventoried() {
     tcp.write_all(b"garbage hello").unwrap();
     drop(tcp);
     next_event(&stream, "alert", |n, _| n == "alert");
+}
+
+#[test]
+fn a_configured_certificate_replaces_the_ca_issued_one() {
+    let rig = Rig::new(1, "");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = rig.s.dir.path();
+    std::fs::write(dir.join("api.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("api.key"), key.serialize_pem()).unwrap();
+    let config = std::fs::read_to_string(&rig.config).unwrap()
+        + &format!(
+            "[api]\ncertificate_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("api.crt").display(),
+            dir.join("api.key").display()
+        );
+    std::fs::write(&rig.config, config).unwrap();
+    let server = rig.serve();
+    let addr = server.api_addr.unwrap();
+    // Trusting only the configured certificate works; vprov's CA no longer does.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(tls))
+        .build();
+    let answer = agent
+        .get(&format!("https://{addr}/api/v1/openapi.json"))
+        .call()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let via_ca =
+        std::panic::catch_unwind(|| ApiClient::new(&rig.s, addr).get("/api/v1/openapi.json"));
+    assert!(via_ca.is_err(), "the CA-issued certificate is still served");
 }
