@@ -125,3 +125,11 @@ pub fn sample_device(uuid: &str) -> DeviceInfo {
         management_mode: ROption::RNone,
     }
 }
+
+/// A loopback TCP port nobody listens on (bound, then let go): a server that is down.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
+use vprov_core::api::devices::{alert_json, device_json};
 use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
@@ -264,23 +265,9 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     };
     let devices = ctx.store()?.devices(&DeviceFilter { state })?;
     match format {
-        ListFormat::Json => output::json(&json!(devices
-            .iter()
-            .map(|d| json!({
-                "uuid": d.uuid,
-                "host_name": d.host_name,
-                "address": d.address,
-                "amt_version": d.amt_version,
-                "state": d.state,
-                "management_mode": d.management_mode,
-                "agent_profile": d.agent_profile,
-                "ssh_host_key": d.ssh_host_key,
-                "provisioned_pid": d.provisioned_pid,
-                "provisioned_at": output::time(d.provisioned_at),
-                "last_contact_at": d.last_contact_at.map(output::time),
-                "reachable": d.reachable,
-            }))
-            .collect::<Vec<_>>()))?,
+        ListFormat::Json => {
+            output::json(&json!(devices.iter().map(device_json).collect::<Vec<_>>()))?
+        }
         ListFormat::Table => output::table(
             &[
                 "UUID",
@@ -329,19 +316,9 @@ pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     } = cmd;
     let alerts = ctx.store()?.alerts(severity, limit)?;
     match format {
-        ListFormat::Json => output::json(&json!(alerts
-            .iter()
-            .map(|a| json!({
-                "id": a.id,
-                "at": output::time(a.at),
-                "severity": a.severity,
-                "source": a.source,
-                "message": a.message,
-                "pid": a.pid,
-                "device_uuid": a.device_uuid,
-                "address": a.address,
-            }))
-            .collect::<Vec<_>>()))?,
+        ListFormat::Json => {
+            output::json(&json!(alerts.iter().map(alert_json).collect::<Vec<_>>()))?
+        }
         ListFormat::Table => output::table(
             &[
                 "TIME", "SEVERITY", "SOURCE", "ADDRESS", "PID", "DEVICE", "MESSAGE",

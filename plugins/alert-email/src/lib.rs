@@ -320,11 +320,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_server_is_reported_back_as_an_alert() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = vprov_sdk::testing::closed_port();
         let host = FakeHost::default();
         let sink = host
             .instantiate::<AlertEmail>(

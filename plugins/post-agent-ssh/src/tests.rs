@@ -140,12 +140,7 @@ fn placeholders_expand_to_their_values() {
 #[test]
 fn an_unreachable_device_fails_at_connect_after_every_attempt() {
     let dir = files();
-    // A port nobody listens on: bind one, then let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = vprov_sdk::testing::closed_port();
     let host = FakeHost::default();
     let text = config(
         &format!("port = {port}\nattempts = 2\nretry_delay_ms = 10"),
