@@ -94,6 +94,13 @@ pub enum RevokeOutcome {
     },
 }
 
+/// Pairs per INSERT statement while generating a batch.
+const ROWS_PER_INSERT: usize = 64;
+/// SQLite's page cache while a batch is generated (enough for the PID index of about
+/// 1,500,000 keys), and otherwise (SQLite's default), in KiB.
+const GENERATION_CACHE_KIB: i64 = 32 * 1024;
+const DEFAULT_CACHE_KIB: i64 = 2000;
+
 fn pps_context(pid: &Pid) -> String {
     format!("pps:{}", pid.as_str())
 }
@@ -115,6 +122,26 @@ impl Store {
     ) -> Result<BatchSummary, StoreError> {
         let key = self.key.clone();
         let now = now_ms();
+        // A page cache that holds the whole PID index (about 20 bytes a key) while
+        // the batch goes in: random PIDs touch index pages all over, and a page
+        // spilled to the log early is written again each time it changes.
+        self.conn
+            .pragma_update(None, "cache_size", -GENERATION_CACHE_KIB)?;
+        let result = self.insert_batch(count, comment, actor, now, &key, &mut progress);
+        self.conn
+            .pragma_update(None, "cache_size", -DEFAULT_CACHE_KIB)?;
+        result
+    }
+
+    fn insert_batch(
+        &mut self,
+        count: u32,
+        comment: Option<&str>,
+        actor: &str,
+        now: i64,
+        key: &crate::secrets::MasterKey,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<BatchSummary, StoreError> {
         let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO key_batches (created_at, comment, size) VALUES (?1, ?2, ?3)",
@@ -122,21 +149,48 @@ impl Store {
         )?;
         let batch_id = tx.last_insert_rowid();
         {
-            let mut insert = tx.prepare(
-                "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pid) DO NOTHING",
-            )?;
+            // Rows go in INSERTs of up to ROWS_PER_INSERT pairs: one statement per
+            // row would spend most of the time in SQLite's per-statement overhead.
+            let insert_sql = |rows: usize| {
+                let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
+                format!(
+                    "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
+                     VALUES {values} ON CONFLICT (pid) DO NOTHING"
+                )
+            };
+            let mut full = tx.prepare(&insert_sql(ROWS_PER_INSERT))?;
             let mut generator = KeyGenerator::default();
             let mut stored = 0u64;
+            let mut reported = 0u64;
+            let mut rows: Vec<(String, Vec<u8>)> = Vec::with_capacity(ROWS_PER_INSERT);
             while stored < u64::from(count) {
-                let pair = generator.pair();
-                let sealed = key.seal(&pps_context(&pair.pid), pair.pps.expose_bytes());
-                // A PID already issued (in any batch, any state) is drawn again.
-                if insert.execute(params![pair.pid.as_str(), batch_id, sealed, now])? == 1 {
-                    stored += 1;
-                    if stored % 1024 == 0 {
-                        progress(stored);
-                    }
+                let want = (u64::from(count) - stored).min(ROWS_PER_INSERT as u64) as usize;
+                rows.clear();
+                for _ in 0..want {
+                    let pair = generator.pair();
+                    let sealed = key.seal(&pps_context(&pair.pid), pair.pps.expose_bytes());
+                    rows.push((pair.pid.as_str().to_string(), sealed));
+                }
+                let values = rows.iter().flat_map(|(pid, sealed)| {
+                    [
+                        rusqlite::types::ToSqlOutput::from(pid.as_str()),
+                        rusqlite::types::ToSqlOutput::from(batch_id),
+                        rusqlite::types::ToSqlOutput::from(sealed.as_slice()),
+                        rusqlite::types::ToSqlOutput::from(now),
+                    ]
+                });
+                // A PID already issued (in any batch, any state) is skipped and drawn
+                // again in the next round.
+                let inserted = if want == ROWS_PER_INSERT {
+                    full.execute(rusqlite::params_from_iter(values))?
+                } else {
+                    tx.prepare_cached(&insert_sql(want))?
+                        .execute(rusqlite::params_from_iter(values))?
+                };
+                stored += inserted as u64;
+                if stored - reported >= 1024 {
+                    reported = stored;
+                    progress(stored);
                 }
             }
             progress(stored);

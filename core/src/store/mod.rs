@@ -244,6 +244,9 @@ impl Store {
         store.conn.pragma_update(None, "synchronous", "FULL")?;
         // Enforce the REFERENCES clauses of the schema.
         store.conn.pragma_update(None, "foreign_keys", true)?;
+        // Statement journals (one per multi-row INSERT) and temporary indexes stay in
+        // memory: they are small, and a temporary file costs a write per page.
+        store.conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut store.conn).map_err(not_db)?;
         if is_new {
             store.verify_key()?;
