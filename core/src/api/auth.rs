@@ -28,6 +28,8 @@ pub const CONSOLE_HEADER: &str = "x-vprov-console";
 /// Failed sign-ins allowed per account name or client address within the window.
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Account names and addresses whose failures are remembered at most.
+const MAX_TRACKED: usize = 10_000;
 
 /// The client's address, put on each request by the connection.
 #[derive(Debug, Clone, Copy)]
@@ -144,8 +146,24 @@ impl SignInLimiter {
 
     fn failed(&self, name: &str, ip: IpAddr) {
         let mut failures = self.failures.lock().expect("limiter lock");
+        let now = Instant::now();
+        if failures.len() >= MAX_TRACKED {
+            // Someone is spraying names or addresses: forget what has aged out, and
+            // if that is not enough, everything (memory stays bounded).
+            failures.retain(|_, times| {
+                times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+                !times.is_empty()
+            });
+            if failures.len() >= MAX_TRACKED {
+                failures.clear();
+            }
+        }
         for key in Self::keys(name, ip) {
-            failures.entry(key).or_default().push(Instant::now());
+            let times = failures.entry(key).or_default();
+            times.push(now);
+            if times.len() > MAX_FAILURES {
+                times.remove(0);
+            }
         }
     }
 
@@ -278,6 +296,16 @@ mod tests {
         assert!(limiter.blocked("ann", other).is_some());
         assert!(limiter.blocked("bob", ip).is_some());
         assert_eq!(limiter.blocked("bob", other), None);
+    }
+
+    #[test]
+    fn sprayed_names_cost_bounded_memory() {
+        let limiter = SignInLimiter::default();
+        for i in 0..(3 * MAX_TRACKED) {
+            let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            limiter.failed(&format!("user{i}"), ip);
+        }
+        assert!(limiter.failures.lock().unwrap().len() <= MAX_TRACKED + 2);
     }
 
     #[test]

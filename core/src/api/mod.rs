@@ -269,6 +269,9 @@ async fn console_style() -> impl IntoResponse {
     )
 }
 
+/// Connections the API serves at once.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -283,9 +286,16 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(state.clone());
+    // Connections served at once (event streams stay open); more wait in the
+    // kernel's queue.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let poller = tokio::spawn(events::watch_store(state.clone(), stop.clone()));
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stopped(&mut stop) => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -301,6 +311,7 @@ pub async fn serve(
         let app = app.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {
