@@ -32,11 +32,17 @@ pub fn check_name(name: &str) -> Result<(), AccountError> {
     ok.then_some(()).ok_or(AccountError::BadName)
 }
 
-/// A salted argon2id hash (PHC string) of `password`.
-pub fn hash_password(password: &str) -> Result<String, AccountError> {
+/// Checks an admin password against the rules (its length).
+pub fn check_password(password: &str) -> Result<(), AccountError> {
     if password.chars().count() < MIN_PASSWORD {
         return Err(AccountError::TooShort);
     }
+    Ok(())
+}
+
+/// A salted argon2id hash (PHC string) of `password`.
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    check_password(password)?;
     let salt = SaltString::generate(&mut OsRng);
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)

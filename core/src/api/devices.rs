@@ -13,7 +13,8 @@ use super::keys::time;
 use super::{ApiError, ApiResult, State};
 use crate::management::{power_state_name, ManagedDevice, PowerAction};
 use crate::store::{
-    AlertFilter, AlertRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode, Severity,
+    AlertFilter, AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
+    Severity,
 };
 
 /// A device as the API shows it (no credentials).
@@ -46,6 +47,16 @@ pub fn alert_json(a: &AlertRecord) -> Value {
         "address": a.address,
         "acknowledged_at": a.acknowledged_at.map(time),
         "acknowledged_by": a.acknowledged_by,
+    })
+}
+
+pub fn audit_json(e: &AuditRecord) -> Value {
+    json!({
+        "id": e.id,
+        "at": time(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "detail": e.detail,
     })
 }
 
@@ -341,18 +352,5 @@ pub async fn audit(
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.clamp(1, 10_000);
     let entries = state.store(move |s| s.audit_log(limit)).await?;
-    Ok(Json(Value::Array(
-        entries
-            .iter()
-            .map(|e| {
-                json!({
-                    "id": e.id,
-                    "at": time(e.at),
-                    "actor": e.actor,
-                    "action": e.action,
-                    "detail": e.detail,
-                })
-            })
-            .collect(),
-    )))
+    Ok(Json(Value::Array(entries.iter().map(audit_json).collect())))
 }

@@ -1,17 +1,16 @@
 //! `vprov admin …`: the admin API's accounts and bearer tokens, and `vprov ca export`:
 //! vprov's CA certificate for browsers and scripts that talk to the API.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use vprov_core::accounts;
 use vprov_core::store::{CredentialKind, Role};
-use zeroize::Zeroizing;
 
 use super::output::{self, ListFormat};
-use super::{actor, Context};
+use super::{actor, input, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -70,14 +69,11 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         AdminCommand::Add { name, role, stdin } => {
             accounts::check_name(&name)?;
             let password = if stdin {
-                let mut line = Zeroizing::new(String::new());
-                io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .context("reading the password from standard input")?;
-                Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string())
+                input::secret_line("the password")?
             } else {
-                prompt()?
+                input::secret_twice("Password: ", |p| {
+                    accounts::check_password(p).map_err(Into::into)
+                })?
             };
             let hash = accounts::hash_password(&password)?;
             ctx.store()?.add_admin(&name, &hash, role, &actor())?;
@@ -133,20 +129,6 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn prompt() -> anyhow::Result<Zeroizing<String>> {
-    if !io::stdin().is_terminal() {
-        bail!("no terminal to prompt on: pass the password on standard input with --stdin");
-    }
-    let first =
-        Zeroizing::new(rpassword::prompt_password("Password: ").context("reading password")?);
-    let second =
-        Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading password")?);
-    if first != second {
-        bail!("the two entries differ; nothing was changed");
-    }
-    Ok(first)
 }
 
 pub fn ca(cmd: CaCommand, ctx: &Context) -> anyhow::Result<ExitCode> {

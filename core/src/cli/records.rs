@@ -1,12 +1,11 @@
 //! `vprov password …`, `vprov devices …`, `vprov alerts …` and `vprov audit …`.
 
-use std::io::{self, BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::api::devices::{alert_json, device_json};
+use vprov_core::api::devices::{alert_json, audit_json, device_json};
 use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
@@ -14,7 +13,7 @@ use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, ListFormat};
-use super::{actor, Context};
+use super::{actor, input, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum PasswordCommand {
@@ -199,29 +198,15 @@ pub fn password(cmd: PasswordCommand, ctx: &Context) -> anyhow::Result<ExitCode>
 }
 
 fn read_password_line() -> anyhow::Result<ProvisioningPassword> {
-    let mut line = Zeroizing::new(String::new());
-    io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let trimmed = line.trim_end_matches(['\n', '\r']);
-    Ok(ProvisioningPassword::new(trimmed)?)
+    let line = input::secret_line("the password")?;
+    Ok(ProvisioningPassword::new(&line)?)
 }
 
 fn prompt_password() -> anyhow::Result<ProvisioningPassword> {
-    if !io::stdin().is_terminal() {
-        bail!("no terminal to prompt on: pass the password on standard input with --stdin");
-    }
-    let first = Zeroizing::new(
-        rpassword::prompt_password("New provisioning password: ").context("reading password")?,
-    );
-    let password = ProvisioningPassword::new(&first)?;
-    let second =
-        Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading password")?);
-    if first != second {
-        bail!("the two entries differ; nothing was changed");
-    }
-    Ok(password)
+    let typed = input::secret_twice("New provisioning password: ", |p| {
+        ProvisioningPassword::new(p).map(drop).map_err(Into::into)
+    })?;
+    Ok(ProvisioningPassword::new(&typed)?)
 }
 
 pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
@@ -346,16 +331,9 @@ pub fn audit(cmd: AuditCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     let AuditCommand::List { limit, format } = cmd;
     let entries = ctx.store()?.audit_log(limit)?;
     match format {
-        ListFormat::Json => output::json(&json!(entries
-            .iter()
-            .map(|e| json!({
-                "id": e.id,
-                "at": output::time(e.at),
-                "actor": e.actor,
-                "action": e.action,
-                "detail": e.detail,
-            }))
-            .collect::<Vec<_>>()))?,
+        ListFormat::Json => {
+            output::json(&json!(entries.iter().map(audit_json).collect::<Vec<_>>()))?
+        }
         ListFormat::Table => output::table(
             &["TIME", "ACTOR", "ACTION", "DETAIL"],
             &entries
@@ -485,12 +463,7 @@ fn print_inventory(inv: &Inventory, at: i64) {
 /// `devices password`: intent (sealed) first, then the device, then the record.
 fn change_device_password(ctx: &Context, uuid: &str, from_stdin: bool) -> anyhow::Result<ExitCode> {
     let new = if from_stdin {
-        let mut line = Zeroizing::new(String::new());
-        io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("reading the new password from standard input")?;
-        ProvisioningPassword::new(line.trim_end_matches(['\r', '\n']))?
+        ProvisioningPassword::new(&input::secret_line("the new password")?)?
     } else {
         vprov_core::password::generate()
     };

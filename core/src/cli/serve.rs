@@ -109,7 +109,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let mut store = ctx.store()?;
     // The CA exists before anything listens: clients fetch it (`vprov ca export`) to
     // trust the admin API as soon as the listening lines are printed.
-    vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
+    let ca = vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
         .context("loading or creating vprov's certificate authority")?;
     if !store.password_status()?.set {
         tracing::warn!(
@@ -140,7 +140,15 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         std::io::stdout().flush()?;
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
-        server::run(store, listener, api_listener, settings, shutdown_signal()).await?;
+        server::run(
+            store,
+            ca,
+            listener,
+            api_listener,
+            settings,
+            shutdown_signal(),
+        )
+        .await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     });

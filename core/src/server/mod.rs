@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::ca::{CaError, CertificateAuthority};
+use crate::ca::CertificateAuthority;
 use crate::plugins::sinks::AlertSinks;
 use crate::plugins::{HostSettings, PluginHost, ServerLink};
 use crate::store::Store;
@@ -46,22 +46,22 @@ pub struct ServerSettings {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot load or create vprov's certificate authority: {0}")]
-    Ca(#[from] CaError),
     #[error("cannot offer the admin API over TLS: {0}")]
     ApiTls(#[from] crate::api::tls::ApiTlsError),
 }
 
 /// Runs the server on an already-bound hello listener (and admin API listener, when
 /// the API is on) until `shutdown` resolves.
+/// `ca` is vprov's CA as [`CertificateAuthority::load_or_create`] gives it.
 pub async fn run(
-    mut store: Store,
+    store: Store,
+    ca: CertificateAuthority,
     listener: TcpListener,
     api_listener: Option<TcpListener>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let ca = Arc::new(CertificateAuthority::load_or_create(&mut store)?);
+    let ca = Arc::new(ca);
     let api_tls = match (&settings.api, &api_listener) {
         (Some(api), Some(l)) => Some(crate::api::tls::server_config(
             api.certificate
