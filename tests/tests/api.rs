@@ -210,6 +210,18 @@ fn keys_exports_the_password_alerts_plugins_and_audit() {
 
     let bad = ann.post("/api/v1/batches", json!({"count": 0}));
     assert_eq!(bad.status, 422, "{bad:?}");
+    // Malformed bodies, queries and paths are answered like every other error.
+    for (answer, needle) in [
+        (
+            ann.post("/api/v1/batches", json!({"count": "many"})),
+            "count",
+        ),
+        (ann.get("/api/v1/devices?state=lost"), "state"),
+        (ann.get("/api/v1/generations/first"), "first"),
+    ] {
+        assert!((400..500).contains(&answer.status), "{answer:?}");
+        assert!(answer.error().contains(needle), "{answer:?}");
+    }
     let started = ann.post("/api/v1/batches", json!({"count": 5, "comment": "site B"}));
     assert_eq!(started.status, 202, "{started:?}");
     let id = started.json["generation"].as_u64().unwrap();

@@ -16,7 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiResult, ApiState, State};
+use super::{ApiError, ApiResult, ApiState, Body, State};
 use crate::accounts;
 use crate::store::{CredentialKind, Role};
 
@@ -188,7 +188,7 @@ fn session_cookie(value: &str, max_age: u64) -> String {
 pub async fn sign_in(
     state: State,
     axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    Json(body): Json<SignIn>,
+    Body(body): Body<SignIn>,
 ) -> ApiResult<Response> {
     let ip = peer.ip();
     if let Some(wait) = state.limiter.blocked(&body.name, ip) {

@@ -2,7 +2,6 @@
 //! over the admin API. Talking to a device (power, inventory) runs on a blocking
 //! thread with a store connection of its own, exactly as `vprov devices …` does.
 
-use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -10,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::keys::time;
-use super::{ApiError, ApiResult, State};
+use super::{ApiError, ApiResult, Body, Params, Segment, State};
 use crate::management::{power_state_name, ManagedDevice, PowerAction};
 use crate::store::{
     AlertFilter, AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
@@ -105,7 +104,7 @@ fn default_limit() -> usize {
 pub async fn list(
     state: State,
     _caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     if !(1..=1000).contains(&q.limit) {
         return Err(ApiError::bad_request("limit must be 1 to 1000"));
@@ -129,7 +128,7 @@ fn canonical(uuid: &str) -> String {
 pub async fn detail(
     state: State,
     _caller: Caller,
-    Path(uuid): Path<String>,
+    Segment(uuid): Segment<String>,
 ) -> ApiResult<Json<Value>> {
     let uuid = canonical(&uuid);
     let u = uuid.clone();
@@ -159,7 +158,7 @@ pub struct ManageRequest {
 pub async fn manage(
     state: State,
     caller: Caller,
-    Json(body): Json<ManageRequest>,
+    Body(body): Body<ManageRequest>,
 ) -> ApiResult<Json<Value>> {
     let uuids: Vec<String> = body.uuids.iter().map(|u| canonical(u)).collect();
     if uuids.is_empty() {
@@ -229,7 +228,7 @@ pub struct Uuids {
 pub async fn unmanage(
     state: State,
     caller: Caller,
-    Json(body): Json<Uuids>,
+    Body(body): Body<Uuids>,
 ) -> ApiResult<Json<Value>> {
     let uuids: Vec<String> = body.uuids.iter().map(|u| canonical(u)).collect();
     let (u, actor) = (uuids.clone(), caller.actor());
@@ -252,8 +251,8 @@ pub struct PowerRequest {
 pub async fn power(
     state: State,
     caller: Caller,
-    Path(uuid): Path<String>,
-    Json(body): Json<PowerRequest>,
+    Segment(uuid): Segment<String>,
+    Body(body): Body<PowerRequest>,
 ) -> ApiResult<Json<Value>> {
     let reach = state.settings.reach;
     let actor = caller.actor();
@@ -269,7 +268,7 @@ pub async fn power(
 pub async fn inventory(
     state: State,
     _caller: Caller,
-    Path(uuid): Path<String>,
+    Segment(uuid): Segment<String>,
 ) -> ApiResult<Json<Value>> {
     let reach = state.settings.reach;
     let inventory = state
@@ -300,7 +299,7 @@ fn default_alerts() -> u32 {
 pub async fn alerts(
     state: State,
     _caller: Caller,
-    Query(q): Query<AlertsQuery>,
+    Params(q): Params<AlertsQuery>,
 ) -> ApiResult<Json<Value>> {
     let filter = AlertFilter {
         min_severity: q.severity,
@@ -316,7 +315,7 @@ pub async fn alerts(
 pub async fn acknowledge(
     state: State,
     caller: Caller,
-    Path(id): Path<i64>,
+    Segment(id): Segment<i64>,
 ) -> ApiResult<StatusCode> {
     let actor = caller.actor();
     if state
@@ -348,7 +347,7 @@ pub struct AuditQuery {
 pub async fn audit(
     state: State,
     _caller: Caller,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.clamp(1, 10_000);
     let entries = state.store(move |s| s.audit_log(limit)).await?;

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::{ApiError, ApiResult, State};
+use super::{ApiError, ApiResult, Body, Params, Segment, State};
 use crate::keys::Pid;
 use crate::password::ProvisioningPassword;
 use crate::plugins::export;
@@ -77,7 +76,7 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 pub async fn generate(
     state: State,
     caller: Caller,
-    Json(body): Json<GenerateRequest>,
+    Body(body): Body<GenerateRequest>,
 ) -> ApiResult<Response> {
     if !(1..=crate::keys::MAX_BATCH).contains(&body.count) {
         return Err(ApiError::new(
@@ -139,7 +138,7 @@ pub async fn generate(
 pub async fn generation(
     state: State,
     _caller: Caller,
-    Path(id): Path<u64>,
+    Segment(id): Segment<u64>,
 ) -> ApiResult<Json<Generation>> {
     let generations = state.generations.lock().expect("generations lock");
     generations
@@ -173,8 +172,8 @@ fn key_json(k: &KeyRecord) -> Value {
 pub async fn batch_keys(
     state: State,
     caller: Caller,
-    Path(batch): Path<i64>,
-    Query(q): Query<KeysQuery>,
+    Segment(batch): Segment<i64>,
+    Params(q): Params<KeysQuery>,
 ) -> ApiResult<Json<Value>> {
     if q.reveal {
         caller.require_admin("reveal PPSs")?;
@@ -217,7 +216,7 @@ pub async fn batch_keys(
 pub async fn revoke_batch(
     state: State,
     caller: Caller,
-    Path(batch): Path<i64>,
+    Segment(batch): Segment<i64>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller.actor();
     let revoked = state.store(move |s| s.revoke_batch(batch, &actor)).await?;
@@ -234,7 +233,7 @@ pub struct RevokeKeys {
 pub async fn revoke_keys(
     state: State,
     caller: Caller,
-    Json(body): Json<RevokeKeys>,
+    Body(body): Body<RevokeKeys>,
 ) -> ApiResult<Json<Value>> {
     let pids = body
         .pids
@@ -285,8 +284,8 @@ impl From<export::ExportError> for ApiError {
 pub async fn export(
     state: State,
     caller: Caller,
-    Path(batch): Path<i64>,
-    Query(query): Query<Vec<(String, String)>>,
+    Segment(batch): Segment<i64>,
+    Params(query): Params<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
     caller.require_admin("export keys (exports carry PPSs)")?;
     let mut format = None;
@@ -367,7 +366,7 @@ pub struct SetPassword {
 pub async fn set_password(
     state: State,
     caller: Caller,
-    Json(body): Json<SetPassword>,
+    Body(body): Body<SetPassword>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin("change the provisioning password")?;
     let typed = zeroize::Zeroizing::new(body.password);
