@@ -24,7 +24,6 @@ mod records;
 pub mod schema;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +47,6 @@ pub const DB_FILE: &str = "vprov.db";
 /// File name of the default master key file inside the data directory.
 pub const KEY_FILE: &str = "master.key";
 
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const KEY_CHECK_CONTEXT: &str = "meta:key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vprov master key check v1";
 
@@ -171,7 +169,7 @@ impl Store {
             source,
         })?;
         let db_path = dir.join(DB_FILE);
-        let existed = check_file_header(&db_path)?;
+        let existed = database_exists(&db_path)?;
         if !existed {
             // Created here with mode 0600 so that SQLite (which gives its -wal and
             // -shm files the database's mode) never makes the store world-readable.
@@ -307,41 +305,36 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// Creates an empty file with mode 0600 unless it exists already.
+/// Creates an empty file with mode 0600 unless it exists already. An existing file is
+/// never opened (see [`database_exists`] for why).
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map(drop)
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
-/// `Ok(true)` if `path` holds an SQLite database, `Ok(false)` if it is missing or
-/// empty, an error if it holds anything else.
-fn check_file_header(path: &Path) -> Result<bool, StoreError> {
-    let mut file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(StoreError::DataDir {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let mut header = Vec::with_capacity(16);
-    file.by_ref()
-        .take(16)
-        .read_to_end(&mut header)
-        .map_err(|source| StoreError::DataDir {
+/// `Ok(true)` if `path` exists with content, `Ok(false)` if it is missing or empty.
+///
+/// Only `stat` is used: the file is never opened outside SQLite. POSIX drops every
+/// fcntl lock a process holds on a file when *any* descriptor of it is closed, so a
+/// second `Store::open` inside a process that already has a connection (the server's
+/// store thread) would silently strip that connection's SQLite locks, and another
+/// process could then checkpoint and delete the WAL under it. SQLite itself checks the
+/// 16-byte magic of a non-empty file (`SQLITE_NOTADB`), which [`Store::open`] reports as
+/// [`StoreError::NotADatabase`] before anything is written.
+fn database_exists(path: &Path) -> Result<bool, StoreError> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.len() > 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::DataDir {
             path: path.to_path_buf(),
             source,
-        })?;
-    match header.len() {
-        0 => Ok(false),
-        _ if header.as_slice() == SQLITE_MAGIC => Ok(true),
-        _ => Err(StoreError::NotADatabase {
-            path: path.to_path_buf(),
         }),
     }
 }

@@ -306,3 +306,52 @@ fn an_unusable_data_dir_is_a_clear_error() {
     let err = Store::open(&StoreOptions::new(file.join("data"))).unwrap_err();
     assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
 }
+
+/// The fcntl locks this process holds on `path`, as listed in `/proc/locks`.
+#[cfg(target_os = "linux")]
+fn own_locks_on(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::metadata(path).unwrap().ino();
+    let pid = std::process::id().to_string();
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // "1: POSIX  ADVISORY  READ 1234 08:01:5678 128 128"
+            let (Some(p), Some(dev_inode)) = (fields.get(4), fields.get(5)) else {
+                return false;
+            };
+            *p == pid && dev_inode.rsplit(':').next() == Some(inode.to_string().as_str())
+        })
+        .count()
+}
+
+/// A second `Store::open` in a process (the API's key generation beside the server's
+/// store thread) must leave the first connection's SQLite locks alone: POSIX drops a
+/// process's fcntl locks on a file when any descriptor of it is closed, and without
+/// them another process's last close deletes the WAL the server still writes to.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_second_open_in_the_process_keeps_the_first_connections_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = open(dir.path());
+    server.generate_batch(1, None, "t", |_| {}).unwrap();
+    let db = dir.path().join(DB_FILE);
+    let held = own_locks_on(&db);
+    assert!(
+        held > 0,
+        "a WAL connection holds a shared lock on the database"
+    );
+    for _ in 0..3 {
+        drop(open(dir.path()));
+        assert_eq!(
+            own_locks_on(&db),
+            held,
+            "opening the store again dropped the open connection's locks"
+        );
+    }
+    // The first connection still writes where every other connection reads.
+    server.generate_batch(2, None, "u", |_| {}).unwrap();
+    assert_eq!(open(dir.path()).batches().unwrap().len(), 2);
+}
