@@ -222,12 +222,21 @@ impl AmtSession {
             .await?;
         let mut context = wsman::parse_enumerate_response(&xml)?;
         let mut items = Vec::new();
+        let mut kept = 0usize;
         for _ in 0..MAX_PULLS {
             let id = self.next_id();
             let xml = self
                 .send(wsman::pull_request(class_uri, id, &context), step)
                 .await?;
             let page = wsman::parse_pull_response(&xml)?;
+            drop(xml);
+            kept += page.items.iter().map(Element::element_count).sum::<usize>();
+            if kept > wsman::MAX_ELEMENTS {
+                return Err(DeviceError::Malformed(format!(
+                    "enumeration returned more than {} XML elements",
+                    wsman::MAX_ELEMENTS
+                )));
+            }
             items.extend(page.items);
             match page.next {
                 Some(next) => context = next,

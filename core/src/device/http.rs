@@ -27,8 +27,10 @@ use zeroize::Zeroizing;
 
 use super::{DeviceError, DeviceTimeouts};
 
-/// Largest reply body accepted from a device.
-pub(crate) const MAX_BODY: usize = 1024 * 1024;
+/// Largest reply body accepted from a device. Real firmware keeps envelopes under the
+/// 153,600-byte `MaxEnvelopeSize` MeshCentral asks for; with 256 jobs in flight this
+/// bounds the reply buffers of hostile devices to 64 MiB.
+pub(crate) const MAX_BODY: usize = 256 * 1024;
 /// The WS-Management endpoint.
 const WSMAN_PATH: &str = "/wsman";
 const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";

@@ -411,6 +411,51 @@ mod tests {
         device.join().expect("device script");
     }
 
+    /// An enumeration whose pages each pass the per-reply limits still cannot make a
+    /// job keep more than [`wsman::MAX_ELEMENTS`] elements (a hostile device's 64
+    /// large pages used to be kept whole).
+    #[tokio::test]
+    async fn an_endless_enumeration_is_cut_at_the_element_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
+        let device = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().expect("accept");
+            let mut s = Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
+            let ns = ["a", "b", "c", "g"];
+            read_request(&mut s);
+            chunked_ok(
+                &mut s,
+                &reply(ns, "", "EnumerateResponse", "<g:EnumerateResponse><g:EnumerationContext>c1</g:EnumerationContext></g:EnumerateResponse>"),
+            );
+            // 1,365 elements a page: the fourth page crosses the 4,096 budget.
+            let items = "<h:X xmlns:h=\"urn:x\"/>".repeat(wsman::MAX_ELEMENTS / 3);
+            for _ in 0..4 {
+                read_request(&mut s);
+                chunked_ok(
+                    &mut s,
+                    &reply(ns, "", "PullResponse", &format!("<g:PullResponse><g:EnumerationContext>c1</g:EnumerationContext><g:Items>{items}</g:Items></g:PullResponse>")),
+                );
+            }
+        });
+        let t = DeviceTimeouts {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(3),
+        };
+        let mut session = AmtSession::connect_psk(addr, &pid(), &pps(), "admin", OLD_PASSWORD, t)
+            .await
+            .expect("session");
+        let err = session.amt_version().await.expect_err("budget");
+        assert!(
+            matches!(&err, DeviceError::Malformed(m) if m.contains("more than")),
+            "{err:?}"
+        );
+        drop(session);
+        device
+            .join()
+            .expect("device script: four pulls, then the job gave up");
+    }
+
     #[tokio::test]
     async fn stalled_reply_times_out() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

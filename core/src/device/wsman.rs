@@ -210,20 +210,18 @@ pub(crate) struct Element {
 }
 
 impl Element {
-    fn from_node(node: Node<'_, '_>, depth: usize) -> Result<Element, DeviceError> {
-        if depth > MAX_DEPTH {
-            return Err(DeviceError::Malformed("XML nested too deeply".into()));
-        }
+    /// Copies a parsed node; its depth was bounded by [`check_shape`] before parsing.
+    fn from_node(node: Node<'_, '_>) -> Element {
         let mut children = Vec::new();
         let mut text = String::new();
         for child in node.children() {
             if child.is_element() {
-                children.push(Element::from_node(child, depth + 1)?);
+                children.push(Element::from_node(child));
             } else if child.is_text() {
                 text.push_str(child.text().unwrap_or_default());
             }
         }
-        Ok(Element {
+        Element {
             ns: node.tag_name().namespace().unwrap_or_default().to_string(),
             name: node.tag_name().name().to_string(),
             attrs: node
@@ -242,7 +240,16 @@ impl Element {
                 String::new()
             },
             children,
-        })
+        }
+    }
+
+    /// How many elements this one holds, itself included.
+    pub(crate) fn element_count(&self) -> usize {
+        1 + self
+            .children
+            .iter()
+            .map(Element::element_count)
+            .sum::<usize>()
     }
 
     /// The first child in this element's namespace named `name`.
@@ -355,10 +362,59 @@ impl Element {
     }
 }
 
+/// Most elements accepted in one reply, and kept from one enumeration. A real Pull
+/// page (AMT's envelopes stay under MeshCentral's `MaxEnvelopeSize` of 153,600
+/// bytes) holds a few hundred; an owned [`Element`] costs ~200 bytes, so this bounds
+/// what one job keeps from a hostile device to about 1 MB.
+pub(crate) const MAX_ELEMENTS: usize = 4096;
+/// Most XML nodes (elements, attributes' text, text) roxmltree may build for a reply.
+const MAX_NODES: u32 = 4 * MAX_ELEMENTS as u32;
+
+/// Refuses XML nested deeper than [`MAX_DEPTH`] or holding more than [`MAX_ELEMENTS`]
+/// elements, with a streaming pass that builds no tree. roxmltree parses
+/// recursively, so a reply of a few thousand nested elements would overflow a
+/// worker's stack *before* any check on the tree could run: every parser of device
+/// input calls this first.
+pub(crate) fn check_shape(xml: &str) -> Result<(), DeviceError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    loop {
+        let event = reader.read_event();
+        if matches!(event, Ok(Event::Start(_) | Event::Empty(_))) {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(DeviceError::Malformed(format!(
+                    "reply holds more than {MAX_ELEMENTS} XML elements"
+                )));
+            }
+        }
+        match event {
+            Ok(Event::Start(_)) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(DeviceError::Malformed("XML nested too deeply".into()));
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            // Malformed XML is roxmltree's to report, with its position.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 /// Parses a reply body and returns the element children of `s:Body`, after turning a
 /// SOAP fault into [`DeviceError::Fault`].
 pub(crate) fn reply_body(xml: &str) -> Result<Vec<Element>, DeviceError> {
-    let doc = Document::parse(xml)
+    check_shape(xml)?;
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+    };
+    let doc = Document::parse_with_options(xml, options)
         .map_err(|e| DeviceError::Malformed(format!("reply is not XML: {e}")))?;
     let root = doc.root_element();
     if !is(root, NS_SOAP, "Envelope") {
@@ -373,10 +429,11 @@ pub(crate) fn reply_body(xml: &str) -> Result<Vec<Element>, DeviceError> {
     if let Some(fault) = body.children().find(|n| is(*n, NS_SOAP, "Fault")) {
         return Err(fault_error(fault));
     }
-    body.children()
+    Ok(body
+        .children()
         .filter(Node::is_element)
-        .map(|n| Element::from_node(n, 0))
-        .collect()
+        .map(Element::from_node)
+        .collect())
 }
 
 /// Whether a reply body is a SOAP fault; `Some` carries the fault.
@@ -459,8 +516,10 @@ pub(crate) fn parse_pull_response(xml: &str) -> Result<PullPage, DeviceError> {
         .filter(|c| !end && !c.is_empty())
         .map(str::to_string);
     let items = response
-        .child("Items")
-        .map(|i| i.children.clone())
+        .children
+        .into_iter()
+        .find(|c| c.ns == NS_ENUMERATION && c.name == "Items")
+        .map(|i| i.children)
         .unwrap_or_default();
     Ok(PullPage { items, next })
 }
@@ -777,6 +836,41 @@ pub(crate) mod tests {
             "</x>".repeat(100)
         );
         assert!(matches!(reply_body(&deep), Err(DeviceError::Malformed(_))));
+    }
+
+    /// A hostile device's reply nested far deeper than a thread's stack could parse
+    /// recursively is refused before any tree is built (it used to abort the server).
+    #[test]
+    fn a_reply_nested_beyond_any_stack_is_refused_without_a_tree() {
+        let levels = 200_000;
+        let deep = format!(
+            "<a:Envelope xmlns:a=\"{NS_SOAP}\"><a:Body>{}{}</a:Body></a:Envelope>",
+            "<x>".repeat(levels),
+            "</x>".repeat(levels)
+        );
+        // A small stack, like a busy tokio worker's remaining one.
+        let outcome = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || matches!(reply_body(&deep), Err(DeviceError::Malformed(_))))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(outcome);
+        // Wide instead of deep: more elements than a job may keep from one reply.
+        let wide = format!(
+            "<a:Envelope xmlns:a=\"{NS_SOAP}\"><a:Body>{}</a:Body></a:Envelope>",
+            "<x/>".repeat(MAX_ELEMENTS + 1)
+        );
+        assert!(matches!(reply_body(&wide), Err(DeviceError::Malformed(m)) if m.contains("4096")));
+        // Unclosed nesting too (no end tags at all).
+        let open_only = format!(
+            "<a:Envelope xmlns:a=\"{NS_SOAP}\"><a:Body>{}",
+            "<x>".repeat(levels)
+        );
+        assert!(matches!(
+            reply_body(&open_only),
+            Err(DeviceError::Malformed(_))
+        ));
     }
 
     #[test]
