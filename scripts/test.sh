@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # The end-to-end tests run the `vprov` binary, so build every target first.
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked
+# --no-fail-fast: every test binary runs and every failing one is reported (the exit
+# status is still non-zero when any test failed).
+cargo test --workspace --locked --no-fail-fast

@@ -246,13 +246,17 @@ fn keys_exports_the_password_alerts_plugins_and_audit() {
         (Some(5), Some("site B"))
     );
 
-    // Export through the plugin, as a download.
-    let formats = ann.get("/api/v1/export-formats").json;
-    assert!(formats
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["name"] == "csv"));
+    // Export through the plugin, as a download, once the server reports it loaded
+    // (it was installed while the server ran: the reload takes its own time).
+    eventually(Duration::from_secs(30), "the csv exporter loaded", || {
+        let formats = ann.get("/api/v1/export-formats").json;
+        formats
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "csv")
+            .then_some(())
+    });
     let file = ann.get(&format!(
         "/api/v1/batches/{batch}/export?format=csv&option=dashes=true"
     ));
@@ -401,7 +405,8 @@ fn devices_are_streamed_managed_powered_and_inventoried() {
     let (rig, server, anon) = api_rig(1);
     let olaf = anon.sign_in("olaf", OLAF);
     let stream = events(&olaf);
-    std::thread::sleep(Duration::from_secs(1));
+    // The server says when the stream sees every later change.
+    next_event(&stream, "the stream ready", |name, _| name == "ready");
     let sim = rig.simulate(
         &server,
         rig.specs(0..1, Ipv4Addr::new(127, 71, 0, 1)),

@@ -22,7 +22,7 @@ use crate::store::{AlertFilter, DeviceFilter};
 /// How often the store is looked at for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// One event: its SSE name (`device`, `alert`, `generation`) and JSON data.
+/// One event: its SSE name (`device`, `alert`, `generation`, `ready`) and JSON data.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub name: &'static str,
@@ -101,6 +101,11 @@ pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) 
             if !quiet {
                 state.events.publish("alert", alert_json(alert));
             }
+        }
+        if quiet {
+            // Streams opened since the last look now see every later change: tell
+            // them (the console ignores it; tests wait for it instead of sleeping).
+            state.events.publish("ready", Value::Null);
         }
         quiet = false;
     }
