@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+use zeroize::Zeroizing;
 
 use super::wsman::{self, amt_uri, cim_uri, Element, NS_TRANSFER};
 use super::{AmtSession, DeviceError};
@@ -18,9 +19,16 @@ use super::{AmtSession, DeviceError};
 const MAX_PULLS: usize = 64;
 /// The remote (network) TLS settings instance (§8).
 const REMOTE_TLS_SETTINGS: &str = "Intel(r) AMT 802.3 TLS Settings";
-/// `ElementName` of the TLS protocol endpoint collection in Intel's real-device
-/// fixtures (§8; MeshCentral omits the space).
-const TLS_ENDPOINT_COLLECTION: &str = "TLSProtocolEndpoint Instances Collection";
+/// The local (LMS, host OS) TLS settings instance (§8).
+const LOCAL_TLS_SETTINGS: &str = "Intel(r) AMT LMS TLS Settings";
+/// `ElementName` of the TLS protocol endpoint collection as vprov sends it: the form
+/// MeshCentral and go-wsman-messages send to real devices.
+const TLS_ENDPOINT_COLLECTION: &str = "TLSProtocolEndpointInstances Collection";
+/// The same collection as Intel's real-device fixtures report it (with a space).
+const TLS_ENDPOINT_COLLECTION_REPORTED: &str = "TLSProtocolEndpoint Instances Collection";
+/// What firmware puts in its HTTP `Server` header before the version (MeshCentral
+/// reads the version from it).
+const SERVER_HEADER_PREFIX: &str = "Intel(R) Active Management Technology ";
 
 const GENERAL_SETTINGS: &str = "AMT_GeneralSettings";
 const SETUP_SERVICE: &str = "AMT_SetupAndConfigurationService";
@@ -34,6 +42,7 @@ const ENDPOINT_COLLECTION: &str = "AMT_TLSProtocolEndpointCollection";
 const TLS_SETTING_DATA: &str = "AMT_TLSSettingData";
 const SOFTWARE_IDENTITY: &str = "CIM_SoftwareIdentity";
 const ASSOCIATED_POWER: &str = "CIM_AssociatedPowerManagementService";
+const SERVICE_AVAILABLE: &str = "CIM_ServiceAvailableToElement";
 const POWER_SERVICE: &str = "CIM_PowerManagementService";
 const COMPUTER_SYSTEM: &str = "CIM_ComputerSystem";
 const BIOS: &str = "CIM_BIOSElement";
@@ -143,6 +152,21 @@ fn amt_version_of(items: &[Element]) -> Result<String, DeviceError> {
         .and_then(|i| i.property("VersionString"))
         .map(str::to_string)
         .ok_or_else(|| DeviceError::Malformed("no AMT CIM_SoftwareIdentity version".into()))
+}
+
+/// `X.Y.Z` from `Intel(R) Active Management Technology X.Y.Z`.
+fn version_from_server_header(server: &str) -> Option<String> {
+    let version = server.trim().strip_prefix(SERVER_HEADER_PREFIX)?.trim();
+    let valid = !version.is_empty()
+        && version.len() <= 32
+        && version.chars().all(|c| c.is_ascii_digit() || c == '.');
+    valid.then(|| version.to_string())
+}
+
+fn power_state_of(items: &[Element]) -> Option<u16> {
+    items
+        .iter()
+        .find_map(|i| i.property("PowerState").and_then(|p| p.parse().ok()))
 }
 
 /// Decodes base64 that may be wrapped over several lines.
@@ -291,7 +315,9 @@ impl AmtSession {
         .await
     }
 
-    /// The firmware version: `VersionString` of `CIM_SoftwareIdentity` `AMT`.
+    /// The firmware version: `VersionString` of `CIM_SoftwareIdentity` `AMT`, or, when
+    /// the device lists no such instance, the version in its HTTP `Server` header
+    /// (`Intel(R) Active Management Technology X.Y.Z`, as MeshCentral reads it).
     pub async fn amt_version(&mut self) -> Result<String, DeviceError> {
         let items = self
             .enumerate(
@@ -299,21 +325,37 @@ impl AmtSession {
                 "CIM_SoftwareIdentity enumerate",
             )
             .await?;
-        amt_version_of(&items)
+        amt_version_of(&items).or_else(|e| {
+            self.http
+                .server_header()
+                .and_then(version_from_server_header)
+                .ok_or(e)
+        })
     }
 
-    /// The host's power state: `PowerState` of `CIM_AssociatedPowerManagementService`
-    /// (CIM values: 2 on, 8 off, ...).
+    /// The host's power state (CIM values: 2 on, 8 off, ...): `PowerState` of the
+    /// `CIM_ServiceAvailableToElement` association, as go-wsman-messages, RPS and
+    /// MeshCentral read it; devices that do not serve that class are asked for
+    /// `CIM_AssociatedPowerManagementService`.
     pub async fn power_state(&mut self) -> Result<u16, DeviceError> {
-        let items = self
+        let items = match self
             .enumerate(
-                &cim_uri(ASSOCIATED_POWER),
-                "CIM_AssociatedPowerManagementService enumerate",
+                &cim_uri(SERVICE_AVAILABLE),
+                "CIM_ServiceAvailableToElement enumerate",
             )
-            .await?;
-        items
-            .iter()
-            .find_map(|i| i.property("PowerState").and_then(|p| p.parse().ok()))
+            .await
+        {
+            Ok(items) if power_state_of(&items).is_some() => items,
+            Ok(_) | Err(DeviceError::Fault { .. }) => {
+                self.enumerate(
+                    &cim_uri(ASSOCIATED_POWER),
+                    "CIM_AssociatedPowerManagementService enumerate",
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
+        power_state_of(&items)
             .ok_or_else(|| DeviceError::Malformed("no PowerState in the power service".into()))
     }
 
@@ -480,6 +522,17 @@ impl AmtSession {
         epr_instance_id(&output, "KeyPair")
     }
 
+    /// `AddKey(KeyBlob = base64 DER PKCS#1 RSAPrivateKey)` → the `InstanceID` of the
+    /// new `AMT_PublicPrivateKeyPair`: for firmware without `GenerateKeyPair`
+    /// (before AMT 6.2/7.0). The key is a secret: it is sent, never logged.
+    pub async fn add_key(&mut self, private_key_der: &[u8]) -> Result<String, DeviceError> {
+        let blob = Zeroizing::new(BASE64.encode(private_key_der));
+        let output = self
+            .invoke(&amt_uri(KEY_SERVICE), "AddKey", &[("KeyBlob", &blob)])
+            .await?;
+        epr_instance_id(&output, "CreatedKey")
+    }
+
     /// The DER public key (PKCS#1 `RSAPublicKey`, §8) of key pair `key_pair_instance_id`.
     pub async fn public_key(&mut self, key_pair_instance_id: &str) -> Result<Vec<u8>, DeviceError> {
         let items = self
@@ -520,8 +573,9 @@ impl AmtSession {
         wsman::expect_element(wsman::reply_body(&xml)?, NS_TRANSFER, "ResourceCreated").map(drop)
     }
 
-    /// Whether the device already has a TLS credential context (an earlier,
-    /// interrupted provisioning attempt created it; AMT allows only one).
+    /// Whether the device already has a TLS credential context for its TLS endpoint
+    /// collection (an earlier, interrupted provisioning attempt created it; AMT
+    /// allows only one). Either spelling of the collection's name counts.
     pub async fn has_tls_credential_context(&mut self) -> Result<bool, DeviceError> {
         let items = self
             .enumerate(
@@ -529,29 +583,52 @@ impl AmtSession {
                 "AMT_TLSCredentialContext enumerate",
             )
             .await?;
-        Ok(!items.is_empty())
+        Ok(items.iter().any(provides_tls_endpoint_collection))
     }
 
     /// Puts the remote `AMT_TLSSettingData` instance back with `Enabled=true`,
-    /// `AcceptNonSecureConnections=true`, `MutualAuthentication=false` and no
-    /// `TrustedCN` (as MeshCentral does). Takes effect at `CommitChanges`.
-    pub async fn enable_tls(&mut self) -> Result<(), DeviceError> {
+    /// `AcceptNonSecureConnections=true` (only where the instance has that property:
+    /// AMT 16.1+ has not), `MutualAuthentication=false` and no `TrustedCN`, as
+    /// MeshCentral does; with `local`, the local (LMS) instance too, `Enabled=true`
+    /// and its other settings kept (MeshCentral, rpc-go). Takes effect at
+    /// `CommitChanges`.
+    pub async fn enable_tls(&mut self, local: bool) -> Result<(), DeviceError> {
         let uri = amt_uri(TLS_SETTING_DATA);
         let items = self.enumerate(&uri, "AMT_TLSSettingData enumerate").await?;
-        let mut instance = items
-            .into_iter()
-            .find(|i| i.property("InstanceID") == Some(REMOTE_TLS_SETTINGS))
-            .ok_or_else(|| {
-                DeviceError::Malformed(format!("no {REMOTE_TLS_SETTINGS:?} instance"))
-            })?;
-        enable_remote_tls(&mut instance);
+        let find = |id: &str| {
+            items
+                .iter()
+                .find(|i| i.property("InstanceID") == Some(id))
+                .cloned()
+                .ok_or_else(|| DeviceError::Malformed(format!("no {id:?} instance")))
+        };
+        let mut remote = find(REMOTE_TLS_SETTINGS)?;
+        let local_instance = if local {
+            Some(find(LOCAL_TLS_SETTINGS)?)
+        } else {
+            None
+        };
+        drop(items);
+        enable_remote_tls(&mut remote);
         self.put(
             &uri,
             &[("InstanceID", REMOTE_TLS_SETTINGS)],
-            &instance,
+            &remote,
             "AMT_TLSSettingData put",
         )
-        .await
+        .await?;
+        if let Some(mut instance) = local_instance {
+            instance.set_property("Enabled", "true");
+            instance.remove_property("TrustedCN");
+            self.put(
+                &uri,
+                &[("InstanceID", LOCAL_TLS_SETTINGS)],
+                &instance,
+                "AMT_TLSSettingData put (local)",
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// `CommitChanges`; the device then restarts its network stack.
@@ -576,8 +653,21 @@ fn credential_context_body(uri: &str, cert_instance_id: &str) -> String {
 fn enable_remote_tls(instance: &mut Element) {
     instance.set_property("MutualAuthentication", "false");
     instance.set_property("Enabled", "true");
-    instance.set_property("AcceptNonSecureConnections", "true");
+    if instance.property("AcceptNonSecureConnections").is_some() {
+        instance.set_property("AcceptNonSecureConnections", "true");
+    }
     instance.remove_property("TrustedCN");
+}
+
+/// Whether a credential context's `ElementProvidingContext` names the TLS endpoint
+/// collection, in either spelling.
+fn provides_tls_endpoint_collection(context: &Element) -> bool {
+    context
+        .child("ElementProvidingContext")
+        .and_then(|epr| epr.selector("ElementName"))
+        .is_some_and(|name| {
+            name == TLS_ENDPOINT_COLLECTION || name == TLS_ENDPOINT_COLLECTION_REPORTED
+        })
 }
 
 #[cfg(test)]
@@ -813,7 +903,7 @@ mod tests {
             selector_in("ElementProvidingContext"),
             (
                 Some("ElementName".into()),
-                Some("TLSProtocolEndpoint Instances Collection".into()),
+                Some("TLSProtocolEndpointInstances Collection".into()),
                 amt_uri(ENDPOINT_COLLECTION)
             )
         );
@@ -861,5 +951,62 @@ mod tests {
         let raw = decode_base64("E67jVdK/u2EXoIiu3XA36g==", "UUID").expect("uuid");
         assert_eq!(hex::encode(raw), "13aee355d2bfbb6117a088aedd7037ea");
         assert!(decode_base64("not base64!", "UUID").is_err());
+    }
+
+    #[test]
+    fn the_version_comes_from_the_server_header_when_no_instance_names_it() {
+        assert_eq!(
+            version_from_server_header("Intel(R) Active Management Technology 6.0.40"),
+            Some("6.0.40".into())
+        );
+        for other in [
+            "nginx/1.25",
+            "Intel(R) Active Management Technology ",
+            "Intel(R) Active Management Technology 8.1; rm -rf",
+        ] {
+            assert_eq!(version_from_server_header(other), None, "{other}");
+        }
+    }
+
+    /// Contexts read back from a device name the collection with a space (Intel's
+    /// fixtures); vprov creates them without (MeshCentral, go-wsman-messages).
+    #[test]
+    fn either_spelling_of_the_endpoint_collection_is_read() {
+        let uri = amt_uri(CREDENTIAL_CONTEXT);
+        let context = |name: &str| {
+            let items = pull(
+                &uri,
+                &format!(
+                    r#"<h:AMT_TLSCredentialContext><h:ElementProvidingContext><b:Address>/wsman</b:Address><b:ReferenceParameters><c:ResourceURI>{}</c:ResourceURI><c:SelectorSet><c:Selector Name="ElementName">{name}</c:Selector></c:SelectorSet></b:ReferenceParameters></h:ElementProvidingContext></h:AMT_TLSCredentialContext>"#,
+                    amt_uri(ENDPOINT_COLLECTION)
+                ),
+            );
+            provides_tls_endpoint_collection(&items[0])
+        };
+        assert!(context("TLSProtocolEndpoint Instances Collection"));
+        assert!(context("TLSProtocolEndpointInstances Collection"));
+        assert!(!context("Some Other Collection"));
+    }
+
+    /// AMT 16.1+ has no `AcceptNonSecureConnections` on its TLS settings: it must not
+    /// be added (RPS's tests).
+    #[test]
+    fn accept_non_secure_is_only_set_where_the_device_has_it() {
+        let uri = amt_uri(TLS_SETTING_DATA);
+        let mut modern = pull(
+            &uri,
+            "<h:AMT_TLSSettingData><h:Enabled>false</h:Enabled><h:InstanceID>Intel(r) AMT 802.3 TLS Settings</h:InstanceID><h:NonSecureConnectionsSupported>false</h:NonSecureConnectionsSupported></h:AMT_TLSSettingData>",
+        )
+        .remove(0);
+        enable_remote_tls(&mut modern);
+        assert_eq!(modern.property("Enabled"), Some("true"));
+        assert_eq!(modern.property("AcceptNonSecureConnections"), None);
+        let mut older = pull(
+            &uri,
+            "<h:AMT_TLSSettingData><h:AcceptNonSecureConnections>false</h:AcceptNonSecureConnections><h:Enabled>false</h:Enabled></h:AMT_TLSSettingData>",
+        )
+        .remove(0);
+        enable_remote_tls(&mut older);
+        assert_eq!(older.property("AcceptNonSecureConnections"), Some("true"));
     }
 }

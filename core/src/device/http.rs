@@ -4,27 +4,31 @@
 //! `Content-Type: application/soap+xml;charset=UTF-8`, `Host` = the device address),
 //! the response-body cap, and RFC 2617 Digest (MD5, `qop=auth`, `nc` counter, random
 //! `cnonce`): the first request goes without credentials, the 401 challenge is parsed
-//! and later requests reuse its nonce with an incremented `nc`; a 401 with
-//! `stale=true` is answered once with the new nonce; any other 401 after sending
-//! credentials is [`DeviceError::Unauthorized`]. Chunked and `Content-Length` bodies
-//! are both handled by hyper (firmware uses chunked, `amt-protocol.md` §8).
+//! and later requests reuse its nonce with an incremented `nc`. Firmware closes the
+//! connection after every 401, so the session re-dials (a new TLS-PSK handshake in
+//! setup mode) to answer it; a 401 to an authenticated request gets one retry with a
+//! fresh challenge (the device resets its nonces on ACL changes); a second one is
+//! [`DeviceError::Unauthorized`]. RFC 2069 Digest (no `qop`) is refused. Chunked and
+//! `Content-Length` bodies are both handled by hyper (firmware uses chunked,
+//! `amt-protocol.md` §8).
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, SERVER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use md5::{Digest, Md5};
 use rand::RngCore;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_openssl::SslStream;
 use zeroize::Zeroizing;
 
+use super::tls::{Dialer, HelloVersions};
 use super::{DeviceError, DeviceTimeouts};
 
 /// Largest reply body accepted from a device. Real firmware keeps envelopes under the
@@ -41,74 +45,125 @@ pub(crate) struct HttpReply {
     pub body: Bytes,
 }
 
-/// One HTTP/1.1 connection to a device with its Digest state.
-pub(crate) struct HttpSession {
+/// The live HTTP/1.1 connection of a session.
+struct Connection {
     sender: SendRequest<Full<Bytes>>,
-    connection: JoinHandle<()>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Closes the TLS connection now instead of whenever the task notices.
+        self.task.abort();
+    }
+}
+
+/// One device conversation over HTTP/1.1 with its Digest state. The connection is
+/// re-dialled whenever the device closes it: firmware answers every 401 (and 400)
+/// with `Connection: close` (`amt-protocol.md` §8), so a challenge is always
+/// answered on a new connection, which then stays open as long as the device allows.
+pub(crate) struct HttpSession {
+    dialer: Dialer,
+    addr: SocketAddr,
+    versions: HelloVersions,
+    connection: Option<Connection>,
     host: HeaderValue,
     user: String,
     password: Zeroizing<String>,
     digest: Option<DigestState>,
     timeouts: DeviceTimeouts,
-}
-
-impl Drop for HttpSession {
-    fn drop(&mut self) {
-        // Closes the TLS connection now instead of whenever the task notices.
-        self.connection.abort();
-    }
+    /// The first `Server` header the device sent (firmware names its AMT version).
+    server: Option<String>,
 }
 
 impl HttpSession {
-    /// Starts HTTP/1.1 over `stream` (no bytes are exchanged yet).
-    pub(crate) async fn handshake(
-        stream: SslStream<TcpStream>,
+    /// Dials the device and starts HTTP/1.1 over the connection (no request yet).
+    pub(crate) async fn open(
+        dialer: Dialer,
         addr: SocketAddr,
         user: &str,
         password: &str,
         timeouts: DeviceTimeouts,
     ) -> Result<Self, DeviceError> {
+        let host = HeaderValue::from_str(&addr.to_string())
+            .map_err(|e| DeviceError::Connection(format!("bad Host header: {e}")))?;
+        let mut session = HttpSession {
+            dialer,
+            addr,
+            versions: HelloVersions::Modern,
+            connection: None,
+            host,
+            user: user.to_string(),
+            password: Zeroizing::new(password.to_string()),
+            digest: None,
+            timeouts,
+            server: None,
+        };
+        session.connect().await?;
+        Ok(session)
+    }
+
+    /// Opens a new connection, with the ClientHello that worked before.
+    async fn connect(&mut self) -> Result<(), DeviceError> {
+        self.connection = None;
+        let connected = self
+            .dialer
+            .dial(self.addr, self.timeouts.connect, self.versions)
+            .await?;
+        self.versions = connected.versions;
         let (sender, conn) = timeout(
-            timeouts.connect,
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+            self.timeouts.connect,
+            hyper::client::conn::http1::handshake(TokioIo::new(connected.stream)),
         )
         .await
         .map_err(|_| DeviceError::Timeout {
             step: "HTTP handshake",
         })?
         .map_err(|e| DeviceError::Connection(e.to_string()))?;
-        let connection = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "device HTTP connection ended with an error");
             }
         });
-        let host = HeaderValue::from_str(&addr.to_string())
-            .map_err(|e| DeviceError::Connection(format!("bad Host header: {e}")))?;
-        Ok(HttpSession {
-            sender,
-            connection,
-            host,
-            user: user.to_string(),
-            password: Zeroizing::new(password.to_string()),
-            digest: None,
-            timeouts,
-        })
+        self.connection = Some(Connection { sender, task });
+        Ok(())
     }
 
     pub(crate) fn set_password(&mut self, password: &str) {
         self.password = Zeroizing::new(password.to_string());
     }
 
+    /// The device's `Server` header, if it sent one.
+    pub(crate) fn server_header(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
     /// POSTs one SOAP envelope to `/wsman`, authenticating with Digest. `step` names
     /// the call in a timeout error. Statuses other than 401 are returned to the caller.
+    ///
+    /// A 401 to an unauthenticated request is answered with its challenge; a 401 to
+    /// an authenticated one (the device reset its nonces: any ACL change does, and
+    /// firmware may at any time) gets one retry with a fresh challenge — unless that
+    /// challenge was itself fresh, when the credentials are simply wrong. RFC 2069
+    /// Digest (no `qop=auth`) is refused.
     pub(crate) async fn post_wsman(
         &mut self,
         envelope: Bytes,
         step: &'static str,
     ) -> Result<HttpReply, DeviceError> {
         let deadline = Instant::now() + self.timeouts.request;
-        let mut answered_stale = false;
+        let mut fresh_challenge = false;
+        let mut retried = false;
         loop {
+            let reconnect = self
+                .connection
+                .as_ref()
+                .is_none_or(|c| c.sender.is_closed());
+            if reconnect {
+                timeout_at(deadline, self.connect())
+                    .await
+                    .map_err(|_| DeviceError::Timeout { step })??;
+            }
             let authorization = match self.digest.as_mut() {
                 Some(state) => Some(state.authorization(&self.user, &self.password)?),
                 None => None,
@@ -117,6 +172,11 @@ impl HttpSession {
             let reply = timeout_at(deadline, self.exchange(envelope.clone(), authorization))
                 .await
                 .map_err(|_| DeviceError::Timeout { step })??;
+            if reply.close || reply.status == StatusCode::UNAUTHORIZED.as_u16() {
+                // The device closes after this reply (firmware always does after a
+                // 401): the next request dials again.
+                self.connection = None;
+            }
             if reply.status != StatusCode::UNAUTHORIZED.as_u16() {
                 return Ok(HttpReply {
                     status: reply.status,
@@ -129,12 +189,17 @@ impl HttpSession {
                 .find_map(|h| parse_challenge(h).transpose())
                 .transpose()?
                 .ok_or(DeviceError::Unauthorized)?;
-            // After credentials, only a first `stale=true` earns a retry (new nonce).
-            let retry_stale = challenge.stale && !answered_stale;
-            if sent_credentials && !retry_stale {
+            if !challenge.qop_auth {
+                return Err(DeviceError::Malformed(
+                    "the device offers only RFC 2069 Digest (no qop=auth), which vprov refuses"
+                        .into(),
+                ));
+            }
+            if sent_credentials && (fresh_challenge || retried) {
                 return Err(DeviceError::Unauthorized);
             }
-            answered_stale |= sent_credentials;
+            retried |= sent_credentials;
+            fresh_challenge = true;
             self.digest = Some(DigestState { challenge, nc: 0 });
         }
     }
@@ -155,22 +220,39 @@ impl HttpSession {
         let request = request
             .body(Full::new(envelope))
             .map_err(|e| DeviceError::Connection(e.to_string()))?;
-        self.sender
+        let connection = self
+            .connection
+            .as_mut()
+            .ok_or_else(|| DeviceError::Connection("not connected".into()))?;
+        connection
+            .sender
             .ready()
             .await
             .map_err(|e| DeviceError::Connection(e.to_string()))?;
-        let response = self
+        let response = connection
             .sender
             .send_request(request)
             .await
             .map_err(|e| DeviceError::Connection(e.to_string()))?;
         let status = response.status().as_u16();
-        let challenges = response
-            .headers()
+        let headers = response.headers();
+        let challenges = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();
+        let close = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"));
+        if self.server.is_none() {
+            self.server = headers
+                .get(SERVER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(128).collect());
+        }
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
@@ -185,6 +267,7 @@ impl HttpSession {
         Ok(RawReply {
             status,
             challenges,
+            close,
             body,
         })
     }
@@ -193,6 +276,8 @@ impl HttpSession {
 struct RawReply {
     status: u16,
     challenges: Vec<String>,
+    /// The device said `Connection: close`.
+    close: bool,
     body: Bytes,
 }
 

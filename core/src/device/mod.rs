@@ -90,8 +90,8 @@ pub enum DeviceError {
     Malformed(String),
 }
 
-/// One authenticated WS-Management session with a device: one TLS connection, one
-/// hyper HTTP/1.1 connection over it, and the HTTP Digest state.
+/// One authenticated WS-Management session with a device: a TLS connection (re-dialled
+/// whenever the device closes it), hyper HTTP/1.1 over it, and the HTTP Digest state.
 pub struct AmtSession {
     http: http::HttpSession,
     message_id: u64,
@@ -108,8 +108,11 @@ impl AmtSession {
         password: &str,
         t: DeviceTimeouts,
     ) -> Result<Self, DeviceError> {
-        let stream = tls::connect_psk(addr, pid, pps, t.connect).await?;
-        Self::over(stream, addr, user, password, t).await
+        let dialer = tls::Dialer::Psk {
+            pid: *pid,
+            pps: pps.clone(),
+        };
+        Self::open(dialer, addr, user, password, t).await
     }
 
     /// Opens a certificate-verified TLS connection to a provisioned device whose
@@ -122,18 +125,20 @@ impl AmtSession {
         password: &str,
         t: DeviceTimeouts,
     ) -> Result<Self, DeviceError> {
-        let stream = tls::connect_tls(addr, ca_der, t.connect).await?;
-        Self::over(stream, addr, user, password, t).await
+        let dialer = tls::Dialer::Verified {
+            ca_der: ca_der.into(),
+        };
+        Self::open(dialer, addr, user, password, t).await
     }
 
-    async fn over(
-        stream: tokio_openssl::SslStream<tokio::net::TcpStream>,
+    async fn open(
+        dialer: tls::Dialer,
         addr: SocketAddr,
         user: &str,
         password: &str,
         t: DeviceTimeouts,
     ) -> Result<Self, DeviceError> {
-        let http = http::HttpSession::handshake(stream, addr, user, password, t).await?;
+        let http = http::HttpSession::open(dialer, addr, user, password, t).await?;
         Ok(AmtSession {
             http,
             message_id: 0,
@@ -228,7 +233,7 @@ mod tests {
 
     fn challenge(s: &mut SslStream<std::net::TcpStream>, nonce: &str, stale: bool) {
         let reply = format!(
-            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"{REALM}\", nonce=\"{nonce}\", stale=\"{stale}\", qop=\"auth\"\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\nUnauthorized."
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"{REALM}\", nonce=\"{nonce}\", stale=\"{stale}\", qop=\"auth\"\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: 13\r\n\r\nUnauthorized."
         );
         s.write_all(reply.as_bytes()).expect("write 401");
     }
@@ -254,19 +259,31 @@ mod tests {
         )
     }
 
-    /// One TLS-PSK session against a scripted device: Digest challenge, chunked
-    /// replies, nonce reuse, password change, stale nonce, ReturnValue and a final
-    /// refusal.
+    /// One TLS-PSK session against a scripted device that behaves like firmware: every
+    /// 401 says `Connection: close` and ends the connection (RPS fixtures, MeshCentral),
+    /// so each challenge is answered over a new TLS-PSK handshake; successful replies
+    /// are chunked and keep the connection; nonces are reused with a rising `nc`; a
+    /// device that resets its nonces (any ACL change) gets one fresh-challenge retry
+    /// whether or not it says `stale`; credentials refused with a fresh challenge are
+    /// Unauthorized at once.
     #[tokio::test]
     async fn psk_session_with_digest_and_chunked_replies() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
         let device = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().expect("accept");
-            let mut s = Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
+            let accept = || {
+                let (tcp, _) = listener.accept().expect("accept");
+                Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake")
+            };
+            // Firmware answers a 401 and closes; the client must dial again.
+            let refuse = |mut s: SslStream<std::net::TcpStream>, nonce: &str, stale: bool| {
+                challenge(&mut s, nonce, stale);
+                let _ = s.shutdown();
+            };
 
-            // 1: GetUuid without credentials → challenge.
+            // 1: GetUuid without credentials → challenge, connection closed.
+            let mut s = accept();
             let r = read_request(&mut s);
             assert!(r.head.starts_with("POST /wsman HTTP/1.1\r\n"), "{}", r.head);
             assert_eq!(r.header("Host"), Some(addr.to_string().as_str()));
@@ -276,9 +293,10 @@ mod tests {
             );
             assert!(r.header("Authorization").is_none());
             assert!(r.body.contains("GetUuid_INPUT"));
-            challenge(&mut s, "nonce-1,x", false);
+            refuse(s, "nonce-1,x", false);
 
-            // 2: the same request with credentials → chunked 200.
+            // 2: the same request with credentials on a new connection → chunked 200.
+            let mut s = accept();
             let r = read_request(&mut s);
             assert_eq!(r.check_digest("nonce-1,x", OLD_PASSWORD), "00000001");
             assert!(r.body.contains("GetUuid_INPUT"));
@@ -291,12 +309,13 @@ mod tests {
                 ),
             );
 
-            // 3: after set_password the nonce is reused with nc 2 and the new password;
-            // the device calls the nonce stale.
+            // 3: kept alive: the nonce is reused with nc 2 and the new password; the
+            // device calls the nonce stale.
             let r = read_request(&mut s);
             assert_eq!(r.check_digest("nonce-1,x", NEW_PASSWORD), "00000002");
             assert!(r.body.contains("CommitChanges_INPUT"));
-            challenge(&mut s, "nonce-2", true);
+            refuse(s, "nonce-2", true);
+            let mut s = accept();
             let r = read_request(&mut s);
             assert_eq!(r.check_digest("nonce-2", NEW_PASSWORD), "00000001");
             chunked_ok(
@@ -308,10 +327,30 @@ mod tests {
                 ),
             );
 
-            // 4: credentials refused.
+            // 4: the device reset its digest cache (an ACL change): a plain 401, not
+            // stale. One retry with the fresh challenge succeeds.
             let r = read_request(&mut s);
             r.check_digest("nonce-2", NEW_PASSWORD);
-            challenge(&mut s, "nonce-3", false);
+            refuse(s, "nonce-3", false);
+            let mut s = accept();
+            let r = read_request(&mut s);
+            assert_eq!(r.check_digest("nonce-3", NEW_PASSWORD), "00000001");
+            chunked_ok(
+                &mut s,
+                &output(
+                    "AMT_TimeSynchronizationService",
+                    "GetLowAccuracyTimeSynch",
+                    "<h:Ta0>1700000000</h:Ta0><h:ReturnValue>0</h:ReturnValue>",
+                ),
+            );
+
+            // 5: credentials refused: the retry with a fresh challenge is refused
+            // too, and the client stops there.
+            let r = read_request(&mut s);
+            r.check_digest("nonce-3", NEW_PASSWORD);
+            refuse(s, "nonce-4", false);
+            let s = accept();
+            refuse(s, "nonce-5", false);
         });
 
         let t = DeviceTimeouts {
@@ -337,9 +376,40 @@ mod tests {
             ),
             "{err:?}"
         );
+        assert_eq!(
+            session.low_accuracy_time().await.expect("ta0"),
+            1_700_000_000
+        );
         let err = session.low_accuracy_time().await.expect_err("refused");
         assert!(matches!(err, DeviceError::Unauthorized), "{err:?}");
         assert!(!err.to_string().contains(NEW_PASSWORD));
+        device.join().expect("device script");
+    }
+
+    /// RFC 2069 Digest (a challenge without `qop`) is refused, not answered.
+    #[tokio::test]
+    async fn digest_without_qop_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
+        let device = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().expect("accept");
+            let mut s = Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
+            read_request(&mut s);
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"{REALM}\", nonce=\"n\"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            );
+            s.write_all(reply.as_bytes()).expect("write 401");
+        });
+        let t = DeviceTimeouts {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(3),
+        };
+        let mut session = AmtSession::connect_psk(addr, &pid(), &pps(), "admin", OLD_PASSWORD, t)
+            .await
+            .expect("session");
+        let err = session.get_uuid().await.expect_err("RFC 2069");
+        assert!(err.to_string().contains("RFC 2069"), "{err}");
         device.join().expect("device script");
     }
 

@@ -58,30 +58,98 @@ const KEY_MISMATCH_REASONS: [i32; 6] = [
 /// `SSL_R_UNEXPECTED_EOF_WHILE_READING`: OpenSSL 3 reports a peer close this way.
 const REASON_UNEXPECTED_EOF: i32 = 294;
 
+/// Which ClientHello a handshake sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloVersions {
+    /// TLS 1.0 to 1.2: what every handshake tries first.
+    Modern,
+    /// TLS 1.0 only: for firmware that aborts on a ClientHello offering more
+    /// (MeshCentral retries this way; `docs/protocol-notes.md`).
+    Tls10Only,
+}
+
+/// An open TLS connection and the ClientHello that got it: a session reconnects
+/// with the same one.
+pub struct Connected {
+    pub stream: SslStream<TcpStream>,
+    pub versions: HelloVersions,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens a TLS-PSK connection to a device in setup mode.
 ///
 /// Identity = `pid.as_str()`, pre-shared key = the 32 PPS bytes. Whatever identity
 /// hint the device sends is accepted; a hint other than the PID is logged at debug.
-/// `timeout` bounds TCP connect and handshake together.
+/// `timeout` bounds TCP connect and handshake together, for each of at most two
+/// attempts: when `versions` is [`HelloVersions::Modern`] and the device aborts the
+/// handshake before our key exchange (a protocol-version or handshake alert, or a
+/// close), it is tried once more with a TLS 1.0-only ClientHello. Only a failure
+/// *after* our key exchange is a [`DeviceError::PskMismatch`].
 pub async fn connect_psk(
     addr: SocketAddr,
     pid: &Pid,
     pps: &Pps,
     timeout: Duration,
-) -> Result<SslStream<TcpStream>, DeviceError> {
+    versions: HelloVersions,
+) -> Result<Connected, DeviceError> {
+    let first = psk_attempt(addr, pid, pps, timeout, versions).await;
+    match first {
+        Ok(stream) => Ok(Connected { stream, versions }),
+        Err(Attempt::BeforeKeyExchange(first)) if versions == HelloVersions::Modern => {
+            tracing::debug!(%addr, error = %first, "TLS-PSK handshake refused; retrying with a TLS 1.0-only ClientHello");
+            match psk_attempt(addr, pid, pps, timeout, HelloVersions::Tls10Only).await {
+                Ok(stream) => Ok(Connected {
+                    stream,
+                    versions: HelloVersions::Tls10Only,
+                }),
+                Err(Attempt::Failed(e @ DeviceError::PskMismatch)) => Err(e),
+                Err(Attempt::BeforeKeyExchange(_))
+                | Err(Attempt::Failed(DeviceError::Unreachable(_) | DeviceError::Timeout { .. })) => {
+                    Err(first)
+                }
+                Err(Attempt::Failed(e)) => Err(e),
+            }
+        }
+        Err(Attempt::BeforeKeyExchange(e) | Attempt::Failed(e)) => Err(e),
+    }
+}
+
+/// How one handshake attempt failed.
+enum Attempt {
+    /// The device gave up before our key exchange: possibly our ClientHello's version.
+    BeforeKeyExchange(DeviceError),
+    Failed(DeviceError),
+}
+
+async fn psk_attempt(
+    addr: SocketAddr,
+    pid: &Pid,
+    pps: &Pps,
+    timeout: Duration,
+    versions: HelloVersions,
+) -> Result<SslStream<TcpStream>, Attempt> {
     let deadline = Instant::now() + timeout;
     let key_exchange_sent = Arc::new(AtomicBool::new(false));
-    let ssl = psk_ssl(pid, pps, Arc::clone(&key_exchange_sent)).map_err(tls_error)?;
-    let tcp = tcp_connect(addr, deadline).await?;
-    let mut stream = SslStream::new(ssl, tcp).map_err(tls_error)?;
+    let mut ssl = psk_ssl(pid, pps, Arc::clone(&key_exchange_sent))
+        .map_err(|e| Attempt::Failed(tls_error(e)))?;
+    limit_versions(&mut ssl, versions).map_err(Attempt::Failed)?;
+    let tcp = tcp_connect(addr, deadline).await.map_err(Attempt::Failed)?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(|e| Attempt::Failed(tls_error(e)))?;
     match timeout_at(deadline, Pin::new(&mut stream).connect()).await {
-        Err(_) => Err(DeviceError::Timeout {
+        Err(_) => Err(Attempt::Failed(DeviceError::Timeout {
             step: "TLS-PSK handshake",
-        }),
-        Ok(Err(e)) => Err(classify_psk_failure(
-            &e,
-            key_exchange_sent.load(Ordering::SeqCst),
-        )),
+        })),
+        Ok(Err(e)) if !key_exchange_sent.load(Ordering::SeqCst) => {
+            Err(Attempt::BeforeKeyExchange(tls_error(e)))
+        }
+        Ok(Err(e)) => Err(Attempt::Failed(classify_psk_failure(&e))),
         Ok(Ok(())) => Ok(stream),
     }
 }
@@ -93,30 +161,97 @@ pub async fn connect_psk(
 /// and their certificates name the AMT host name, which need not resolve to, or even
 /// match, the address vprov connects to. Trust comes from the private CA, which only
 /// ever signs device certificates for keys generated inside the devices.
+///
+/// Like [`connect_psk`], a handshake the device aborts for a reason other than its
+/// certificate is tried once more with a TLS 1.0-only ClientHello.
 pub async fn connect_tls(
     addr: SocketAddr,
     ca_der: &[u8],
     timeout: Duration,
-) -> Result<SslStream<TcpStream>, DeviceError> {
+    versions: HelloVersions,
+) -> Result<Connected, DeviceError> {
+    match tls_attempt(addr, ca_der, timeout, versions).await {
+        Ok(stream) => Ok(Connected { stream, versions }),
+        Err(Attempt::BeforeKeyExchange(first)) if versions == HelloVersions::Modern => {
+            tracing::debug!(%addr, error = %first, "TLS handshake refused; retrying with a TLS 1.0-only ClientHello");
+            match tls_attempt(addr, ca_der, timeout, HelloVersions::Tls10Only).await {
+                Ok(stream) => Ok(Connected {
+                    stream,
+                    versions: HelloVersions::Tls10Only,
+                }),
+                Err(Attempt::BeforeKeyExchange(_))
+                | Err(Attempt::Failed(DeviceError::Unreachable(_) | DeviceError::Timeout { .. })) => {
+                    Err(first)
+                }
+                Err(Attempt::Failed(e)) => Err(e),
+            }
+        }
+        Err(Attempt::BeforeKeyExchange(e) | Attempt::Failed(e)) => Err(e),
+    }
+}
+
+async fn tls_attempt(
+    addr: SocketAddr,
+    ca_der: &[u8],
+    timeout: Duration,
+    versions: HelloVersions,
+) -> Result<SslStream<TcpStream>, Attempt> {
     let deadline = Instant::now() + timeout;
-    let ssl = verified_ssl(ca_der)?;
-    let tcp = tcp_connect(addr, deadline).await?;
-    let mut stream = SslStream::new(ssl, tcp).map_err(tls_error)?;
+    let mut ssl = verified_ssl(ca_der).map_err(Attempt::Failed)?;
+    limit_versions(&mut ssl, versions).map_err(Attempt::Failed)?;
+    let tcp = tcp_connect(addr, deadline).await.map_err(Attempt::Failed)?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(|e| Attempt::Failed(tls_error(e)))?;
     match timeout_at(deadline, Pin::new(&mut stream).connect()).await {
-        Err(_) => Err(DeviceError::Timeout {
+        Err(_) => Err(Attempt::Failed(DeviceError::Timeout {
             step: "TLS handshake",
-        }),
+        })),
         Ok(Err(e)) => {
             let verify = stream.ssl().verify_result();
             if verify != X509VerifyResult::OK {
-                Err(DeviceError::CertificateRejected(
+                Err(Attempt::Failed(DeviceError::CertificateRejected(
                     verify.error_string().to_string(),
-                ))
+                )))
+            } else if stream.ssl().peer_certificate().is_none() {
+                // Aborted before the device even showed its certificate.
+                Err(Attempt::BeforeKeyExchange(tls_error(e)))
             } else {
-                Err(DeviceError::Tls(e.to_string()))
+                Err(Attempt::Failed(tls_error(e)))
             }
         }
         Ok(Ok(())) => Ok(stream),
+    }
+}
+
+fn limit_versions(ssl: &mut Ssl, versions: HelloVersions) -> Result<(), DeviceError> {
+    if versions == HelloVersions::Tls10Only {
+        ssl.set_max_proto_version(Some(SslVersion::TLS1))
+            .map_err(tls_error)?;
+    }
+    Ok(())
+}
+
+/// How a session (re)opens its TLS connection: firmware closes the connection after
+/// every 401, so a session dials again to answer a challenge.
+#[derive(Clone)]
+pub(crate) enum Dialer {
+    /// TLS-PSK in setup mode.
+    Psk { pid: Pid, pps: Pps },
+    /// Certificate TLS verified against vprov's CA (DER).
+    Verified { ca_der: Arc<[u8]> },
+}
+
+impl Dialer {
+    /// Opens a connection to `addr` with the ClientHello that worked last time.
+    pub(crate) async fn dial(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        versions: HelloVersions,
+    ) -> Result<Connected, DeviceError> {
+        match self {
+            Dialer::Psk { pid, pps } => connect_psk(addr, pid, pps, timeout, versions).await,
+            Dialer::Verified { ca_der } => connect_tls(addr, ca_der, timeout, versions).await,
+        }
     }
 }
 
@@ -254,10 +389,10 @@ fn tls_error(e: impl std::fmt::Display) -> DeviceError {
     DeviceError::Tls(e.to_string())
 }
 
-/// Maps a failed PSK handshake to an error; `key_exchange_sent` says whether our
-/// ClientKeyExchange (and so our Finished) went out.
-fn classify_psk_failure(e: &openssl::ssl::Error, key_exchange_sent: bool) -> DeviceError {
-    if key_exchange_sent && is_key_mismatch(e) {
+/// Maps a PSK handshake that failed after our ClientKeyExchange (and so our Finished)
+/// went out to an error.
+fn classify_psk_failure(e: &openssl::ssl::Error) -> DeviceError {
+    if is_key_mismatch(e) {
         DeviceError::PskMismatch
     } else {
         DeviceError::Tls(e.to_string())
@@ -349,10 +484,16 @@ pub(crate) mod tests {
                 s.ssl().current_cipher().map(|c| c.name()),
             )
         });
-        let stream = connect_psk(addr, &pid(), &pps(), Duration::from_secs(3))
-            .await
-            .expect("handshake");
-        assert_eq!(stream.ssl().version_str(), "TLSv1");
+        let stream = connect_psk(
+            addr,
+            &pid(),
+            &pps(),
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect("handshake");
+        assert_eq!(stream.stream.ssl().version_str(), "TLSv1");
         let (version, cipher) = server.join().expect("server");
         assert_eq!(version, "TLSv1");
         assert_eq!(cipher, Some("PSK-AES128-CBC-SHA"));
@@ -369,9 +510,15 @@ pub(crate) mod tests {
             let (tcp, _) = l.accept().expect("accept");
             Ssl::new(&ctx).expect("ssl").accept(tcp).is_err()
         });
-        let err = connect_psk(addr, &pid(), &wrong, Duration::from_secs(3))
-            .await
-            .expect_err("must fail");
+        let err = connect_psk(
+            addr,
+            &pid(),
+            &wrong,
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect_err("must fail");
         assert!(matches!(err, DeviceError::PskMismatch), "{err:?}");
         assert!(server.join().expect("server"), "server must fail too");
     }
@@ -380,9 +527,15 @@ pub(crate) mod tests {
     async fn nothing_listening_is_unreachable() {
         let (l, addr) = listener();
         drop(l);
-        let err = connect_psk(addr, &pid(), &pps(), Duration::from_secs(3))
-            .await
-            .expect_err("must fail");
+        let err = connect_psk(
+            addr,
+            &pid(),
+            &pps(),
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect_err("must fail");
         assert!(matches!(err, DeviceError::Unreachable(_)), "{err:?}");
     }
 
@@ -394,9 +547,15 @@ pub(crate) mod tests {
             std::thread::sleep(Duration::from_millis(800));
             drop(tcp);
         });
-        let err = connect_psk(addr, &pid(), &pps(), Duration::from_millis(300))
-            .await
-            .expect_err("must fail");
+        let err = connect_psk(
+            addr,
+            &pid(),
+            &pps(),
+            Duration::from_millis(300),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect_err("must fail");
         assert!(
             matches!(
                 err,
@@ -419,15 +578,66 @@ pub(crate) mod tests {
             let mut buf = [0u8; 512];
             let _ = tcp.read(&mut buf);
         });
-        let err = connect_psk(addr, &pid(), &pps(), Duration::from_secs(3))
-            .await
-            .expect_err("must fail");
+        let err = connect_psk(
+            addr,
+            &pid(),
+            &pps(),
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect_err("must fail");
         assert!(matches!(err, DeviceError::Tls(_)), "{err:?}");
         server.join().expect("server");
     }
 
     /// The handshake tests pass on hosts whose openssl.cnf is permissive; this pins the
     /// explicit settings that make TLS 1.0 work under Debian's MinProtocol/SECLEVEL 2.
+    /// Firmware that rejects a ClientHello offering more than TLS 1.0 with a
+    /// protocol_version alert is tried once more with a TLS 1.0-only one (as
+    /// MeshCentral does), and the session remembers that.
+    #[tokio::test]
+    async fn a_version_intolerant_device_is_reached_with_tls_1_0() {
+        let (l, addr) = listener();
+        let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut versions = Vec::new();
+            for _ in 0..2 {
+                let (mut tcp, _) = l.accept().expect("accept");
+                // Record header (5) + handshake header (4) + client_version (2).
+                let mut head = [0u8; 11];
+                let mut seen = 0;
+                while seen < head.len() {
+                    let n = tcp.peek(&mut head).expect("peek");
+                    assert!(n > 0, "closed");
+                    seen = n;
+                }
+                let version = u16::from_be_bytes([head[9], head[10]]);
+                versions.push(version);
+                if version > 0x0301 {
+                    tcp.write_all(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46])
+                        .expect("alert");
+                    let _ = tcp.read(&mut [0u8; 1]);
+                    continue;
+                }
+                Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
+            }
+            versions
+        });
+        let connected = connect_psk(
+            addr,
+            &pid(),
+            &pps(),
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect("handshake after the fallback");
+        assert_eq!(connected.versions, HelloVersions::Tls10Only);
+        assert_eq!(server.join().expect("server"), vec![0x0303, 0x0301]);
+    }
+
     #[test]
     fn legacy_settings_are_explicit() {
         let mut b = legacy_builder().expect("builder");
@@ -506,7 +716,7 @@ pub(crate) mod tests {
             let _ = Ssl::new(&ctx).expect("ssl").accept(tcp);
         });
         let der = trusted.to_der().expect("der");
-        let err = connect_tls(addr, &der, Duration::from_secs(3))
+        let err = connect_tls(addr, &der, Duration::from_secs(3), HelloVersions::Modern)
             .await
             .expect_err("must fail");
         server.join().expect("server");
@@ -527,7 +737,7 @@ pub(crate) mod tests {
             let (tcp, _) = l.accept().expect("accept");
             Ssl::new(&ctx).expect("ssl").accept(tcp).is_ok()
         });
-        connect_tls(addr, &der, Duration::from_secs(3))
+        connect_tls(addr, &der, Duration::from_secs(3), HelloVersions::Modern)
             .await
             .expect("verified");
         assert!(server.join().expect("server"));
