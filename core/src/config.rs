@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::host_name::HostNameTemplate;
+
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default time a writer waits for another process's transaction.
@@ -160,6 +162,10 @@ struct ProvisioningSection {
     confirm_timeout_ms: Option<u64>,
     admin_password: Option<AdminPasswordPolicy>,
     domain: Option<String>,
+    host_name_template: Option<String>,
+    local_tls: Option<bool>,
+    retry_backoff_ms: Option<u64>,
+    retry_backoff_max_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
 
@@ -194,6 +200,14 @@ pub struct ProvisioningConfig {
     pub confirm_timeout: Duration,
     pub admin_password: AdminPasswordPolicy,
     pub domain: Option<String>,
+    /// The host name given to a device that has none (CommitChanges needs one).
+    pub host_name_template: HostNameTemplate,
+    /// Enable TLS on the local (LMS) interface as well as the network one.
+    pub local_tls: bool,
+    /// Wait after a device's job failed before its next hello starts another;
+    /// doubles with every further failure of the same kind, up to the maximum.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -262,6 +276,10 @@ impl Default for Config {
                 confirm_timeout: Duration::from_secs(60),
                 admin_password: AdminPasswordPolicy::Random,
                 domain: None,
+                host_name_template: HostNameTemplate::default(),
+                local_tls: true,
+                retry_backoff: Duration::from_secs(60),
+                retry_backoff_max: Duration::from_secs(3600),
                 shutdown_grace: Duration::from_secs(30),
             },
             plugins: PluginsConfig {
@@ -360,8 +378,22 @@ impl Config {
             confirm_timeout: ms(p.confirm_timeout_ms, pd.confirm_timeout),
             admin_password: p.admin_password.unwrap_or(pd.admin_password),
             domain: p.domain.filter(|d| !d.is_empty()),
+            host_name_template: match p.host_name_template {
+                Some(t) => HostNameTemplate::parse(&t)
+                    .map_err(|e| invalid("provisioning.host_name_template", e))?,
+                None => pd.host_name_template,
+            },
+            local_tls: p.local_tls.unwrap_or(pd.local_tls),
+            retry_backoff: ms(p.retry_backoff_ms, pd.retry_backoff),
+            retry_backoff_max: ms(p.retry_backoff_max_ms, pd.retry_backoff_max),
             shutdown_grace: ms(p.shutdown_grace_ms, pd.shutdown_grace),
         };
+        if provisioning.retry_backoff > provisioning.retry_backoff_max {
+            return Err(invalid(
+                "provisioning.retry_backoff_ms",
+                "must not exceed retry_backoff_max_ms".into(),
+            ));
+        }
         if provisioning.max_concurrent_jobs == 0 {
             return Err(invalid(
                 "provisioning.max_concurrent_jobs",

@@ -5,7 +5,8 @@
 //!   = 2, `u32` retry count, 16 UUID bytes, 8 ASCII PID characters (no dash);
 //! - **v3 (PKI)**: the same 24-byte header with version 3, then a hash count `N` and
 //!   `N` entries `[algorithm u8][length u8][hash]` (1 = SHA-1/20, 2 = SHA-256/32,
-//!   3 = SHA-384/48), ending exactly at the end of the message.
+//!   3 = SHA-384/48). Bytes after the last hash are tolerated and counted, as
+//!   MeshCentral's parser does (firmware versions have been seen to append fields).
 //!
 //! Parsing is total: any byte string gives a [`Hello`] or a [`HelloError`], never a
 //! panic, and never allocates more than the input's size.
@@ -58,6 +59,8 @@ pub enum Hello {
     Pki {
         header: HelloHeader,
         hashes: Vec<CertificateHash>,
+        /// Bytes after the last hash (ignored).
+        trailing: usize,
     },
 }
 
@@ -115,8 +118,6 @@ pub enum HelloError {
     },
     #[error("PKI hello is truncated: {expected} hashes announced, {found} present")]
     Truncated { expected: usize, found: usize },
-    #[error("PKI hello has {0} unexpected bytes after its last hash")]
-    TrailingBytes(usize),
 }
 
 /// Parses one hello message (the whole content of one connection).
@@ -193,10 +194,11 @@ fn parse_pki(header: HelloHeader, body: &[u8]) -> Result<Hello, HelloError> {
         });
         rest = &tail[n..];
     }
-    if !rest.is_empty() {
-        return Err(HelloError::TrailingBytes(rest.len()));
-    }
-    Ok(Hello::Pki { header, hashes })
+    Ok(Hello::Pki {
+        header,
+        hashes,
+        trailing: rest.len(),
+    })
 }
 
 #[cfg(test)]
@@ -259,9 +261,15 @@ mod tests {
     fn parses_a_pki_hello_ending_exactly_at_its_last_hash() {
         let bytes = pki_hello(23, 23);
         assert_eq!(bytes.len(), 807, "the size of MeshCentral's sample 1");
-        let Hello::Pki { header, hashes } = parse(&bytes).unwrap() else {
+        let Hello::Pki {
+            header,
+            hashes,
+            trailing,
+        } = parse(&bytes).unwrap()
+        else {
             panic!("not PKI")
         };
+        assert_eq!(trailing, 0);
         assert_eq!(header.version, 3);
         assert_eq!(hashes.len(), 23);
         assert_eq!(hashes[22].algorithm, HashAlgorithm::Sha256);
@@ -288,9 +296,13 @@ mod tests {
                 found: 22
             })
         );
-        let mut trailing = pki_hello(1, 1);
-        trailing.push(9);
-        assert_eq!(parse(&trailing), Err(HelloError::TrailingBytes(1)));
+        // Bytes after the last hash are tolerated (MeshCentral's parser does).
+        let mut longer = pki_hello(1, 1);
+        longer.extend([9, 9, 9]);
+        assert!(matches!(
+            parse(&longer),
+            Ok(Hello::Pki { ref hashes, trailing: 3, .. }) if hashes.len() == 1
+        ));
         let mut bad_algo = pki_hello(1, 1);
         bad_algo[26] = 33;
         assert_eq!(

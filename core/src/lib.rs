@@ -23,6 +23,7 @@ pub mod ca;
 pub mod config;
 pub mod device;
 pub mod hello;
+pub mod host_name;
 pub mod keys;
 pub mod management;
 pub mod password;

@@ -264,6 +264,21 @@ pub async fn power(
     Ok(Json(json!({ "power": power_state_name(power) })))
 }
 
+/// `POST /devices/{uuid}/retry`: the device's next hello starts a provisioning job
+/// at once, though its last one failed. `{"waiting": false}` when it was not waiting.
+pub async fn retry(
+    state: State,
+    caller: Caller,
+    Segment(uuid): Segment<String>,
+) -> ApiResult<Json<Value>> {
+    let (uuid, actor) = (canonical(&uuid), caller.actor());
+    let waiting = state.store(move |s| s.retry_device(&uuid, &actor)).await?;
+    Ok(Json(match waiting {
+        Some(b) => json!({ "waiting": true, "failures": b.failures, "cause": b.cause }),
+        None => json!({ "waiting": false }),
+    }))
+}
+
 /// `POST /devices/{uuid}/inventory`: read now and stored.
 pub async fn inventory(
     state: State,

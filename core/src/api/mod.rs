@@ -250,6 +250,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/devices/{uuid}", get(devices::detail))
         .route("/devices/{uuid}/power", post(devices::power))
         .route("/devices/{uuid}/inventory", post(devices::inventory))
+        .route("/devices/{uuid}/retry", post(devices::retry))
         .route("/agent-profiles", get(devices::agent_profiles))
         .route("/alerts", get(devices::alerts))
         .route("/alerts/{id}/acknowledge", post(devices::acknowledge))

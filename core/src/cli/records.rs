@@ -76,6 +76,16 @@ pub enum DevicesCommand {
         /// Device UUID
         uuid: String,
     },
+    /// Let a device whose provisioning failed try again at its next hello
+    ///
+    /// A device whose job failed keeps saying hello; vprov waits before each further
+    /// attempt (longer after each failure of the same kind, `[provisioning]
+    /// retry_backoff_ms`) and keeps one alert with a count. Once the cause is fixed,
+    /// this makes the device's next hello start a job at once. Audited.
+    Retry {
+        /// Device UUID, as the alert shows it
+        uuid: String,
+    },
     /// Read or change a managed device's power state over AMT (TLS, verified against
     /// vprov's CA, with the device's own admin credential)
     ///
@@ -234,6 +244,19 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
                 ),
                 None => println!("device {uuid} has no recorded SSH host key"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DevicesCommand::Retry { uuid } => {
+            let uuid = uuid.trim().to_ascii_lowercase();
+            match ctx.store()?.retry_device(&uuid, &actor())? {
+                Some(b) => println!(
+                    "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
+                    b.failures, b.cause
+                ),
+                None => println!(
+                    "device {uuid} is not waiting: its next hello starts a job anyway"
+                ),
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -64,6 +64,10 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             confirm_timeout: prov.confirm_timeout,
             keep_provisioning_password: prov.admin_password == AdminPasswordPolicy::Provisioning,
             domain: prov.domain.clone(),
+            host_name_template: prov.host_name_template.clone(),
+            local_tls: prov.local_tls,
+            retry_backoff: prov.retry_backoff,
+            retry_backoff_max: prov.retry_backoff_max,
         },
         shutdown_grace: prov.shutdown_grace,
         reachability: ctx

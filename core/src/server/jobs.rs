@@ -25,6 +25,7 @@ use super::store_thread::StoreHandle;
 use crate::ca::CertificateAuthority;
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
 use crate::hello::DeviceUuid;
+use crate::host_name::HostNameTemplate;
 use crate::keys::{Pid, Pps};
 use crate::plugins::PluginHost;
 use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
@@ -50,6 +51,14 @@ pub struct JobSettings {
     pub keep_provisioning_password: bool,
     /// Domain name to set on the device, if any.
     pub domain: Option<String>,
+    /// The host name given to a device that has none (CommitChanges needs one).
+    pub host_name_template: HostNameTemplate,
+    /// Enable TLS on the local (LMS) interface too.
+    pub local_tls: bool,
+    /// First wait after a failed job before a hello of that device starts another;
+    /// doubles per repeated failure, up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
 }
 
 /// A hello whose PID is available: the device to provision.
@@ -111,6 +120,39 @@ fn post_provision_view(record: &ProvisionedDevice, pid: &Pid) -> DeviceInfo {
     }
 }
 
+/// Whether firmware of `version` has `GenerateKeyPair` (the reference guide gives it
+/// from AMT 6.2 and 7.0 on). An unreadable version is assumed to have it; a device
+/// that answers `ActionNotSupported` anyway gets a key from vprov.
+fn has_generate_key_pair(version: &str) -> bool {
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 2),
+        (Some(major), None) => major >= 7,
+        _ => true,
+    }
+}
+
+fn is_action_not_supported(e: &DeviceError) -> bool {
+    matches!(e, DeviceError::Fault { subcode, .. } if subcode == "ActionNotSupported")
+}
+
+/// An RSA-2048 key vprov generates for firmware without `GenerateKeyPair`: PKCS#1
+/// DER, the private half zeroized on drop.
+struct DeviceKey {
+    private_der: Zeroizing<Vec<u8>>,
+    public_der: Vec<u8>,
+}
+
+impl DeviceKey {
+    fn generate() -> Result<DeviceKey, String> {
+        let rsa = openssl::rsa::Rsa::generate(2048).map_err(|e| e.to_string())?;
+        Ok(DeviceKey {
+            private_der: Zeroizing::new(rsa.private_key_to_der().map_err(|e| e.to_string())?),
+            public_der: rsa.public_key_to_der_pkcs1().map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 fn unix_seconds() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -154,9 +196,11 @@ impl JobManager {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
-                if !inner.stopping.load(Ordering::Relaxed) {
-                    inner.run(hello).await;
+            if !inner.backing_off(&hello).await {
+                if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                    if !inner.stopping.load(Ordering::Relaxed) {
+                        inner.run(hello).await;
+                    }
                 }
             }
             inner.release(&keys);
@@ -215,19 +259,48 @@ impl Inner {
         });
     }
 
+    /// Whether the device's last job failed recently enough that this hello (same
+    /// PID) starts none: it is absorbed without a new alert.
+    async fn backing_off(&self, hello: &AcceptedHello) -> bool {
+        let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
+        match self.store.call(move |s| s.job_backoff(&uuid, &pid)).await {
+            Ok(Ok(Some(b))) => {
+                tracing::debug!(pid = %hello.pid, device = %hello.uuid, failures = b.failures,
+                    "hello absorbed: the device's last job failed; waiting before the next");
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn run(&self, hello: AcceptedHello) {
         let uuid = hello.uuid.to_string();
         let (pid, address) = (hello.pid, hello.address);
         tracing::info!(%pid, device = %uuid, %address, "provisioning job started");
         match self.provision(hello).await {
             Ok(()) => tracing::info!(%pid, device = %uuid, %address, "device provisioned"),
-            Err(f) => self.alert(
-                f.severity,
-                format!("provisioning failed at step {}: {}", f.step, f.error),
-                &pid,
-                &uuid,
-                address,
-            ),
+            Err(f) => {
+                let cause = format!("{}: {}", f.step, f.error);
+                let (u, p, c) = (uuid.clone(), pid.as_str().to_string(), cause.clone());
+                let (base, max) = (self.settings.retry_backoff, self.settings.retry_backoff_max);
+                let _ = self
+                    .store
+                    .call(move |s| s.record_job_failure(&u, &p, &c, base, max))
+                    .await;
+                // The same text for every repeat, so that repeats collapse into one
+                // alert with a count.
+                self.alert(
+                    f.severity,
+                    format!(
+                        "provisioning failed at step {cause}. Its next hellos wait before \
+                         another attempt; fix the cause, then `vprov devices retry {uuid}` \
+                         tries at once"
+                    ),
+                    &pid,
+                    &uuid,
+                    address,
+                )
+            }
         }
     }
 
@@ -340,9 +413,23 @@ impl Inner {
             .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
         session.set_password(&intent.new_password);
 
-        if let Some(domain) = &self.settings.domain {
+        // CommitChanges refuses a device with DHCP on and no host name (2057): name
+        // it by the configured rule when it has none.
+        let host_name = if settings.host_name.is_empty() {
+            self.settings
+                .host_name_template
+                .render(hello.uuid, hello.address)
+        } else {
+            settings.host_name.clone()
+        };
+        if host_name != settings.host_name || self.settings.domain.is_some() {
+            let domain = self
+                .settings
+                .domain
+                .as_deref()
+                .unwrap_or(&settings.domain_name);
             session
-                .set_host_name(&settings.host_name, domain)
+                .set_host_name(&host_name, domain)
                 .await
                 .map_err(JobFailure::at("set host name"))?;
         }
@@ -376,12 +463,12 @@ impl Inner {
                     severity: Severity::Error,
                 }),
                 (_, false) => {
-                    self.install_certificate(&mut session, intent.id, &settings.host_name, &uuid)
+                    self.install_certificate(&mut session, intent.id, &host_name, &amt_version)
                         .await?
                 }
             };
         session
-            .enable_tls()
+            .enable_tls(self.settings.local_tls)
             .await
             .map_err(JobFailure::at("enable TLS"))?;
 
@@ -394,7 +481,7 @@ impl Inner {
 
         let record = ProvisionedDevice {
             uuid,
-            host_name: (!settings.host_name.is_empty()).then(|| settings.host_name.clone()),
+            host_name: Some(host_name),
             address: hello.address.to_string(),
             amt_version: Some(amt_version),
             admin_user: ADMIN_USER.into(),
@@ -407,7 +494,11 @@ impl Inner {
         let id = intent.id;
         let device = post_provision_view(&record, &intent.pid);
         self.store
-            .call(move |s| s.complete_job(id, &record, &pw))
+            .call(move |s| {
+                let uuid = record.uuid.clone();
+                s.complete_job(id, &record, &pw)?;
+                s.clear_job_backoff(&uuid).map(drop)
+            })
             .await
             .map_err(|e| store_failure(e.to_string()))?
             .map_err(|e| store_failure(e.to_string()))?;
@@ -422,28 +513,50 @@ impl Inner {
         }
     }
 
-    /// Has the device generate a key pair, issues a certificate for it, records the
-    /// certificate with the job, installs it and links it as the TLS credential.
+    /// Gets the device a key pair — generated inside it (`GenerateKeyPair`, AMT
+    /// 6.2/7.0 on), or by vprov and sent with `AddKey` on older firmware (by the
+    /// reported version, and whenever the device answers `ActionNotSupported`) —,
+    /// issues a certificate for it, records the certificate with the job, installs
+    /// it and links it as the TLS credential.
+    ///
+    /// A key vprov generates is a secret: held zeroized in memory only, sent once,
+    /// never logged or stored. A crash before the certificate is recorded makes the
+    /// next attempt add a fresh one.
     async fn install_certificate(
         &self,
         session: &mut AmtSession,
         job: i64,
         host_name: &str,
-        uuid: &str,
+        amt_version: &str,
     ) -> Result<Vec<u8>, JobFailure> {
-        let key_pair = session
-            .generate_key_pair()
-            .await
-            .map_err(JobFailure::at("GenerateKeyPair"))?;
-        let public_key = session
-            .public_key(&key_pair)
-            .await
-            .map_err(JobFailure::at("read key pair"))?;
-        let common_name = if host_name.is_empty() {
-            uuid
+        let generated = if has_generate_key_pair(amt_version) {
+            match session.generate_key_pair().await {
+                Ok(key_pair) => Some(key_pair),
+                Err(e) if is_action_not_supported(&e) => None,
+                Err(e) => return Err(JobFailure::at("GenerateKeyPair")(e)),
+            }
         } else {
-            host_name
+            None
         };
+        let public_key = match generated {
+            Some(key_pair) => session
+                .public_key(&key_pair)
+                .await
+                .map_err(JobFailure::at("read key pair"))?,
+            None => {
+                let key = DeviceKey::generate().map_err(|e| JobFailure {
+                    step: "generate device key",
+                    error: e,
+                    severity: Severity::Error,
+                })?;
+                session
+                    .add_key(&key.private_der)
+                    .await
+                    .map_err(JobFailure::at("AddKey"))?;
+                key.public_der
+            }
+        };
+        let common_name = host_name;
         let certificate = self
             .ca
             .issue_device_certificate(&public_key, common_name)
@@ -604,5 +717,35 @@ impl Inner {
     ) -> JobFailure {
         self.forget_unless_resumed(intent).await;
         JobFailure::at(step)(e)
+    }
+}
+
+#[cfg(test)]
+mod key_generation_tests {
+    use super::*;
+
+    /// The reference guide gives GenerateKeyPair from AMT 6.2 and 7.0 on.
+    #[test]
+    fn generate_key_pair_exists_from_6_2_on() {
+        for (version, has) in [
+            ("6.0.40", false),
+            ("6.1.0", false),
+            ("6.2.10", true),
+            ("7.0.0", true),
+            ("10.0.55", true),
+            ("5", false),
+            ("garbage", true),
+        ] {
+            assert_eq!(has_generate_key_pair(version), has, "{version}");
+        }
+    }
+
+    #[test]
+    fn a_device_key_is_rsa_2048_in_pkcs1() {
+        let key = DeviceKey::generate().unwrap();
+        let private = openssl::rsa::Rsa::private_key_from_der(&key.private_der).unwrap();
+        assert_eq!(private.size(), 256);
+        let public = openssl::rsa::Rsa::public_key_from_der_pkcs1(&key.public_der).unwrap();
+        assert_eq!(public.n(), private.n());
     }
 }

@@ -18,6 +18,7 @@
 
 mod admins;
 mod agents;
+mod backoff;
 mod keys;
 mod provisioning;
 mod records;
@@ -35,6 +36,7 @@ use schema::SchemaState;
 
 pub use admins::{AdminRecord, Credential, CredentialKind, Role};
 pub use agents::{HostKeyStatus, SshPublicKey};
+pub use backoff::JobBackoff;
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
 pub use records::{

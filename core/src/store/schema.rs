@@ -162,6 +162,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN acknowledged_at INTEGER;
     ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
     "#,
+    // 6: devices whose provisioning job failed wait before their next hello starts
+    // another (they keep saying hello for hours).
+    r#"
+    CREATE TABLE job_backoff (
+        device_uuid     TEXT PRIMARY KEY,
+        pid             TEXT NOT NULL,
+        cause           TEXT NOT NULL,
+        failures        INTEGER NOT NULL CHECK (failures > 0),
+        last_failed_at  INTEGER NOT NULL,
+        retry_at        INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

@@ -217,9 +217,7 @@ fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(&format!(
-            "DROP TABLE admin_credentials; DROP TABLE admins;
-             ALTER TABLE alerts DROP COLUMN acknowledged_at;
-             ALTER TABLE alerts DROP COLUMN acknowledged_by;
+            "DROP TABLE job_backoff;
              PRAGMA user_version = {};",
             schema::SCHEMA_VERSION - 1
         ))
