@@ -349,7 +349,9 @@ mod tests {
             let r = read_request(&mut s);
             r.check_digest("nonce-3", NEW_PASSWORD);
             refuse(s, "nonce-4", false);
-            let s = accept();
+            let mut s = accept();
+            let r = read_request(&mut s);
+            assert_eq!(r.check_digest("nonce-4", NEW_PASSWORD), "00000001");
             refuse(s, "nonce-5", false);
         });
 

@@ -89,9 +89,11 @@ impl std::fmt::Debug for Connected {
 /// hint the device sends is accepted; a hint other than the PID is logged at debug.
 /// `timeout` bounds TCP connect and handshake together, for each of at most two
 /// attempts: when `versions` is [`HelloVersions::Modern`] and the device aborts the
-/// handshake before our key exchange (a protocol-version or handshake alert, or a
-/// close), it is tried once more with a TLS 1.0-only ClientHello. Only a failure
-/// *after* our key exchange is a [`DeviceError::PskMismatch`].
+/// handshake — with a protocol-version or handshake alert, a close, or the
+/// bad_record_mac MeshCentral keys its own TLS 1.0 retry on — it is tried once more
+/// with a TLS 1.0-only ClientHello. A [`DeviceError::PskMismatch`] is reported only
+/// when the handshake that failed after our key exchange was not a version problem:
+/// the TLS 1.0-only one, or one the device had already accepted the version of.
 pub async fn connect_psk(
     addr: SocketAddr,
     pid: &Pid,
@@ -102,29 +104,30 @@ pub async fn connect_psk(
     let first = psk_attempt(addr, pid, pps, timeout, versions).await;
     match first {
         Ok(stream) => Ok(Connected { stream, versions }),
-        Err(Attempt::BeforeKeyExchange(first)) if versions == HelloVersions::Modern => {
+        Err(Attempt::Refused(first)) if versions == HelloVersions::Modern => {
             tracing::debug!(%addr, error = %first, "TLS-PSK handshake refused; retrying with a TLS 1.0-only ClientHello");
             match psk_attempt(addr, pid, pps, timeout, HelloVersions::Tls10Only).await {
                 Ok(stream) => Ok(Connected {
                     stream,
                     versions: HelloVersions::Tls10Only,
                 }),
-                Err(Attempt::Failed(e @ DeviceError::PskMismatch)) => Err(e),
-                Err(Attempt::BeforeKeyExchange(_))
+                Err(Attempt::Refused(e @ DeviceError::PskMismatch)) => Err(e),
+                Err(Attempt::Refused(_))
                 | Err(Attempt::Failed(DeviceError::Unreachable(_) | DeviceError::Timeout { .. })) => {
                     Err(first)
                 }
                 Err(Attempt::Failed(e)) => Err(e),
             }
         }
-        Err(Attempt::BeforeKeyExchange(e) | Attempt::Failed(e)) => Err(e),
+        Err(Attempt::Refused(e) | Attempt::Failed(e)) => Err(e),
     }
 }
 
 /// How one handshake attempt failed.
 enum Attempt {
-    /// The device gave up before our key exchange: possibly our ClientHello's version.
-    BeforeKeyExchange(DeviceError),
+    /// The device aborted the handshake: possibly our ClientHello's version.
+    Refused(DeviceError),
+    /// Anything else (no connection, a timeout, a certificate vprov refuses).
     Failed(DeviceError),
 }
 
@@ -147,9 +150,9 @@ async fn psk_attempt(
             step: "TLS-PSK handshake",
         })),
         Ok(Err(e)) if !key_exchange_sent.load(Ordering::SeqCst) => {
-            Err(Attempt::BeforeKeyExchange(tls_error(e)))
+            Err(Attempt::Refused(tls_error(e)))
         }
-        Ok(Err(e)) => Err(Attempt::Failed(classify_psk_failure(&e))),
+        Ok(Err(e)) => Err(Attempt::Refused(classify_psk_failure(&e))),
         Ok(Ok(())) => Ok(stream),
     }
 }
@@ -162,8 +165,8 @@ async fn psk_attempt(
 /// match, the address vprov connects to. Trust comes from the private CA, which only
 /// ever signs device certificates for keys generated inside the devices.
 ///
-/// Like [`connect_psk`], a handshake the device aborts for a reason other than its
-/// certificate is tried once more with a TLS 1.0-only ClientHello.
+/// Like [`connect_psk`], a handshake that fails for a reason other than the
+/// device's certificate is tried once more with a TLS 1.0-only ClientHello.
 pub async fn connect_tls(
     addr: SocketAddr,
     ca_der: &[u8],
@@ -172,21 +175,21 @@ pub async fn connect_tls(
 ) -> Result<Connected, DeviceError> {
     match tls_attempt(addr, ca_der, timeout, versions).await {
         Ok(stream) => Ok(Connected { stream, versions }),
-        Err(Attempt::BeforeKeyExchange(first)) if versions == HelloVersions::Modern => {
+        Err(Attempt::Refused(first)) if versions == HelloVersions::Modern => {
             tracing::debug!(%addr, error = %first, "TLS handshake refused; retrying with a TLS 1.0-only ClientHello");
             match tls_attempt(addr, ca_der, timeout, HelloVersions::Tls10Only).await {
                 Ok(stream) => Ok(Connected {
                     stream,
                     versions: HelloVersions::Tls10Only,
                 }),
-                Err(Attempt::BeforeKeyExchange(_))
+                Err(Attempt::Refused(_))
                 | Err(Attempt::Failed(DeviceError::Unreachable(_) | DeviceError::Timeout { .. })) => {
                     Err(first)
                 }
                 Err(Attempt::Failed(e)) => Err(e),
             }
         }
-        Err(Attempt::BeforeKeyExchange(e) | Attempt::Failed(e)) => Err(e),
+        Err(Attempt::Refused(e) | Attempt::Failed(e)) => Err(e),
     }
 }
 
@@ -211,11 +214,8 @@ async fn tls_attempt(
                 Err(Attempt::Failed(DeviceError::CertificateRejected(
                     verify.error_string().to_string(),
                 )))
-            } else if stream.ssl().peer_certificate().is_none() {
-                // Aborted before the device even showed its certificate.
-                Err(Attempt::BeforeKeyExchange(tls_error(e)))
             } else {
-                Err(Attempt::Failed(tls_error(e)))
+                Err(Attempt::Refused(tls_error(e)))
             }
         }
         Ok(Ok(())) => Ok(stream),
@@ -593,49 +593,50 @@ pub(crate) mod tests {
 
     /// The handshake tests pass on hosts whose openssl.cnf is permissive; this pins the
     /// explicit settings that make TLS 1.0 work under Debian's MinProtocol/SECLEVEL 2.
-    /// Firmware that rejects a ClientHello offering more than TLS 1.0 with a
-    /// protocol_version alert is tried once more with a TLS 1.0-only one (as
-    /// MeshCentral does), and the session remembers that.
+    /// Firmware that rejects a ClientHello offering more than TLS 1.0 — with a
+    /// protocol_version alert, or the bad_record_mac MeshCentral keys its own retry
+    /// on — is tried once more with a TLS 1.0-only one, and the session remembers it.
     #[tokio::test]
     async fn a_version_intolerant_device_is_reached_with_tls_1_0() {
-        let (l, addr) = listener();
-        let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
-        let server = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let mut versions = Vec::new();
-            for _ in 0..2 {
-                let (mut tcp, _) = l.accept().expect("accept");
-                // Record header (5) + handshake header (4) + client_version (2).
-                let mut head = [0u8; 11];
-                let mut seen = 0;
-                while seen < head.len() {
-                    let n = tcp.peek(&mut head).expect("peek");
-                    assert!(n > 0, "closed");
-                    seen = n;
+        for alert in [0x46u8, 0x14] {
+            let (l, addr) = listener();
+            let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
+            let server = std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut versions = Vec::new();
+                for _ in 0..2 {
+                    let (mut tcp, _) = l.accept().expect("accept");
+                    // Record header (5) + handshake header (4) + client_version (2).
+                    let mut head = [0u8; 11];
+                    while tcp.peek(&mut head).expect("peek") < head.len() {}
+                    let version = u16::from_be_bytes([head[9], head[10]]);
+                    versions.push(version);
+                    if version > 0x0301 {
+                        tcp.write_all(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, alert])
+                            .expect("alert");
+                        let _ = tcp.read(&mut [0u8; 1]);
+                        continue;
+                    }
+                    Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
                 }
-                let version = u16::from_be_bytes([head[9], head[10]]);
-                versions.push(version);
-                if version > 0x0301 {
-                    tcp.write_all(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46])
-                        .expect("alert");
-                    let _ = tcp.read(&mut [0u8; 1]);
-                    continue;
-                }
-                Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
-            }
-            versions
-        });
-        let connected = connect_psk(
-            addr,
-            &pid(),
-            &pps(),
-            Duration::from_secs(3),
-            HelloVersions::Modern,
-        )
-        .await
-        .expect("handshake after the fallback");
-        assert_eq!(connected.versions, HelloVersions::Tls10Only);
-        assert_eq!(server.join().expect("server"), vec![0x0303, 0x0301]);
+                versions
+            });
+            let connected = connect_psk(
+                addr,
+                &pid(),
+                &pps(),
+                Duration::from_secs(3),
+                HelloVersions::Modern,
+            )
+            .await
+            .expect("handshake after the fallback");
+            assert_eq!(
+                connected.versions,
+                HelloVersions::Tls10Only,
+                "alert {alert}"
+            );
+            assert_eq!(server.join().expect("server"), vec![0x0303, 0x0301]);
+        }
     }
 
     #[test]
