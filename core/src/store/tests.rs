@@ -217,9 +217,11 @@ fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(&format!(
-            "DROP TABLE admin_credentials; DROP TABLE admins;
-             ALTER TABLE alerts DROP COLUMN acknowledged_at;
-             ALTER TABLE alerts DROP COLUMN acknowledged_by;
+            "DROP INDEX alerts_open_by_key; DROP INDEX alerts_by_last_seen;
+             ALTER TABLE alerts DROP COLUMN count;
+             ALTER TABLE alerts DROP COLUMN last_seen;
+             ALTER TABLE alerts DROP COLUMN notified_at;
+             ALTER TABLE alerts DROP COLUMN agg_key;
              PRAGMA user_version = {};",
             schema::SCHEMA_VERSION - 1
         ))
