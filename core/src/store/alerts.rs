@@ -56,10 +56,11 @@ impl NewAlert {
         if self.source.len() > MAX_FIELD_BYTES {
             self.source = cap(&self.source, MAX_FIELD_BYTES).into_owned().into();
         }
-        for field in [&mut self.pid, &mut self.device_uuid, &mut self.address] {
-            if let Some(text) = field {
-                cut(text, MAX_FIELD_BYTES);
-            }
+        for text in [&mut self.pid, &mut self.device_uuid, &mut self.address]
+            .into_iter()
+            .flatten()
+        {
+            cut(text, MAX_FIELD_BYTES);
         }
         self
     }
@@ -443,10 +444,14 @@ mod tests {
             "provisioning failed at step login: 401 after 3 tries",
             "10.0.0.1",
         );
-        let stored = store.insert_alerts(&[failed.clone()], NOTICE).unwrap();
+        let stored = store
+            .insert_alerts(std::slice::from_ref(&failed), NOTICE)
+            .unwrap();
         assert!(stored[0].notify);
         for _ in 0..9 {
-            let again = store.insert_alerts(&[failed.clone()], NOTICE).unwrap();
+            let again = store
+                .insert_alerts(std::slice::from_ref(&failed), NOTICE)
+                .unwrap();
             assert_eq!(again[0].id, stored[0].id);
             assert!(
                 !again[0].notify,
@@ -458,7 +463,9 @@ mod tests {
             "provisioning failed at step login: 401 after 4 tries",
             "10.0.0.1",
         );
-        store.insert_alerts(&[numbers.clone()], NOTICE).unwrap();
+        store
+            .insert_alerts(std::slice::from_ref(&numbers), NOTICE)
+            .unwrap();
         // Another address, step or severity is another alert.
         let elsewhere = alert(
             "provisioning failed at step login: 401 after 3 tries",
@@ -498,10 +505,20 @@ mod tests {
     fn a_repeat_after_the_interval_is_told_again_and_one_without_sinks_never() {
         let (_dir, mut store) = new_store();
         let a = alert("unreachable", "10.0.0.1");
-        assert!(!store.insert_alerts(&[a.clone()], None).unwrap()[0].notify);
+        assert!(!store.insert_alerts(std::slice::from_ref(&a), None).unwrap()[0].notify);
         // Never told (no sink saw it): the server's next repeat is told.
-        assert!(store.insert_alerts(&[a.clone()], NOTICE).unwrap()[0].notify);
-        assert!(!store.insert_alerts(&[a.clone()], NOTICE).unwrap()[0].notify);
+        assert!(
+            store
+                .insert_alerts(std::slice::from_ref(&a), NOTICE)
+                .unwrap()[0]
+                .notify
+        );
+        assert!(
+            !store
+                .insert_alerts(std::slice::from_ref(&a), NOTICE)
+                .unwrap()[0]
+                .notify
+        );
         // An interval of zero has always elapsed.
         assert!(store.insert_alerts(&[a], Some(Duration::ZERO)).unwrap()[0].notify);
     }
