@@ -61,6 +61,50 @@ struct ConfigFile {
     management: ManagementSection,
     #[serde(default)]
     api: ApiSection,
+    #[serde(default)]
+    alerts: AlertsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSection {
+    retention_days: Option<u64>,
+    max_rows: Option<u64>,
+    repeat_notice_minutes: Option<u64>,
+}
+
+/// `[alerts]`: how long the alert log keeps alerts, how large it may grow, and how
+/// often repeats of one alert are passed on to alert sinks and the server log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// Alerts last seen longer ago than this are deleted; `None` keeps them (then
+    /// only `max_rows` bounds the table).
+    pub retention: Option<Duration>,
+    /// Rows the alert table keeps at most (the newest).
+    pub max_rows: u64,
+    /// After an alert is passed on, its repeats are passed on again at most once in
+    /// this long.
+    pub repeat_notice: Duration,
+}
+
+impl AlertsConfig {
+    /// The store's retention rule.
+    pub fn retention(&self) -> crate::store::AlertRetention {
+        crate::store::AlertRetention {
+            max_age: self.retention,
+            max_rows: self.max_rows,
+        }
+    }
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            retention: Some(Duration::from_secs(90 * 86_400)),
+            max_rows: 50_000,
+            repeat_notice: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +278,7 @@ pub struct Config {
     pub export: ExportConfig,
     pub management: ManagementConfig,
     pub api: ApiConfig,
+    pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -302,6 +347,7 @@ impl Default for Config {
                 names: Vec::new(),
                 session_ttl: Duration::from_secs(12 * 3600),
             },
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -465,7 +511,36 @@ impl Config {
             names: a.names.unwrap_or_default(),
             session_ttl: Duration::from_secs(session_hours * 3600),
         };
+        let al = file.alerts;
+        let ad = defaults.alerts;
+        let alerts = AlertsConfig {
+            retention: match al.retention_days {
+                None => ad.retention,
+                Some(0) => None,
+                Some(days) if days <= 36_500 => Some(Duration::from_secs(days * 86_400)),
+                Some(_) => {
+                    return Err(invalid(
+                        "alerts.retention_days",
+                        "must be 0 (keep) to 36500".into(),
+                    ))
+                }
+            },
+            max_rows: al.max_rows.unwrap_or(ad.max_rows),
+            repeat_notice: al
+                .repeat_notice_minutes
+                .map_or(ad.repeat_notice, |m| Duration::from_secs(m * 60)),
+        };
+        if !(100..=10_000_000).contains(&alerts.max_rows) {
+            return Err(invalid("alerts.max_rows", "must be 100 to 10000000".into()));
+        }
+        if al.repeat_notice_minutes.is_some_and(|m| m > 10_080) {
+            return Err(invalid(
+                "alerts.repeat_notice_minutes",
+                "must be 0 to 10080 (a week)".into(),
+            ));
+        }
         Ok(Config {
+            alerts,
             api,
             management,
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
@@ -502,6 +577,22 @@ mod tests {
         assert_eq!(c.master_key_file, Some(PathBuf::from("/etc/vprov/key")));
         let off = Config::parse("[management]\ncheck_interval_ms = 0\n", Path::new("x")).unwrap();
         assert_eq!(off.management.check_interval, None);
+        let alerts = Config::parse(
+            "[alerts]\nretention_days = 0\nmax_rows = 1000\nrepeat_notice_minutes = 1\n",
+            Path::new("x"),
+        )
+        .unwrap()
+        .alerts;
+        assert_eq!(
+            alerts,
+            AlertsConfig {
+                retention: None,
+                max_rows: 1000,
+                repeat_notice: Duration::from_secs(60),
+            }
+        );
+        let err = Config::parse("[alerts]\nmax_rows = 0\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("alerts.max_rows"), "{err}");
     }
 
     #[test]

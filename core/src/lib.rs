@@ -13,7 +13,8 @@
 //! - [`management`]: agentless management of one device (power, inventory);
 //! - [`server`]: `vprov serve`: hello listener, provisioning jobs, alert log;
 //! - [`api`]: the admin API and web console `vprov serve` offers over HTTPS;
-//! - [`accounts`]: admin account password hashes and session/bearer tokens.
+//! - [`accounts`]: admin account password hashes and session/bearer tokens;
+//! - [`text`]: outside text made safe to store and log (size caps, escaping).
 //!
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
@@ -31,3 +32,4 @@ pub mod plugins;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod text;

@@ -208,7 +208,7 @@ impl ManagedDevice {
             device_uuid: Some(self.uuid.clone()),
             address: Some(self.access.address.clone()),
         };
-        if let Err(store_error) = self.store.insert_alerts(&[alert]) {
+        if let Err(store_error) = self.store.insert_alerts(&[alert], None) {
             tracing::error!("cannot store the alert about {}: {store_error}", self.uuid);
         }
         ManagementError::Device(Box::new(DeviceFailure {

@@ -44,6 +44,59 @@ fn audit_actions(api: &ApiClient) -> Vec<(String, String)> {
 }
 
 #[test]
+fn concurrent_guesses_are_counted_before_they_are_checked() {
+    let (_rig, _server, anon) = api_rig(1);
+    let attempt = |name: &str, password: &str| {
+        anon.post(
+            "/api/v1/session",
+            json!({"name": name, "password": password}),
+        )
+        .status
+    };
+    // Names no account can have (too long, or a password typed into the field) are
+    // refused before they are counted or checked: the right password still works.
+    for name in ["n".repeat(65), "ann-the-admin-pw !".into()] {
+        for _ in 0..10 {
+            assert_eq!(attempt(&name, "x"), 400);
+        }
+    }
+    assert_eq!(attempt("ann", ANN), 200);
+
+    // 50 wrong guesses and the right password at once: only as many as the limit
+    // allows are checked, the rest wait (429) — the right one too, unless it was
+    // among the first.
+    let barrier = std::sync::Barrier::new(51);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..51)
+            .map(|i| {
+                let (client, barrier) = (anon.with(Auth::None), &barrier);
+                scope.spawn(move || {
+                    let password = if i == 25 {
+                        ANN.to_string()
+                    } else {
+                        format!("guess-{i}")
+                    };
+                    barrier.wait();
+                    client
+                        .post(
+                            "/api/v1/session",
+                            json!({"name": "ann", "password": password}),
+                        )
+                        .status
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| matches!(s, 200 | 401)).count();
+    assert!(checked <= 5, "{checked} guesses were checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 401 | 429)),
+        "{statuses:?}"
+    );
+}
+
+#[test]
 fn sign_in_sessions_tokens_roles_and_the_rate_limit() {
     let (rig, _server, anon) = api_rig(3);
     // Every resource wants a signed-in caller (signing out without a session only

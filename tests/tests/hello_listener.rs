@@ -143,6 +143,58 @@ fn an_http_probe_gets_a_short_page() {
 }
 
 #[test]
+fn repeated_hellos_are_one_alert_with_a_count_until_acknowledged() {
+    let s = Sandbox::default();
+    let server = start(&s);
+    let unknown = |a: &Value| a["message"].as_str().unwrap().contains("unknown PID");
+    for _ in 0..10 {
+        send(server.hello_addr, &hello_v2(b"0000037M", [7; 16]));
+    }
+    let first = eventually(Duration::from_secs(10), "ten hellos counted", || {
+        let all: Vec<Value> = alerts(&s).into_iter().filter(unknown).collect();
+        (all.iter()
+            .map(|a| a["count"].as_i64().unwrap())
+            .sum::<i64>()
+            == 10)
+            .then_some(all)
+    });
+    assert_eq!(first.len(), 1, "one alert, not ten: {first:#?}");
+    assert!(first[0]["last_seen"].as_str().unwrap() >= first[0]["at"].as_str().unwrap());
+
+    // Acknowledged (audited), the alert stays closed: the next repeat is a new one.
+    let id = first[0]["id"].to_string();
+    assert!(s
+        .run(&["alerts", "ack", "999999"])
+        .fails()
+        .contains("no alert with id 999999"));
+    assert!(s
+        .run(&["alerts", "ack", &id])
+        .ok()
+        .contains("1 alert(s) acknowledged"));
+    send(server.hello_addr, &hello_v2(b"0000037M", [7; 16]));
+    let again = eventually(Duration::from_secs(10), "a new alert", || {
+        let all: Vec<Value> = alerts(&s).into_iter().filter(unknown).collect();
+        (all.len() == 2).then_some(all)
+    });
+    assert_eq!(again[0]["count"], 1);
+    assert_eq!(again[0]["acknowledged_at"], Value::Null);
+    assert_eq!(again[1]["count"], 10);
+    assert!(s
+        .run(&["alerts", "ack", "--all"])
+        .ok()
+        .contains("1 alert(s) acknowledged"));
+    let audit = s.run(&["audit", "list", "--format", "json"]).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions[..2], ["alert.acknowledge_all", "alert.acknowledge"]);
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn a_flood_from_one_address_is_rate_limited_with_one_alert() {
     let s = Sandbox::default();
     let server = start(&s);

@@ -115,24 +115,38 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
     }
 }
 
-/// Recent failed sign-ins, by account name and by client address.
+/// Recent sign-in attempts, by account name and by client address. An attempt is
+/// counted *before* its password is checked, so concurrent guesses cannot all be
+/// checked before the first failure is recorded; a success takes its own attempt
+/// back. Names are kept only as a short hash.
 #[derive(Default)]
 pub struct SignInLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    attempts: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+/// A short, non-reversible form of an account name for the limiter and the log
+/// (the first 8 bytes of its SHA-256, in hex): a password typed into the name field
+/// is never kept or written out.
+fn name_tag(name: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 impl SignInLimiter {
     fn keys(name: &str, ip: IpAddr) -> [String; 2] {
-        [format!("name:{name}"), format!("ip:{ip}")]
+        [format!("name:{}", name_tag(name)), format!("ip:{ip}")]
     }
 
-    /// Seconds until another attempt is allowed, if the limit is reached.
-    fn blocked(&self, name: &str, ip: IpAddr) -> Option<u64> {
-        let mut failures = self.failures.lock().expect("limiter lock");
+    /// Counts an attempt for `name` from `ip` before it is checked; if either has
+    /// used up its attempts within the window, nothing is counted and the answer is
+    /// the seconds until another attempt is allowed.
+    fn attempt(&self, name: &str, ip: IpAddr) -> Result<(), u64> {
+        let mut attempts = self.attempts.lock().expect("limiter lock");
         let now = Instant::now();
+        let keys = Self::keys(name, ip);
         let mut wait = None;
-        for key in Self::keys(name, ip) {
-            if let Some(times) = failures.get_mut(&key) {
+        for key in &keys {
+            if let Some(times) = attempts.get_mut(key) {
                 times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
                 if times.len() >= MAX_FAILURES {
                     let until = FAILURE_WINDOW - now.duration_since(times[0]);
@@ -140,36 +154,38 @@ impl SignInLimiter {
                 }
             }
         }
-        failures.retain(|_, times| !times.is_empty());
-        wait
-    }
-
-    fn failed(&self, name: &str, ip: IpAddr) {
-        let mut failures = self.failures.lock().expect("limiter lock");
-        let now = Instant::now();
-        if failures.len() >= MAX_TRACKED {
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        if attempts.len() + 2 > MAX_TRACKED {
             // Someone is spraying names or addresses: forget what has aged out, and
             // if that is not enough, everything (memory stays bounded).
-            failures.retain(|_, times| {
+            attempts.retain(|_, times| {
                 times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
                 !times.is_empty()
             });
-            if failures.len() >= MAX_TRACKED {
-                failures.clear();
+            if attempts.len() + 2 > MAX_TRACKED {
+                attempts.clear();
             }
         }
-        for key in Self::keys(name, ip) {
-            let times = failures.entry(key).or_default();
-            times.push(now);
-            if times.len() > MAX_FAILURES {
-                times.remove(0);
-            }
+        for key in keys {
+            attempts.entry(key).or_default().push(now);
         }
+        Ok(())
     }
 
-    fn succeeded(&self, name: &str) {
-        let mut failures = self.failures.lock().expect("limiter lock");
-        failures.remove(&format!("name:{name}"));
+    /// The attempt succeeded: the name's attempts are forgotten, and this one is
+    /// taken back from the address.
+    fn succeeded(&self, name: &str, ip: IpAddr) {
+        let mut attempts = self.attempts.lock().expect("limiter lock");
+        let [name_key, ip_key] = Self::keys(name, ip);
+        attempts.remove(&name_key);
+        if let Some(times) = attempts.get_mut(&ip_key) {
+            times.pop();
+            if times.is_empty() {
+                attempts.remove(&ip_key);
+            }
+        }
     }
 }
 
@@ -191,7 +207,15 @@ pub async fn sign_in(
     Body(body): Body<SignIn>,
 ) -> ApiResult<Response> {
     let ip = peer.ip();
-    if let Some(wait) = state.limiter.blocked(&body.name, ip) {
+    // No account has a name outside these rules: such a name is refused before it
+    // is counted, checked or logged (a password typed into it stays unseen).
+    if accounts::check_name(&body.name).is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "an account name is 1 to 64 letters, digits, '.', '-', '_' or '@'",
+        ));
+    }
+    if let Err(wait) = state.limiter.attempt(&body.name, ip) {
         return Err(ApiError {
             retry_after: Some(wait),
             ..ApiError::new(
@@ -202,6 +226,7 @@ pub async fn sign_in(
     }
     let name = body.name.clone();
     let found = state.store(move |s| s.admin_password_hash(&name)).await?;
+    let known = found.is_some();
     let password = zeroize::Zeroizing::new(body.password);
     // Hashing is deliberately slow: off the async workers. An unknown name costs the
     // same as a wrong password.
@@ -215,14 +240,20 @@ pub async fn sign_in(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let Some(role) = role else {
-        state.limiter.failed(&body.name, ip);
-        tracing::warn!(name = %body.name, client = %ip, "admin API: failed sign-in");
+        // An existing account's name is logged; any other name only as a hash, in
+        // case it was a password typed into the wrong field.
+        if known {
+            tracing::warn!(name = %body.name, client = %ip, "admin API: failed sign-in");
+        } else {
+            tracing::warn!(name_sha256 = %name_tag(&body.name), client = %ip,
+                "admin API: failed sign-in with an unknown account name");
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "wrong name or password",
         ));
     };
-    state.limiter.succeeded(&body.name);
+    state.limiter.succeeded(&body.name, ip);
     let token = accounts::new_token();
     let hash = accounts::token_hash(&token);
     let ttl = state.settings.session_ttl;
@@ -283,29 +314,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sign_in_is_blocked_after_repeated_failures_per_name_and_address() {
+    fn attempts_are_counted_before_they_are_checked_per_name_and_address() {
         let limiter = SignInLimiter::default();
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let other: IpAddr = "127.0.0.10".parse().unwrap();
+        // Attempts in flight count: the sixth is refused before any failed.
         for _ in 0..MAX_FAILURES {
-            assert_eq!(limiter.blocked("ann", ip), None);
-            limiter.failed("ann", ip);
+            assert_eq!(limiter.attempt("ann", ip), Ok(()));
         }
-        assert!(limiter.blocked("ann", ip).is_some());
+        assert!(limiter.attempt("ann", ip).is_err());
         // The name is blocked from anywhere, the address for any name.
-        assert!(limiter.blocked("ann", other).is_some());
-        assert!(limiter.blocked("bob", ip).is_some());
-        assert_eq!(limiter.blocked("bob", other), None);
+        assert!(limiter.attempt("ann", other).is_err());
+        assert!(limiter.attempt("bob", ip).is_err());
+        assert_eq!(limiter.attempt("bob", other), Ok(()));
     }
 
     #[test]
-    fn sprayed_names_cost_bounded_memory() {
+    fn a_success_takes_its_attempt_back() {
+        let limiter = SignInLimiter::default();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        for _ in 0..(3 * MAX_FAILURES) {
+            assert_eq!(limiter.attempt("ann", ip), Ok(()));
+            limiter.succeeded("ann", ip);
+        }
+        assert!(limiter.attempts.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sprayed_names_cost_bounded_memory_and_are_kept_as_hashes() {
         let limiter = SignInLimiter::default();
         for i in 0..(3 * MAX_TRACKED) {
             let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-            limiter.failed(&format!("user{i}"), ip);
+            let _ = limiter.attempt(&format!("secret-password-{i}"), ip);
         }
-        assert!(limiter.failures.lock().unwrap().len() <= MAX_TRACKED + 2);
+        let attempts = limiter.attempts.lock().unwrap();
+        assert!(attempts.len() <= MAX_TRACKED);
+        assert!(attempts.keys().all(|k| !k.contains("secret")));
     }
 
     #[test]

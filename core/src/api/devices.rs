@@ -38,6 +38,8 @@ pub fn alert_json(a: &AlertRecord) -> Value {
     json!({
         "id": a.id,
         "at": time(a.at),
+        "last_seen": time(a.last_seen),
+        "count": a.count,
         "severity": a.severity,
         "source": a.source,
         "message": a.message,
@@ -319,7 +321,7 @@ pub async fn alerts(
     let filter = AlertFilter {
         min_severity: q.severity,
         acknowledged: q.acknowledged,
-        after_id: None,
+        seen_since: None,
         limit: q.limit.clamp(1, 10_000),
     };
     let alerts = state.store(move |s| s.alerts_where(&filter)).await?;

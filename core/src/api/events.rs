@@ -58,7 +58,11 @@ impl EventBus {
 /// anybody listens.
 pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
     let mut devices: HashMap<String, Value> = HashMap::new();
-    let mut last_alert = 0i64;
+    // Alerts are watched by when they were last seen, so a repeat (a higher count)
+    // is pushed too; those already pushed with the latest time stamp are remembered
+    // (by count) so they are not pushed again.
+    let mut since = 0i64;
+    let mut at_since: HashMap<i64, i64> = HashMap::new();
     // Until someone listens (again), only the baseline is kept current.
     let mut quiet = true;
     loop {
@@ -70,12 +74,12 @@ pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) 
             quiet = true;
             continue;
         }
-        let after = last_alert;
+        let seen_since = since;
         let read = state
             .store(move |s| {
                 let devices = s.devices(&DeviceFilter::default())?;
                 let alerts = s.alerts_where(&AlertFilter {
-                    after_id: Some(after),
+                    seen_since: Some(seen_since),
                     limit: 500,
                     ..AlertFilter::default()
                 })?;
@@ -96,12 +100,19 @@ pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) 
         }
         // Oldest first; in a burst of more than 500 between looks, the oldest are
         // skipped (they are in the alert log).
+        let latest = new_alerts.first().map_or(since, |a| a.last_seen.max(since));
+        let mut now_at_latest = HashMap::new();
         for alert in new_alerts.iter().rev() {
-            last_alert = last_alert.max(alert.id);
-            if !quiet {
+            let pushed = at_since.get(&alert.id) == Some(&alert.count);
+            if !quiet && !pushed {
                 state.events.publish("alert", alert_json(alert));
             }
+            if alert.last_seen == latest {
+                now_at_latest.insert(alert.id, alert.count);
+            }
         }
+        since = latest;
+        at_since = now_at_latest;
         if quiet {
             // Streams opened since the last look now see every later change: tell
             // them (the console ignores it; tests wait for it instead of sleeping).

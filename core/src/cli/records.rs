@@ -10,6 +10,7 @@ use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
+use vprov_core::text::escape_control;
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, ListFormat};
@@ -159,6 +160,17 @@ pub enum AlertsCommand {
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
+    },
+    /// Acknowledge alerts (audited): a repeat of an acknowledged alert is listed as
+    /// a new alert instead of adding to its count
+    Ack {
+        /// Ids of the alerts (see `vprov alerts list`); if any is unknown, none is
+        /// acknowledged
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Acknowledge every unacknowledged alert
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -317,11 +329,23 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
 }
 
 pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let AlertsCommand::List {
-        severity,
-        limit,
-        format,
-    } = cmd;
+    let (severity, limit, format) = match cmd {
+        AlertsCommand::List {
+            severity,
+            limit,
+            format,
+        } => (severity, limit, format),
+        AlertsCommand::Ack { ids, all } => {
+            let mut store = ctx.store()?;
+            let n = if all {
+                store.acknowledge_all_alerts(&actor())?
+            } else {
+                store.acknowledge_alerts(&ids, &actor())?
+            };
+            println!("{n} alert(s) acknowledged");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let alerts = ctx.store()?.alerts(severity, limit)?;
     match format {
         ListFormat::Json => {
@@ -329,19 +353,37 @@ pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         ListFormat::Table => output::table(
             &[
-                "TIME", "SEVERITY", "SOURCE", "ADDRESS", "PID", "DEVICE", "MESSAGE",
+                "ID",
+                "LAST SEEN",
+                "COUNT",
+                "SEVERITY",
+                "SOURCE",
+                "ADDRESS",
+                "PID",
+                "DEVICE",
+                "ACK",
+                "MESSAGE",
             ],
             &alerts
                 .iter()
                 .map(|a| {
                     vec![
-                        output::time(a.at),
+                        a.id.to_string(),
+                        output::time(a.last_seen),
+                        a.count.to_string(),
                         a.severity.to_string(),
                         a.source.clone(),
                         cell(a.address.as_deref()),
                         cell(a.pid.as_deref()),
                         cell(a.device_uuid.as_deref()),
-                        a.message.clone(),
+                        if a.acknowledged_at.is_some() {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                        // Device-supplied text never moves the terminal's cursor.
+                        escape_control(&a.message).into_owned(),
                     ]
                 })
                 .collect::<Vec<_>>(),

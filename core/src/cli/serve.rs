@@ -109,6 +109,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
                     .unwrap_or(ctx.config.hello.listen.port()),
             ),
         }),
+        alerts: ctx.config.alerts,
     };
     let mut store = ctx.store()?;
     // The CA exists before anything listens: clients fetch it (`vprov ca export`) to

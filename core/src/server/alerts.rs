@@ -1,9 +1,16 @@
-//! The alert log's write path: every failure the server sees becomes an alert, logged
-//! at once and written to the store in batches by one writer task, so a burst of bad
-//! hellos costs one transaction per batch. The queue is bounded: if it overflows,
-//! alerts are dropped, counted, and the count is itself written as an alert. Once a
-//! batch is stored it is offered to the alert-sink plugins ([`AlertSinks`]), which
-//! never slow this path down.
+//! The alert log's write path: every failure the server sees becomes an alert,
+//! queued at once (its texts cut to the store's caps) and written to the store in
+//! batches by one writer task, so a burst of bad hellos costs one transaction per
+//! batch. The queue is bounded: if it overflows, alerts are dropped, counted, and the
+//! count is itself written as an alert.
+//!
+//! The store aggregates repeats (see [`crate::store::NewAlert`]): one row per cause
+//! with a count. An alert is written to the server log (control characters escaped,
+//! at most 50 a second) and offered to the alert-sink plugins ([`AlertSinks`], which
+//! never slow this path down) when it is new, and each repeat at most once per
+//! `[alerts] repeat_notice_minutes`, saying how often it was seen. The writer also
+//! prunes the table to `[alerts] retention_days` and `max_rows`: after every
+//! [`PRUNE_EVERY_ROWS`] rows it touched and every [`PRUNE_INTERVAL`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,12 +20,18 @@ use tokio::sync::mpsc;
 use vprov_sdk::AlertEvent;
 
 use super::store_thread::StoreHandle;
+use crate::config::AlertsConfig;
 use crate::plugins::services::sdk_severity;
 use crate::plugins::sinks::AlertSinks;
-use crate::store::{NewAlert, Severity};
+use crate::store::{NewAlert, Severity, StoredAlert};
+use crate::text::escape_control;
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 1024;
+/// The writer prunes the table after touching this many rows...
+pub const PRUNE_EVERY_ROWS: usize = 1024;
+/// ...and at least this often.
+pub const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Alerts written to the server log per second; the rest of a burst is only stored
 /// (and counted in the log), so a flood of bad hellos cannot flood the log.
 const LOGGED_PER_SECOND: u64 = 50;
@@ -28,7 +41,6 @@ const LOGGED_PER_SECOND: u64 = 50;
 pub struct AlertLog {
     tx: mpsc::Sender<NewAlert>,
     dropped: Arc<AtomicU64>,
-    log_budget: Arc<LogBudget>,
 }
 
 /// How many alerts were logged in the current second, and how many were not.
@@ -65,40 +77,39 @@ impl LogBudget {
 }
 
 impl AlertLog {
-    /// Starts the writer task on the current runtime; stored alerts go on to `sinks`.
-    pub fn start(store: StoreHandle, sinks: AlertSinks) -> (AlertLog, AlertWriter) {
+    /// Starts the writer task on the current runtime; stored alerts go on to `sinks`,
+    /// and the table is kept within `settings`.
+    pub fn start(
+        store: StoreHandle,
+        sinks: AlertSinks,
+        settings: AlertsConfig,
+    ) -> (AlertLog, AlertWriter) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let (close, closed) = tokio::sync::oneshot::channel();
+        let writer = Writer {
+            store,
+            dropped: dropped.clone(),
+            sinks,
+            settings,
+            log_budget: LogBudget::default(),
+        };
         let writer = AlertWriter {
-            task: tokio::spawn(write_batches(rx, closed, store, dropped.clone(), sinks)),
+            task: tokio::spawn(writer.run(rx, closed)),
             close,
         };
-        let log_budget = Arc::new(LogBudget::default());
-        (
-            AlertLog {
-                tx,
-                dropped,
-                log_budget,
-            },
-            writer,
-        )
+        (AlertLog { tx, dropped }, writer)
     }
 
-    /// Raises an alert: logged now (up to a rate), stored soon. Never blocks.
+    /// Raises an alert: stored soon, then logged and passed on to alert sinks
+    /// unless it is a repeat told recently. Never blocks.
+    ///
+    /// A repeated failure (a device that fails the same way at every hello) needs
+    /// nothing special: raise the same alert again and the store counts it. Say in
+    /// the message what the admin must do; keep changing numbers (times, tries) in
+    /// digits, which do not make a different cause.
     pub fn raise(&self, alert: NewAlert) {
-        if self.log_budget.admit() {
-            tracing::warn!(
-                source = %alert.source,
-                severity = alert.severity.as_str(),
-                pid = alert.pid.as_deref(),
-                device = alert.device_uuid.as_deref(),
-                address = alert.address.as_deref(),
-                "alert: {}",
-                alert.message
-            );
-        }
-        if self.tx.try_send(alert).is_err() {
+        if self.tx.try_send(alert.capped()).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -120,78 +131,149 @@ impl AlertWriter {
     }
 }
 
-async fn write_batches(
-    mut rx: mpsc::Receiver<NewAlert>,
-    mut closed: tokio::sync::oneshot::Receiver<()>,
+/// What the writer task holds.
+struct Writer {
     store: StoreHandle,
     dropped: Arc<AtomicU64>,
     sinks: AlertSinks,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut closing = false;
-    loop {
-        if closing {
-            // Whatever is queued now is the last batch.
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(a) => batch.push(a),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                return;
-            }
-        } else {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-                _ = &mut closed => { closing = true; continue; }
-            }
-        }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            batch.push(NewAlert {
-                severity: Severity::Error,
-                source: "alerts".into(),
-                message: format!("{lost} alerts were dropped because the alert log was overloaded"),
-                pid: None,
-                device_uuid: None,
-                address: None,
-            });
-        }
-        let alerts = std::mem::take(&mut batch);
-        let n = alerts.len();
-        let (stored, alerts) = match store
-            .call(move |s| (s.insert_alerts(&alerts), alerts))
-            .await
-        {
-            Ok(stored) => stored,
-            Err(_) => return,
-        };
-        let at = match stored {
-            Ok(at) => at,
-            Err(e) => {
-                tracing::error!("{n} alerts could not be stored: {e}");
-                crate::store::now_ms()
-            }
-        };
-        if !sinks.is_empty() {
-            let events: Vec<AlertEvent> = alerts.iter().map(|a| alert_event(a, at)).collect();
-            sinks.publish(&events);
-        }
-    }
+    settings: AlertsConfig,
+    log_budget: LogBudget,
 }
 
-/// An alert as alert sinks receive it.
-fn alert_event(a: &NewAlert, at: i64) -> AlertEvent {
-    let text = |v: &Option<String>| v.as_deref().map(RString::from).into();
-    AlertEvent {
-        at_unix_ms: at,
-        severity: sdk_severity(a.severity),
-        source: a.source.as_ref().into(),
-        message: a.message.as_str().into(),
-        pid: text(&a.pid),
-        device_uuid: text(&a.device_uuid),
-        address: text(&a.address),
+impl Writer {
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<NewAlert>,
+        mut closed: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut closing = false;
+        let mut touched = 0usize;
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            if closing {
+                // Whatever is queued now is the last batch.
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(a) => batch.push(a),
+                        Err(_) => break,
+                    }
+                }
+                if batch.is_empty() {
+                    return;
+                }
+            } else {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                    _ = &mut closed => { closing = true; continue; }
+                    _ = prune.tick() => {
+                        touched = 0;
+                        if !self.prune().await { return }
+                        continue;
+                    }
+                }
+            }
+            let lost = self.dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                batch.push(NewAlert {
+                    severity: Severity::Error,
+                    source: "alerts".into(),
+                    message: format!(
+                        "{lost} alerts were dropped because the alert log was overloaded"
+                    ),
+                    pid: None,
+                    device_uuid: None,
+                    address: None,
+                });
+            }
+            let alerts = std::mem::take(&mut batch);
+            let Some(rows) = self.store_batch(alerts).await else {
+                return;
+            };
+            touched += rows;
+            if touched >= PRUNE_EVERY_ROWS {
+                touched = 0;
+                if !self.prune().await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stores one batch, then logs and passes on what is worth telling. Returns how
+    /// many rows it touched; `None` once the store thread is gone.
+    async fn store_batch(&self, alerts: Vec<NewAlert>) -> Option<usize> {
+        let notice = Some(self.settings.repeat_notice);
+        let (stored, alerts) = self
+            .store
+            .call(move |s| (s.insert_alerts(&alerts, notice), alerts))
+            .await
+            .ok()?;
+        let (touched, told): (usize, Vec<AlertEvent>) = match stored {
+            Ok(rows) => (
+                rows.len(),
+                rows.iter()
+                    .filter(|row| row.notify)
+                    .map(|row| self.tell(&alerts[row.index], Some(row)))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::error!("{} alerts could not be stored: {e}", alerts.len());
+                (0, alerts.iter().map(|a| self.tell(a, None)).collect())
+            }
+        };
+        if !self.sinks.is_empty() && !told.is_empty() {
+            self.sinks.publish(&told);
+        }
+        Some(touched)
+    }
+
+    /// Logs an alert (within the budget) and makes the event alert sinks receive;
+    /// `row` is what the store made of it.
+    fn tell(&self, a: &NewAlert, row: Option<&StoredAlert>) -> AlertEvent {
+        let message = match row {
+            Some(row) if row.count > 1 => format!(
+                "{} (seen {} times since {})",
+                a.message,
+                row.count,
+                crate::api::keys::time(row.first_seen)
+            ),
+            _ => a.message.clone(),
+        };
+        if self.log_budget.admit() {
+            let field = |v: &Option<String>| v.as_deref().map(|t| escape_control(t).into_owned());
+            tracing::warn!(
+                source = %escape_control(&a.source),
+                severity = a.severity.as_str(),
+                pid = field(&a.pid),
+                device = field(&a.device_uuid),
+                address = field(&a.address),
+                "alert: {}",
+                escape_control(&message)
+            );
+        }
+        let text = |v: &Option<String>| v.as_deref().map(RString::from).into();
+        AlertEvent {
+            at_unix_ms: row.map_or_else(crate::store::now_ms, |r| r.last_seen),
+            severity: sdk_severity(a.severity),
+            source: a.source.as_ref().into(),
+            message: message.as_str().into(),
+            pid: text(&a.pid),
+            device_uuid: text(&a.device_uuid),
+            address: text(&a.address),
+        }
+    }
+
+    /// Applies the retention settings; `false` once the store thread is gone.
+    async fn prune(&self) -> bool {
+        let retention = self.settings.retention();
+        match self.store.call(move |s| s.prune_alerts(&retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("alert log: {n} old alerts deleted (retention)"),
+            Ok(Err(e)) => tracing::error!("alert log: old alerts could not be deleted: {e}"),
+            Err(_) => return false,
+        }
+        true
     }
 }
 

@@ -41,6 +41,8 @@ pub struct ServerSettings {
     pub reachability: Option<reachability::ReachabilitySettings>,
     /// The admin API and console; `None` turns it off.
     pub api: Option<crate::api::ApiSettings>,
+    /// Alert retention and how often repeats are passed on.
+    pub alerts: crate::config::AlertsConfig,
 }
 
 /// Why the server could not start.
@@ -80,7 +82,7 @@ pub async fn run(
     let ca_der = Arc::new(ca.cert_der().to_vec());
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
-    let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone());
+    let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone(), settings.alerts);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let plugins = PluginHost::new(

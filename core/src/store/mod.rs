@@ -2,7 +2,8 @@
 //!
 //! Owns the connection, the schema ([`schema`]), and every read and write of key
 //! batches, provisioning keys, the provisioning password, devices (with their SSH
-//! host keys and agent enrollments), alerts and the audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
+//! host keys and agent enrollments), alerts (aggregated, capped and pruned:
+//! [`alerts`]) and the audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
 //! the database file never holds a PPS or a password in plain text.
 //!
 //! **Single owner.** A [`Store`] owns its `Connection` and is not shared between
@@ -18,6 +19,7 @@
 
 mod admins;
 mod agents;
+mod alerts;
 mod backoff;
 mod keys;
 mod provisioning;
@@ -36,12 +38,16 @@ use schema::SchemaState;
 
 pub use admins::{AdminRecord, Credential, CredentialKind, Role};
 pub use agents::{HostKeyStatus, SshPublicKey};
+pub use alerts::{
+    AlertFilter, AlertRecord, AlertRetention, NewAlert, StoredAlert, MAX_FIELD_BYTES,
+    MAX_MESSAGE_BYTES,
+};
 pub use backoff::JobBackoff;
 pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
-pub use provisioning::{JobIntent, NewAlert, PidLookup, ProvisionedDevice};
+pub use provisioning::{JobIntent, PidLookup, ProvisionedDevice};
 pub use records::{
-    AlertFilter, AlertRecord, AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState,
-    ManagementMode, PasswordStatus, Severity,
+    AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
+    PasswordStatus, Severity,
 };
 
 /// File name of the database inside the data directory.
@@ -121,6 +127,8 @@ pub enum StoreError {
     UnknownPid(String),
     #[error("no device with UUID {0}")]
     UnknownDevice(String),
+    #[error("no alert with id {0} (see `vprov alerts list`)")]
+    UnknownAlert(i64),
     #[error("the store holds an invalid value: {0}")]
     Corrupt(String),
     #[error("{0}")]

@@ -1,4 +1,4 @@
-//! The provisioning password, devices, alerts and the audit log in the store.
+//! The provisioning password, devices, alert severities and the audit log in the store.
 
 use std::fmt;
 use std::str::FromStr;
@@ -178,33 +178,6 @@ impl FromStr for Severity {
     }
 }
 
-/// One entry of the alert log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AlertRecord {
-    pub id: i64,
-    pub at: i64,
-    pub severity: Severity,
-    pub source: String,
-    pub message: String,
-    pub pid: Option<String>,
-    pub device_uuid: Option<String>,
-    pub address: Option<String>,
-    pub acknowledged_at: Option<i64>,
-    pub acknowledged_by: Option<String>,
-}
-
-/// Which alerts to list.
-#[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
-    /// Only alerts of at least this severity.
-    pub min_severity: Option<Severity>,
-    /// Only acknowledged (`Some(true)`) or unacknowledged ones.
-    pub acknowledged: Option<bool>,
-    /// Only alerts newer than this id.
-    pub after_id: Option<i64>,
-    pub limit: u32,
-}
-
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRecord {
@@ -215,7 +188,7 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
-fn parse_col<T: FromStr>(idx: usize, text: String) -> rusqlite::Result<T> {
+pub(super) fn parse_col<T: FromStr>(idx: usize, text: String) -> rusqlite::Result<T> {
     text.parse()
         .map_err(|_| rusqlite::Error::InvalidColumnType(idx, text, rusqlite::types::Type::Text))
 }
@@ -548,90 +521,6 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// The newest `limit` alerts at or above `min_severity`, newest first.
-    pub fn alerts(
-        &self,
-        min_severity: Option<Severity>,
-        limit: u32,
-    ) -> Result<Vec<AlertRecord>, StoreError> {
-        self.alerts_where(&AlertFilter {
-            min_severity,
-            limit,
-            ..AlertFilter::default()
-        })
-    }
-
-    /// Alerts matching `filter`, newest first.
-    pub fn alerts_where(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
-        let levels: Vec<&str> = [
-            Severity::Info,
-            Severity::Warning,
-            Severity::Error,
-            Severity::Critical,
-        ]
-        .into_iter()
-        .filter(|s| filter.min_severity.is_none_or(|min| *s >= min))
-        .map(Severity::as_str)
-        .collect();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, at, severity, source, message, pid, device_uuid, address,
-                    acknowledged_at, acknowledged_by
-             FROM alerts WHERE severity IN (SELECT value FROM json_each(?1))
-               AND (?2 IS NULL OR (acknowledged_at IS NOT NULL) = ?2)
-               AND id > ?3
-             ORDER BY id DESC LIMIT ?4",
-        )?;
-        let levels = serde_json::to_string(&levels).expect("a list of strings serialises");
-        let params = params![
-            levels,
-            filter.acknowledged,
-            filter.after_id.unwrap_or(0),
-            filter.limit
-        ];
-        let rows = stmt.query_map(params, |r| {
-            Ok(AlertRecord {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                severity: parse_col(2, r.get(2)?)?,
-                source: r.get(3)?,
-                message: r.get(4)?,
-                pid: r.get(5)?,
-                device_uuid: r.get(6)?,
-                address: r.get(7)?,
-                acknowledged_at: r.get(8)?,
-                acknowledged_by: r.get(9)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Marks an alert acknowledged (audited). Acknowledging twice keeps the first.
-    pub fn acknowledge_alert(&mut self, id: i64, actor: &str) -> Result<bool, StoreError> {
-        let tx = self.write_tx()?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM alerts WHERE id = ?1", [id], |_| Ok(true))
-            .optional()?
-            .unwrap_or(false);
-        if !exists {
-            return Ok(false);
-        }
-        let changed = tx.execute(
-            "UPDATE alerts SET acknowledged_at = ?2, acknowledged_by = ?3
-             WHERE id = ?1 AND acknowledged_at IS NULL",
-            params![id, now_ms(), actor],
-        )?;
-        if changed > 0 {
-            audit(
-                &tx,
-                actor,
-                "alert.acknowledge",
-                &serde_json::json!({ "id": id }),
-            )?;
-        }
-        tx.commit()?;
-        Ok(true)
     }
 
     /// The newest `limit` audit entries, newest first.

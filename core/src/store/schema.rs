@@ -162,7 +162,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN acknowledged_at INTEGER;
     ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
     "#,
-    // 6: devices whose provisioning job failed wait before their next hello starts
+    // 6: repeated alerts aggregate: an unacknowledged alert is one row per
+    // aggregation key (`agg_key`, a hash: see `NewAlert`), with how often it was seen
+    // (`at` is the first time, `last_seen` the last) and when alert sinks were last
+    // told about it. Rows from before keep no key (they never aggregate) and their
+    // messages are cut to the cap new alerts get. `last_seen` orders listings and
+    // drives retention.
+    r#"
+    ALTER TABLE alerts ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
+    ALTER TABLE alerts ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN notified_at INTEGER;
+    ALTER TABLE alerts ADD COLUMN agg_key BLOB;
+    UPDATE alerts SET last_seen = at, notified_at = at;
+    UPDATE alerts SET message = substr(message, 1, 1900) || '… [cut]'
+    WHERE length(CAST(message AS BLOB)) > 2048;
+    CREATE UNIQUE INDEX alerts_open_by_key ON alerts (agg_key) WHERE acknowledged_at IS NULL;
+    CREATE INDEX alerts_by_last_seen ON alerts (last_seen);
+    "#,
+    // 7: devices whose provisioning job failed wait before their next hello starts
     // another (they keep saying hello for hours).
     r#"
     CREATE TABLE job_backoff (
@@ -237,6 +254,38 @@ mod tests {
                 version: SCHEMA_VERSION
             }
         );
+    }
+
+    #[test]
+    fn migration_6_keeps_old_alerts_apart_and_cuts_huge_messages() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        let huge = "x".repeat(1 << 20);
+        for message in ["same", "same", huge.as_str()] {
+            conn.execute(
+                "INSERT INTO alerts (at, severity, source, message) VALUES (7, 'error', 's', ?1)",
+                [message],
+            )
+            .unwrap();
+        }
+        assert_eq!(migrate(&mut conn).unwrap(), 5);
+        let rows: Vec<(i64, i64, i64, usize)> = conn
+            .prepare(
+                "SELECT count, last_seen, notified_at, length(message) FROM alerts ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows[0], (1, 7, 7, 4));
+        assert_eq!(rows[1], (1, 7, 7, 4));
+        assert!(rows[2].3 < 2048, "{:?}", rows[2]);
     }
 
     #[test]

@@ -374,17 +374,23 @@ async function loadDashboard() {
   if (pw) renderPassword(pw);
 }
 
+/** "seen 3 times since …" for a repeated alert, else nothing. */
+const seenText = (a) => (a.count > 1 ? `${a.count}× since ${fmtTime(a.at)}` : null);
+
 function recentAlertItem(a) {
-  return h('li', { class: 'recent-alert' },
-    h('span', { class: 'when' }, fmtTime(a.at)),
+  return h('li', { class: 'recent-alert', 'data-alert-id': a.id },
+    h('span', { class: 'when' }, fmtTime(a.last_seen)),
     h('span', { class: `sev sev-${a.severity}` }, a.severity),
-    h('span', { class: 'msg' }, a.message));
+    h('span', { class: 'msg' }, a.message),
+    a.count > 1 ? h('span', { class: 'count' }, ` (${seenText(a)})`) : null);
 }
 
-/** Prepends a live alert to the dashboard's list, keeping the 10 newest. */
+/** Puts a live alert (new, or a repeat of one listed) on top of the dashboard's
+ * list, keeping the 10 seen last. */
 function addRecentAlert(a) {
   const list = $('#recent-alerts');
   for (const el of $$('.empty', list)) el.remove();
+  for (const el of $$('li', list)) if (el.dataset.alertId === String(a.id)) el.remove();
   list.prepend(recentAlertItem(a));
   while (list.children.length > 10) list.lastElementChild.remove();
 }
@@ -834,7 +840,7 @@ async function loadAlerts() {
   if ($('#alert-unacked').checked) q.set('acknowledged', 'false');
   const t0 = performance.now();
   const alerts = await api('GET', `/api/v1/alerts?${q}`);
-  fillBody($('#alerts-table tbody'), alerts.map(alertRow), 8, 'no alerts');
+  fillBody($('#alerts-table tbody'), alerts.map(alertRow), 9, 'no alerts');
   for (const a of state.recentAlerts) if (a._eventAt >= t0) upsertAlert(a, true);
 }
 
@@ -843,7 +849,8 @@ function alertRow(a) {
     ? `${a.acknowledged_by ? `${a.acknowledged_by}, ` : ''}${fmtTime(a.acknowledged_at)}`
     : h('button', { type: 'button', 'data-ack': a.id, onclick: (ev) => acknowledge(a, ev.currentTarget) }, 'Acknowledge');
   return h('tr', { 'data-alert-id': a.id, class: a.acknowledged_at ? 'acked' : null },
-    td(fmtTime(a.at)),
+    td(fmtTime(a.last_seen)),
+    td(String(a.count), { title: seenText(a) || 'seen once' }),
     h('td', {}, h('span', { class: `sev sev-${a.severity}` }, a.severity)),
     td(a.source), td(a.address), td(a.pid, { class: 'mono' }),
     td(a.device_uuid ? hostOf(a.device_uuid) : null, { title: a.device_uuid }),
@@ -856,10 +863,12 @@ function upsertAlert(a, prepend) {
   const tbody = $('#alerts-table tbody');
   const old = Array.from(tbody.rows).find((r) => r.dataset.alertId === String(a.id));
   if (!alertMatches(a)) {
-    if (old) removeRow(tbody, old, 8, 'no alerts');
+    if (old) removeRow(tbody, old, 9, 'no alerts');
     return;
   }
-  if (old) patchRow(old, alertRow(a));
+  // A repeat (a live event) moves its row on top, like a new alert.
+  if (old && prepend) old.remove();
+  if (old && !prepend) patchRow(old, alertRow(a));
   else if (prepend) {
     placeRow(tbody, null, alertRow(a));
     while (tbody.rows.length > MAX_ALERT_ROWS) tbody.lastElementChild.remove();
