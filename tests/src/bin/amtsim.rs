@@ -3,8 +3,9 @@
 //! per-device outcomes as JSON. See `vprov_tests::sim` for what a device does and the
 //! source of each behaviour.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +36,11 @@ use vprov_tests::sim::{
 ///
 /// A device counts as provisioned once it committed and a client (vprov's confirm
 /// step) made an authenticated request over its certificate TLS server. amtsim waits
-/// for that (up to --timeout) before it reports. Exit status 0 means every device
-/// reached its expected outcome: "provisioned", or "not-provisioned" for devices with
-/// a fault.
+/// for that (up to --timeout) before it reports. With --vprov-data-dir it also waits
+/// until vprov's store records every device expected to be provisioned, and checks that
+/// it records no other. Exit status 0 means every device reached its expected outcome:
+/// "provisioned", or "not-provisioned" for devices with a fault (and, with
+/// --vprov-data-dir, vprov recorded exactly the provisioned ones).
 #[derive(Parser, Debug)]
 #[command(name = "amtsim", version)]
 struct Args {
@@ -157,6 +160,11 @@ struct Args {
     /// confirm it over its certificate TLS server.
     #[arg(long)]
     no_confirmation: bool,
+
+    /// vprov's data directory: judge success also by the devices its store
+    /// (`vprov.db`, opened read-only) records; each report row gets `recorded_by_vprov`.
+    #[arg(long)]
+    vprov_data_dir: Option<PathBuf>,
 }
 
 fn parse_version(text: &str) -> Result<String, String> {
@@ -271,20 +279,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         sim.device_port(),
         args.server
     );
+    let deadline = started + Duration::from_secs(args.timeout);
     sim.wait_expected(Duration::from_secs(args.timeout)).await;
     if faulty {
         tokio::time::sleep(Duration::from_secs(args.grace)).await;
     }
+    // Devices stay up while vprov records them (its confirm step needs them).
+    let recorded = match &args.vprov_data_dir {
+        Some(dir) => Some(wait_recorded(&dir.join("vprov.db"), &sim.reports(), deadline).await),
+        None => None,
+    };
     let reports = sim.reports();
     sim.shutdown();
-    write_report(&reports, args.report.as_ref())?;
+    write_report(&reports, recorded.as_ref(), args.report.as_ref())?;
     let committed = reports.iter().filter(|r| r.committed).count();
     let confirmed = reports.iter().filter(|r| r.confirmed).count();
     let provisioned = reports
         .iter()
         .filter(|r| r.outcome == Outcome::Provisioned)
         .count();
-    let as_expected = reports.iter().all(|r| r.outcome == r.expected_outcome);
+    let as_expected = reports.iter().all(|r| {
+        r.outcome == r.expected_outcome
+            && recorded.as_ref().is_none_or(|set| {
+                set.contains(&r.uuid) == (r.expected_outcome == Outcome::Provisioned)
+            })
+    });
     eprintln!(
         "amtsim: devices {}, committed {committed}, confirmed {confirmed}, provisioned \
          {provisioned}, as expected {}, elapsed {:.1} s",
@@ -295,8 +314,48 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(as_expected)
 }
 
-fn write_report(reports: &[DeviceReport], path: Option<&PathBuf>) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(reports)?;
+/// UUIDs (lower-case GUID text) of the devices vprov's store records; empty if it
+/// cannot be read yet.
+fn recorded_uuids(db: &Path) -> HashSet<String> {
+    let read = || -> rusqlite::Result<HashSet<String>> {
+        let c =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        c.busy_timeout(Duration::from_secs(1))?;
+        let mut stmt = c.prepare("SELECT uuid FROM devices")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|u| u.map(|u| u.to_ascii_lowercase())).collect()
+    };
+    read().unwrap_or_default()
+}
+
+/// Polls vprov's store until it records every device expected to be provisioned, or
+/// `deadline`; returns what it records then.
+async fn wait_recorded(db: &Path, reports: &[DeviceReport], deadline: Instant) -> HashSet<String> {
+    loop {
+        let recorded = recorded_uuids(db);
+        let all = reports
+            .iter()
+            .filter(|r| r.expected_outcome == Outcome::Provisioned)
+            .all(|r| recorded.contains(&r.uuid));
+        if all || Instant::now() >= deadline {
+            return recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_report(
+    reports: &[DeviceReport],
+    recorded: Option<&HashSet<String>>,
+    path: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let mut rows = serde_json::to_value(reports)?;
+    if let (Some(set), Some(rows)) = (recorded, rows.as_array_mut()) {
+        for (row, report) in rows.iter_mut().zip(reports) {
+            row["recorded_by_vprov"] = set.contains(&report.uuid).into();
+        }
+    }
+    let json = serde_json::to_string_pretty(&rows)?;
     match path {
         Some(p) => {
             std::fs::write(p, json + "\n").with_context(|| format!("cannot write {}", p.display()))
