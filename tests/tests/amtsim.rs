@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 use vprov_core::keys::{KeyGenerator, Pid, Pps};
-use vprov_tests::sim::{DeviceSpec, Fault, KeyPool, Outcome, SimConfig, Simulator};
+use vprov_tests::sim::{DeviceSpec, Fault, KeyPool, Outcome, SimConfig, Simulator, TlsAlert};
 
 const PASSWORD: &str = "P@ssw0rd-Mebx1";
 const AMT: &str = "http://intel.com/wbem/wscim/1/amt-schema/1/";
@@ -43,6 +43,8 @@ const COLLECTION_CREATE: &str = "TLSProtocolEndpointInstances Collection";
 const COLLECTION_REPORTED: &str = "TLSProtocolEndpoint Instances Collection";
 /// Fatal protocol_version alert in a TLS 1.0 record (RFC 2246 §7.2).
 const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
+/// Fatal bad_record_mac alert in a TLS 1.0 record.
+const BAD_RECORD_MAC_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x14];
 /// How long a test waits for a state it polls for.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -1292,11 +1294,15 @@ async fn old_firmware_rejects_hellos_above_tls_1_0() {
     let mut forced_off = spec("127.40.0.4");
     forced_off.amt_version = "6.0.30".into();
     forced_off.behaviour.tls_version_intolerant = Some(false);
+    let mut mac = spec("127.40.0.5");
+    mac.amt_version = "6.0.30".into();
+    mac.behaviour.tls_intolerance_alert = TlsAlert::BadRecordMac;
     let cases = [
-        (&v6, true),
-        (&v8, false),
-        (&forced_on, true),
-        (&forced_off, false),
+        (&v6, Some(PROTOCOL_VERSION_ALERT)),
+        (&v8, None),
+        (&forced_on, Some(PROTOCOL_VERSION_ALERT)),
+        (&forced_off, None),
+        (&mac, Some(BAD_RECORD_MAC_ALERT)),
     ];
     let specs = cases.iter().map(|(s, _)| (*s).clone()).collect();
     let sim = Simulator::start(quiet_config(), specs).await.unwrap();
@@ -1305,12 +1311,13 @@ async fn old_firmware_rejects_hellos_above_tls_1_0() {
     let hello = [
         0x16, 0x03, 0x01, 0x00, 0x31, 0x01, 0x00, 0x00, 0x2d, 0x03, 0x03,
     ];
-    for (spec, intolerant) in cases {
+    for (spec, alert) in cases {
         let addr = device_addr(&sim, spec);
-        if intolerant {
+        let intolerant = alert.is_some();
+        if let Some(alert) = alert {
             let mut tcp = TcpStream::connect(addr).await.unwrap();
             tcp.write_all(&hello).await.unwrap();
-            assert_eq!(read_until_closed(&mut tcp).await, PROTOCOL_VERSION_ALERT);
+            assert_eq!(read_until_closed(&mut tcp).await, alert);
         }
         let newer = psk_connect_max(
             addr,

@@ -15,7 +15,8 @@ use clap::Parser;
 use vprov_core::keys::{Pid, Pps};
 use vprov_tests::sim::{
     address_for, AmtVersion, Behaviour, DeviceReport, DeviceSpec, Fault, KeyPool, Outcome,
-    SimConfig, Simulator, DEFAULT_AMT_VERSION, DEFAULT_CLOCK_OFFSET_S, DEFAULT_REPLY_CHUNK_SIZE,
+    SimConfig, Simulator, TlsAlert, DEFAULT_AMT_VERSION, DEFAULT_CLOCK_OFFSET_S,
+    DEFAULT_REPLY_CHUNK_SIZE,
 };
 
 /// Simulate Intel AMT devices doing one-touch (PID/PPS, TLS-PSK) provisioning.
@@ -151,6 +152,11 @@ struct Args {
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     tls_version_intolerance: String,
 
+    /// The fatal alert a version-intolerant device sends: protocol-version, or
+    /// bad-record-mac (what MeshCentral's TLS 1.0 retry is keyed on).
+    #[arg(long, default_value = "protocol-version", value_parser = ["protocol-version", "bad-record-mac"])]
+    tls_intolerance_alert: String,
+
     /// Also accept "TLSProtocolEndpoint Instances Collection" (with a space) when the
     /// TLS credential context is created.
     #[arg(long)]
@@ -186,6 +192,10 @@ impl Args {
                 "on" => Some(true),
                 "off" => Some(false),
                 _ => None,
+            },
+            tls_intolerance_alert: match self.tls_intolerance_alert.as_str() {
+                "bad-record-mac" => TlsAlert::BadRecordMac,
+                _ => TlsAlert::ProtocolVersion,
             },
             accept_spaced_collection_name: self.accept_spaced_collection_name,
         }

@@ -128,7 +128,8 @@ pub async fn serve_connection(
     mut stop: Option<watch::Receiver<bool>>,
 ) {
     let handshake = async {
-        if dev.tls_version_intolerant() && tls::refuse_newer_hello(&mut tcp).await {
+        let alert = dev.spec.behaviour.tls_intolerance_alert;
+        if dev.tls_version_intolerant() && tls::refuse_newer_hello(&mut tcp, alert).await {
             return None;
         }
         tls::accept(&ctx, tcp).await.ok()

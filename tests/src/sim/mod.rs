@@ -10,14 +10,14 @@
 //!
 //! | Behaviour (default on) | Off with | Source |
 //! |---|---|---|
-//! | 401 and 400 replies carry `Connection: close` and end the connection; nonces are device-wide | [`Behaviour::close_after_error`] | RPS fixtures of AMT 15.0.23 replies; MeshCentral `amt-wsman-comm.js` reconnects after every 401 |
+//! | 401 and 400 replies carry `Connection: close` and end the connection; nonces are device-wide | [`Behaviour::close_after_error`] | RPS fixtures of AMT 15.0.23 replies; MeshCentral `amt-wsman-comm.js` ("after this, the socket will close and we will auto-retry") |
 //! | A successful `SetAdminAclEntryEx` invalidates every issued nonce | [`Behaviour::acl_change_resets_nonces`] | Intel AMT reference guide, "Authentication Options" (digest cache reset on ACL change) |
 //! | Digest without `qop=auth` (RFC 2069) is refused | [`Behaviour::require_qop_auth`] | firmware challenges carry `qop="auth"` (RPS fixtures) |
 //! | `CommitChanges` answers 2057 while `HostName` is empty (factory default) | [`Behaviour::commit_requires_host_name`] | go-wsman-messages `setupandconfiguration`: "If DHCP is enabled, host-name must be set" |
 //! | `GenerateKeyPair` exists from AMT 6.2 (ActionNotSupported before); `AddKey` always | choose [`DeviceSpec::amt_version`] | Intel reference guide (GenerateKeyPair from 6.2/7.0); go-wsman-messages `publickey` `AddKey` |
 //! | `CIM_SoftwareIdentity` has the `AMT` instance; every reply a `Server:` header with the version | [`Behaviour::report_amt_identity`] | go-wsman-messages fixtures; MeshCentral `amt-wsman-comm.js` reads the header |
 //! | Replies chunked, the body split over several chunks | [`Behaviour::reply_chunk_size`] = 0 | RPS fixtures (AMT 15.0.23 `Transfer-Encoding: chunked`, several chunks per envelope) |
-//! | TLS version intolerance below AMT 7.0 (ClientHello above TLS 1.0 → `protocol_version` alert) | [`Behaviour::tls_version_intolerant`] | MeshCentral retries with a TLS 1.0-only hello for such firmware |
+//! | TLS version intolerance below AMT 7.0 (ClientHello above TLS 1.0 → fatal alert, `protocol_version` or [`TlsAlert::BadRecordMac`]) | [`Behaviour::tls_version_intolerant`] | MeshCentral `amt-wsman-comm.js` retries with `TLSv1_method` after "sslv3 alert bad record mac" |
 //! | Create of `AMT_TLSCredentialContext` accepts only `TLSProtocolEndpointInstances Collection` | [`Behaviour::accept_spaced_collection_name`] | MeshCentral / go-wsman-messages send it; devices report the spaced name (§8) |
 //! | A device counts as provisioned only after an authenticated request over its certificate TLS server | [`SimConfig::require_confirmation`] | project issue: vprov confirms over verified TLS after commit |
 //!
@@ -248,10 +248,32 @@ pub struct Behaviour {
     /// above TLS 1.0 with a fatal `protocol_version` alert. `None`: by firmware
     /// generation ([`AmtVersion::is_tls_version_intolerant`]).
     pub tls_version_intolerant: Option<bool>,
+    /// The fatal alert an intolerant device answers a newer ClientHello with.
+    pub tls_intolerance_alert: TlsAlert,
     /// Create of `AMT_TLSCredentialContext` also accepts the collection name the device
     /// reports (`TLSProtocolEndpoint Instances Collection`, with a space); by default
     /// only the clients' form without the space is accepted (§8).
     pub accept_spaced_collection_name: bool,
+}
+
+/// The fatal TLS alert a version-intolerant device sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsAlert {
+    /// `protocol_version` (70): the standard answer to an unsupported version.
+    ProtocolVersion,
+    /// `bad_record_mac` (20): what MeshCentral's `amt-wsman-comm.js` watches for
+    /// ("sslv3 alert bad record mac") before retrying with a TLS 1.0-only hello.
+    BadRecordMac,
+}
+
+impl TlsAlert {
+    /// The alert's description byte.
+    pub fn description(self) -> u8 {
+        match self {
+            TlsAlert::ProtocolVersion => 70,
+            TlsAlert::BadRecordMac => 20,
+        }
+    }
 }
 
 /// Default body bytes per reply chunk (AMT 15.0.23 replies captured in RPS's tests come
@@ -268,6 +290,7 @@ impl Default for Behaviour {
             report_amt_identity: true,
             reply_chunk_size: DEFAULT_REPLY_CHUNK_SIZE,
             tls_version_intolerant: None,
+            tls_intolerance_alert: TlsAlert::ProtocolVersion,
             accept_spaced_collection_name: false,
         }
     }

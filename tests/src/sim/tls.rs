@@ -10,9 +10,12 @@
 //!
 //! Version intolerance ([`super::Behaviour::tls_version_intolerant`], on by default below
 //! AMT 7.0): firmware of that era aborts a handshake whose ClientHello announces more
-//! than TLS 1.0, which is why MeshCentral retries such devices with a TLS 1.0-only
-//! hello. [`refuse_newer_hello`] peeks at the first record before OpenSSL sees the
-//! stream and answers `client_version` > 0x0301 with the fatal `protocol_version` alert.
+//! than TLS 1.0, which is why MeshCentral (`amt-wsman-comm.js`) retries such devices
+//! with `secureProtocol = 'TLSv1_method'`. [`refuse_newer_hello`] peeks at the first
+//! record before OpenSSL sees the stream and answers `client_version` > 0x0301 with a
+//! fatal alert: `protocol_version` by default (the standard answer), or
+//! `bad_record_mac`, the alert MeshCentral's retry is keyed on
+//! ([`super::TlsAlert`]).
 
 use std::sync::Arc;
 
@@ -24,6 +27,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
+
+use super::TlsAlert;
 
 /// Cipher suite of the setup-mode server.
 pub const PSK_CIPHERS: &str = "PSK-AES128-CBC-SHA";
@@ -78,8 +83,10 @@ pub async fn accept(ctx: &SslContext, tcp: TcpStream) -> anyhow::Result<SslStrea
     Ok(stream)
 }
 
-/// The fatal `protocol_version` alert in a TLS 1.0 record (RFC 2246 §7.2).
-pub const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
+/// A fatal alert with `description` in a TLS 1.0 record (RFC 2246 §7.2).
+pub fn fatal_alert(description: u8) -> [u8; 7] {
+    [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, description]
+}
 /// Record header (5) + handshake type and length (4) + client_version (2).
 const HELLO_PREFIX: usize = 11;
 
@@ -101,12 +108,12 @@ async fn peek_client_version(tcp: &TcpStream) -> Option<u16> {
     }
 }
 
-/// Answers a ClientHello above TLS 1.0 with [`PROTOCOL_VERSION_ALERT`] and closes the
+/// Answers a ClientHello above TLS 1.0 with `alert` ([`fatal_alert`]) and closes the
 /// stream; returns `true` if it did (then the connection is over).
-pub async fn refuse_newer_hello(tcp: &mut TcpStream) -> bool {
+pub async fn refuse_newer_hello(tcp: &mut TcpStream, alert: TlsAlert) -> bool {
     match peek_client_version(tcp).await {
         Some(version) if version > 0x0301 => {
-            let _ = tcp.write_all(&PROTOCOL_VERSION_ALERT).await;
+            let _ = tcp.write_all(&fatal_alert(alert.description())).await;
             let _ = tcp.shutdown().await;
             true
         }
