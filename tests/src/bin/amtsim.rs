@@ -1,9 +1,11 @@
 //! `amtsim`: runs N simulated Intel AMT devices in setup mode against a vprov server
 //! (hellos to `--server`, TLS-PSK on each device's own loopback address) and reports
-//! per-device outcomes as JSON. See `vprov_tests::sim` for what a device does.
+//! per-device outcomes as JSON. See `vprov_tests::sim` for what a device does and the
+//! source of each behaviour.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +14,9 @@ use anyhow::Context;
 use clap::Parser;
 use vprov_core::keys::{Pid, Pps};
 use vprov_tests::sim::{
-    address_for, DeviceReport, DeviceSpec, Fault, KeyPool, SimConfig, Simulator,
-    DEFAULT_CLOCK_OFFSET_S,
+    address_for, AmtVersion, Behaviour, DeviceReport, DeviceSpec, Fault, KeyPool, Outcome,
+    SimConfig, Simulator, TlsAlert, DEFAULT_AMT_VERSION, DEFAULT_CLOCK_OFFSET_S,
+    DEFAULT_REPLY_CHUNK_SIZE,
 };
 
 /// Simulate Intel AMT devices doing one-touch (PID/PPS, TLS-PSK) provisioning.
@@ -22,8 +25,23 @@ use vprov_tests::sim::{
 /// .0 and .255), sends v2 PSK hellos to --server on the 5×1 min / 5×10 min / 5×1 h
 /// schedule (scaled by --time-scale), and serves TLS-PSK + Digest + WS-Management on
 /// --device-port of its address until CommitChanges; then it serves TLS with the
-/// installed certificate. Exit status 0 means every device reached its expected
-/// outcome: "provisioned", or "not-provisioned" for devices with a fault.
+/// installed certificate until amtsim exits.
+///
+/// Devices behave like real firmware by default, strictest documented behaviour first:
+/// a 401 or 400 ends the connection; SetAdminAclEntryEx resets every Digest nonce;
+/// Digest needs qop=auth; a factory device has no host name and CommitChanges answers
+/// 2057 until one is Put; AMT before 6.2 has no GenerateKeyPair (AddKey instead);
+/// replies are chunked; AMT before 7.0 rejects ClientHellos above TLS 1.0; creating the
+/// TLS credential context needs "TLSProtocolEndpointInstances Collection". The flags
+/// below turn single behaviours off.
+///
+/// A device counts as provisioned once it committed and a client (vprov's confirm
+/// step) made an authenticated request over its certificate TLS server. amtsim waits
+/// for that (up to --timeout) before it reports. With --vprov-data-dir it also waits
+/// until vprov's store records every device expected to be provisioned, and checks that
+/// it records no other. Exit status 0 means every device reached its expected outcome:
+/// "provisioned", or "not-provisioned" for devices with a fault (and, with
+/// --vprov-data-dir, vprov recorded exactly the provisioned ones).
 #[derive(Parser, Debug)]
 #[command(name = "amtsim", version)]
 struct Args {
@@ -93,6 +111,95 @@ struct Args {
     /// Write the JSON report here instead of standard output.
     #[arg(long)]
     report: Option<PathBuf>,
+
+    /// Firmware version of every device (X.Y.Z): 6.0.x has no GenerateKeyPair and
+    /// rejects TLS hellos above 1.0; 8.x and 10.x have GenerateKeyPair and accept them.
+    #[arg(long, default_value = DEFAULT_AMT_VERSION, value_parser = parse_version)]
+    amt_version: String,
+
+    /// Give every device a host name (sim-x-y-z from its address) as if set in MEBx;
+    /// by default devices are factory-fresh with no host name.
+    #[arg(long)]
+    host_names: bool,
+
+    /// Keep the connection open after 401 and 400 replies (no Connection: close).
+    #[arg(long)]
+    keep_alive_after_error: bool,
+
+    /// Keep issued Digest nonces valid when SetAdminAclEntryEx changes the ACL.
+    #[arg(long)]
+    keep_nonces_on_acl_change: bool,
+
+    /// Accept RFC 2069 Digest responses (no qop).
+    #[arg(long)]
+    allow_rfc2069_digest: bool,
+
+    /// Let CommitChanges succeed without a host name.
+    #[arg(long)]
+    allow_commit_without_host_name: bool,
+
+    /// Leave the AMT instance out of CIM_SoftwareIdentity (clients must read the
+    /// version from the Server header).
+    #[arg(long)]
+    no_amt_software_identity: bool,
+
+    /// Body bytes per chunk of a SOAP reply (0: the whole body in one chunk).
+    #[arg(long, default_value_t = DEFAULT_REPLY_CHUNK_SIZE)]
+    reply_chunk_size: usize,
+
+    /// Reject TLS ClientHellos above TLS 1.0 with a protocol_version alert: auto (for
+    /// AMT versions below 7.0), on or off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    tls_version_intolerance: String,
+
+    /// The fatal alert a version-intolerant device sends: protocol-version, or
+    /// bad-record-mac (what MeshCentral's TLS 1.0 retry is keyed on).
+    #[arg(long, default_value = "protocol-version", value_parser = ["protocol-version", "bad-record-mac"])]
+    tls_intolerance_alert: String,
+
+    /// Also accept "TLSProtocolEndpoint Instances Collection" (with a space) when the
+    /// TLS credential context is created.
+    #[arg(long)]
+    accept_spaced_collection_name: bool,
+
+    /// Count a device as provisioned when it commits, without waiting for a client to
+    /// confirm it over its certificate TLS server.
+    #[arg(long)]
+    no_confirmation: bool,
+
+    /// vprov's data directory: judge success also by the devices its store
+    /// (`vprov.db`, opened read-only) records; each report row gets `recorded_by_vprov`.
+    #[arg(long)]
+    vprov_data_dir: Option<PathBuf>,
+}
+
+fn parse_version(text: &str) -> Result<String, String> {
+    AmtVersion::parse(text)
+        .map(|_| text.to_string())
+        .ok_or_else(|| "expected an AMT version like 8.1.40".to_string())
+}
+
+impl Args {
+    fn behaviour(&self) -> Behaviour {
+        Behaviour {
+            close_after_error: !self.keep_alive_after_error,
+            acl_change_resets_nonces: !self.keep_nonces_on_acl_change,
+            require_qop_auth: !self.allow_rfc2069_digest,
+            commit_requires_host_name: !self.allow_commit_without_host_name,
+            report_amt_identity: !self.no_amt_software_identity,
+            reply_chunk_size: self.reply_chunk_size,
+            tls_version_intolerant: match self.tls_version_intolerance.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            },
+            tls_intolerance_alert: match self.tls_intolerance_alert.as_str() {
+                "bad-record-mac" => TlsAlert::BadRecordMac,
+                _ => TlsAlert::ProtocolVersion,
+            },
+            accept_spaced_collection_name: self.accept_spaced_collection_name,
+        }
+    }
 }
 
 fn parse_fault_every(text: &str) -> Result<(u32, Fault), String> {
@@ -156,6 +263,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let address = address_for(i, args.base_address)
             .with_context(|| format!("device {} would be outside 127.0.0.0/8", i + 1))?;
         let mut spec = DeviceSpec::new(pid, pps, &args.mebx_password, address);
+        spec.amt_version = args.amt_version.clone();
+        spec.behaviour = args.behaviour();
+        if args.host_names {
+            spec.host_name = spec.address_host_name();
+        }
         spec.fault = match &args.fault_every {
             Some((k, fault)) if (i + 1) % k == 0 => Some(fault.clone()),
             Some(_) => None,
@@ -168,6 +280,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     config.time_scale = args.time_scale;
     config.restart_delay = Duration::from_millis(args.restart_delay_ms);
     config.clock_offset_s = args.clock_offset;
+    config.require_confirmation = !args.no_confirmation;
     let faulty = specs.iter().any(|s| s.fault.is_some());
     let sim = Simulator::start(config, specs).await?;
     eprintln!(
@@ -176,17 +289,34 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         sim.device_port(),
         args.server
     );
+    let deadline = started + Duration::from_secs(args.timeout);
     sim.wait_expected(Duration::from_secs(args.timeout)).await;
     if faulty {
         tokio::time::sleep(Duration::from_secs(args.grace)).await;
     }
+    // Devices stay up while vprov records them (its confirm step needs them).
+    let recorded = match &args.vprov_data_dir {
+        Some(dir) => Some(wait_recorded(&dir.join("vprov.db"), &sim.reports(), deadline).await),
+        None => None,
+    };
     let reports = sim.reports();
     sim.shutdown();
-    write_report(&reports, args.report.as_ref())?;
-    let provisioned = reports.iter().filter(|r| r.committed).count();
-    let as_expected = reports.iter().all(|r| r.outcome == r.expected_outcome);
+    write_report(&reports, recorded.as_ref(), args.report.as_ref())?;
+    let committed = reports.iter().filter(|r| r.committed).count();
+    let confirmed = reports.iter().filter(|r| r.confirmed).count();
+    let provisioned = reports
+        .iter()
+        .filter(|r| r.outcome == Outcome::Provisioned)
+        .count();
+    let as_expected = reports.iter().all(|r| {
+        r.outcome == r.expected_outcome
+            && recorded.as_ref().is_none_or(|set| {
+                set.contains(&r.uuid) == (r.expected_outcome == Outcome::Provisioned)
+            })
+    });
     eprintln!(
-        "amtsim: devices {}, provisioned {provisioned}, as expected {}, elapsed {:.1} s",
+        "amtsim: devices {}, committed {committed}, confirmed {confirmed}, provisioned \
+         {provisioned}, as expected {}, elapsed {:.1} s",
         reports.len(),
         if as_expected { "yes" } else { "no" },
         started.elapsed().as_secs_f64()
@@ -194,8 +324,48 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(as_expected)
 }
 
-fn write_report(reports: &[DeviceReport], path: Option<&PathBuf>) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(reports)?;
+/// UUIDs (lower-case GUID text) of the devices vprov's store records; empty if it
+/// cannot be read yet.
+fn recorded_uuids(db: &Path) -> HashSet<String> {
+    let read = || -> rusqlite::Result<HashSet<String>> {
+        let c =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        c.busy_timeout(Duration::from_secs(1))?;
+        let mut stmt = c.prepare("SELECT uuid FROM devices")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|u| u.map(|u| u.to_ascii_lowercase())).collect()
+    };
+    read().unwrap_or_default()
+}
+
+/// Polls vprov's store until it records every device expected to be provisioned, or
+/// `deadline`; returns what it records then.
+async fn wait_recorded(db: &Path, reports: &[DeviceReport], deadline: Instant) -> HashSet<String> {
+    loop {
+        let recorded = recorded_uuids(db);
+        let all = reports
+            .iter()
+            .filter(|r| r.expected_outcome == Outcome::Provisioned)
+            .all(|r| recorded.contains(&r.uuid));
+        if all || Instant::now() >= deadline {
+            return recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_report(
+    reports: &[DeviceReport],
+    recorded: Option<&HashSet<String>>,
+    path: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let mut rows = serde_json::to_value(reports)?;
+    if let (Some(set), Some(rows)) = (recorded, rows.as_array_mut()) {
+        for (row, report) in rows.iter_mut().zip(reports) {
+            row["recorded_by_vprov"] = set.contains(&report.uuid).into();
+        }
+    }
+    let json = serde_json::to_string_pretty(&rows)?;
     match path {
         Some(p) => {
             std::fs::write(p, json + "\n").with_context(|| format!("cannot write {}", p.display()))

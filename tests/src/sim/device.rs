@@ -1,10 +1,14 @@
 //! One simulated device: its mutable state (credentials, clock, keys, certificates,
 //! TLS settings, enumeration contexts), its lifecycle (hellos and the TLS-PSK server
 //! in setup mode; after `CommitChanges` and the restart delay, the certificate TLS
-//! server on the same port) and its outcome report.
+//! server on the same port, which stays up until the simulator stops) and its outcome
+//! report. With [`SimConfig::require_confirmation`] a device is provisioned only once a
+//! client made an authenticated request over the certificate server, as vprov's confirm
+//! step does.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vprov_core::keys::{KeyGenerator, Pps};
 
-use super::{digest, hello, http, tls, DeviceSpec, Fault, KeyPool, SimConfig};
+use super::{digest, hello, http, tls, AmtVersion, DeviceSpec, Fault, KeyPool, SimConfig};
 
 /// The admin account name in setup mode.
 pub const ADMIN_USER: &str = "admin";
@@ -56,14 +60,21 @@ pub struct DeviceReport {
     pub domain_name: String,
     /// `SetHighAccuracyTimeSynch` succeeded.
     pub clock_synced: bool,
-    /// The remote (802.3) TLS settings are enabled.
+    /// The remote TLS settings (`Intel(r) AMT 802.3 TLS Settings`) are enabled.
     pub tls_enabled: bool,
+    /// The local TLS settings (`Intel(r) AMT LMS TLS Settings`) are enabled.
+    pub lms_tls_enabled: bool,
     /// A TLS credential context links an added certificate that matches a key pair.
     pub certificate_installed: bool,
     pub committed: bool,
     /// Milliseconds from the first hello (or device start without hellos) to the
     /// successful `CommitChanges`.
     pub committed_after_ms: Option<u64>,
+    /// After the commit, a client made an authenticated request over the certificate
+    /// TLS server (vprov's confirm step).
+    pub confirmed: bool,
+    /// Provisioned: committed and confirmed (committed alone without
+    /// [`SimConfig::require_confirmation`]).
     pub outcome: Outcome,
     /// What this device should end as: provisioned unless a fault is injected.
     pub expected_outcome: Outcome,
@@ -158,9 +169,15 @@ impl State {
         Some((cert, self.key_for(&cert.cert)?))
     }
 
-    /// Whether `CommitChanges` may succeed.
-    pub fn ready_to_commit(&self) -> bool {
-        self.clock_synced && self.tls[0].enabled && self.tls_certificate().is_some()
+    /// Whether `CommitChanges` may succeed: clock set, remote TLS enabled with a linked
+    /// certificate and key ("If TLS is enabled, RSA key and certificate must be
+    /// configured"), and, if `need_host_name`, a host name ("If DHCP is enabled,
+    /// host-name must be set"; the simulated device always uses DHCP).
+    pub fn ready_to_commit(&self, need_host_name: bool) -> bool {
+        self.clock_synced
+            && self.tls[0].enabled
+            && self.tls_certificate().is_some()
+            && !(need_host_name && self.host_name.is_empty())
     }
 
     /// Allocates a new object handle (shared by keys and certificates).
@@ -214,16 +231,22 @@ pub struct Device {
     /// What `GetUuid` answers (differs from the hello's with `uuid-mismatch`).
     pub reported_uuid: [u8; 16],
     pub key_pool: Arc<KeyPool>,
+    /// Firmware generation of `spec.amt_version`.
+    pub version: AmtVersion,
     pub started: Instant,
     state: Mutex<State>,
     committed: watch::Sender<bool>,
+    /// An authenticated request arrived over the certificate TLS server.
+    confirmed: AtomicBool,
+    require_confirmation: bool,
     /// A once-only fault (`hang-once`) has fired.
-    fault_spent: std::sync::atomic::AtomicBool,
+    fault_spent: AtomicBool,
 }
 
 impl Device {
-    /// A device in setup mode.
-    pub fn new(spec: DeviceSpec, config: &SimConfig) -> Device {
+    /// A device in setup mode. Fails if the spec's AMT version does not parse.
+    pub fn new(spec: DeviceSpec, config: &SimConfig) -> anyhow::Result<Device> {
+        let version = spec.version()?;
         let realm = format!(
             "Digest:{}",
             digest::hex(&rand::random::<[u8; 16]>()).to_ascii_uppercase()
@@ -282,17 +305,20 @@ impl Device {
             error: None,
             power_state: power::ON,
         };
-        Device {
+        Ok(Device {
             spec,
             realm,
             pps,
             reported_uuid,
             key_pool: Arc::clone(&config.key_pool),
+            version,
             started: Instant::now(),
             state: Mutex::new(state),
             committed: watch::channel(false).0,
-            fault_spent: std::sync::atomic::AtomicBool::new(false),
-        }
+            confirmed: AtomicBool::new(false),
+            require_confirmation: config.require_confirmation,
+            fault_spent: AtomicBool::new(false),
+        })
     }
 
     /// Locks the state (a poisoned lock is taken over: state stays usable).
@@ -316,6 +342,29 @@ impl Device {
     /// Whether the device committed.
     pub fn is_committed(&self) -> bool {
         *self.committed.borrow()
+    }
+
+    /// Records an authenticated request over the certificate TLS server.
+    pub fn mark_confirmed(&self) {
+        self.confirmed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a client confirmed the device after its commit.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the device counts as provisioned (see [`DeviceReport::outcome`]).
+    pub fn is_provisioned(&self) -> bool {
+        self.is_committed() && (self.is_confirmed() || !self.require_confirmation)
+    }
+
+    /// Whether handshakes above TLS 1.0 are refused ([`super::Behaviour`]).
+    pub fn tls_version_intolerant(&self) -> bool {
+        self.spec
+            .behaviour
+            .tls_version_intolerant
+            .unwrap_or_else(|| self.version.is_tls_version_intolerant())
     }
 
     /// A receiver that sees `true` once the device committed.
@@ -344,12 +393,14 @@ impl Device {
             domain_name: st.domain_name.clone(),
             clock_synced: st.clock_synced,
             tls_enabled: st.tls[0].enabled,
+            lms_tls_enabled: st.tls[1].enabled,
             certificate_installed: st.tls_certificate().is_some(),
             committed,
             committed_after_ms: st.committed_at.map(|t| {
                 u64::try_from(t.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
             }),
-            outcome: if committed {
+            confirmed: self.is_confirmed(),
+            outcome: if self.is_provisioned() {
                 Outcome::Provisioned
             } else {
                 Outcome::NotProvisioned
@@ -361,9 +412,7 @@ impl Device {
 
     /// Marks a once-only fault as fired; `true` the first time only.
     pub fn spend_fault(&self) -> bool {
-        !self
-            .fault_spent
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        !self.fault_spent.swap(true, Ordering::SeqCst)
     }
 
     /// Provisioned unless a fault is injected that the flow cannot survive (every
@@ -435,6 +484,7 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
         listener,
         psk,
         Arc::clone(&dev),
+        http::Server::Setup,
         Some(dev.commit_watch()),
     ));
     let hello_sender = config
@@ -463,7 +513,7 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
         Err(e) => return dev.record_error(format!("TLS setup after commit: {e}")),
     };
     match bind(dev.spec.address, port) {
-        Ok(listener) => serve(listener, ctx, dev, None).await,
+        Ok(listener) => serve(listener, ctx, dev, http::Server::Provisioned, None).await,
         Err(e) => dev.record_error(format!(
             "cannot bind {}:{port} after commit: {e}",
             dev.spec.address
@@ -496,6 +546,7 @@ async fn serve(
     listener: TcpListener,
     ctx: SslContext,
     dev: Arc<Device>,
+    server: http::Server,
     mut stop: Option<watch::Receiver<bool>>,
 ) {
     let mut conns = JoinSet::new();
@@ -507,6 +558,7 @@ async fn serve(
                         tcp,
                         ctx.clone(),
                         Arc::clone(&dev),
+                        server,
                         stop.clone(),
                     ));
                 }

@@ -1,7 +1,9 @@
 //! HTTP Digest authentication (RFC 2617, MD5, `qop="auth"`) as the device's server
-//! side: challenges, parsing `Authorization: Digest …`, and verification from the
-//! stored HA1 = MD5(`user:realm:password`), which is what `SetAdminAclEntryEx`
-//! delivers.
+//! side: challenges in the firmware's form (`stale="false"`, `qop="auth"`, as in the
+//! AMT 15.0.23 replies captured in RPS's tests), parsing `Authorization: Digest …`, and
+//! verification from the stored HA1 = MD5(`user:realm:password`), which is what
+//! `SetAdminAclEntryEx` delivers. RFC 2069 responses (no `qop`) verify only when the
+//! caller allows them ([`super::Behaviour::require_qop_auth`] off).
 
 use md5::{Digest as _, Md5};
 
@@ -32,9 +34,9 @@ pub fn new_nonce() -> String {
     hex(&rand::random::<[u8; 16]>())
 }
 
-/// `WWW-Authenticate` value for `realm` and `nonce`.
+/// `WWW-Authenticate` value for `realm` and `nonce`, spelled like the firmware's.
 pub fn challenge(realm: &str, nonce: &str) -> String {
-    format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\"")
+    format!("Digest realm=\"{realm}\", nonce=\"{nonce}\",stale=\"false\",qop=\"auth\"")
 }
 
 /// The fields of an `Authorization: Digest` header this server uses.
@@ -51,7 +53,7 @@ pub struct Credentials {
 }
 
 /// Parses `Digest k=v, k="v", …`. `None` if it is not a Digest header or a field this
-/// server needs is missing.
+/// server needs is missing (`nc` and `cnonce` are needed only with a `qop`).
 pub fn parse(header: &str) -> Option<Credentials> {
     let (scheme, mut rest) = header.trim().split_once(char::is_whitespace)?;
     if !scheme.eq_ignore_ascii_case("digest") {
@@ -89,15 +91,23 @@ pub fn parse(header: &str) -> Option<Credentials> {
         *slot = value.to_string();
         rest = next;
     }
-    let complete = [&c.username, &c.nonce, &c.uri, &c.response, &c.nc, &c.cnonce]
+    let complete = [&c.username, &c.nonce, &c.uri, &c.response]
         .iter()
-        .all(|f| !f.is_empty());
+        .all(|f| !f.is_empty())
+        && (c.qop.is_empty() || (!c.nc.is_empty() && !c.cnonce.is_empty()));
     complete.then_some(c)
 }
 
-/// The expected `response` for `qop=auth`.
+/// The expected `response`: RFC 2617 `qop=auth`, or RFC 2069 without `qop`.
 pub fn expected_response(ha1: &[u8; 16], method: &str, c: &Credentials) -> String {
     let ha2 = hex(&md5_joined(&[method.as_bytes(), c.uri.as_bytes()]));
+    if c.qop.is_empty() {
+        return hex(&md5_joined(&[
+            hex(ha1).as_bytes(),
+            c.nonce.as_bytes(),
+            ha2.as_bytes(),
+        ]));
+    }
     hex(&md5_joined(&[
         hex(ha1).as_bytes(),
         c.nonce.as_bytes(),
@@ -108,10 +118,27 @@ pub fn expected_response(ha1: &[u8; 16], method: &str, c: &Credentials) -> Strin
     ]))
 }
 
+/// What a response must look like to be checked at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qop {
+    /// Only `qop=auth` (RFC 2617), as firmware requires.
+    AuthOnly,
+    /// `qop=auth`, or no `qop` (RFC 2069).
+    AllowRfc2069,
+}
+
 /// Whether `c` proves knowledge of `ha1` for `user`@`realm` (nonce and URI are
 /// checked by the caller).
-pub fn verify(c: &Credentials, method: &str, user: &str, realm: &str, ha1: &[u8; 16]) -> bool {
-    if c.username != user || c.realm != realm || c.qop != "auth" {
+pub fn verify(
+    c: &Credentials,
+    method: &str,
+    user: &str,
+    realm: &str,
+    ha1: &[u8; 16],
+    qop: Qop,
+) -> bool {
+    let qop_ok = c.qop == "auth" || (c.qop.is_empty() && qop == Qop::AllowRfc2069);
+    if c.username != user || c.realm != realm || !qop_ok {
         return false;
     }
     let expected = expected_response(ha1, method, c);
@@ -140,10 +167,33 @@ mod tests {
         )
         .unwrap();
         let h = ha1("Mufasa", "testrealm@host.com", "Circle Of Life");
-        assert!(verify(&c, "GET", "Mufasa", "testrealm@host.com", &h));
-        assert!(!verify(&c, "POST", "Mufasa", "testrealm@host.com", &h));
+        let realm = "testrealm@host.com";
+        assert!(verify(&c, "GET", "Mufasa", realm, &h, Qop::AuthOnly));
+        assert!(!verify(&c, "POST", "Mufasa", realm, &h, Qop::AuthOnly));
         let wrong = ha1("Mufasa", "testrealm@host.com", "circle of life");
-        assert!(!verify(&c, "GET", "Mufasa", "testrealm@host.com", &wrong));
+        assert!(!verify(&c, "GET", "Mufasa", realm, &wrong, Qop::AuthOnly));
+    }
+
+    #[test]
+    fn rfc2069_responses_verify_only_when_allowed() {
+        // RFC 2069 §2.4 example (password "CircleOfLife"): MD5(HA1:nonce:HA2).
+        let h = ha1("Mufasa", "testrealm@host.com", "CircleOfLife");
+        let mut c = parse(
+            "Digest username=\"Mufasa\", realm=\"testrealm@host.com\", \
+             nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", uri=\"/dir/index.html\", \
+             response=\"x\"",
+        )
+        .unwrap();
+        c.response = expected_response(&h, "GET", &c);
+        assert_eq!(c.response, "1949323746fe6a43ef61f9606e7febea");
+        let realm = "testrealm@host.com";
+        assert!(verify(&c, "GET", "Mufasa", realm, &h, Qop::AllowRfc2069));
+        assert!(!verify(&c, "GET", "Mufasa", realm, &h, Qop::AuthOnly));
+        // qop=auth without nc/cnonce is incomplete.
+        assert!(parse(
+            "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"/\", response=\"x\", qop=auth"
+        )
+        .is_none());
     }
 
     #[test]

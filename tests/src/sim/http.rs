@@ -1,8 +1,21 @@
-//! HTTP/1.1 inside the device's TLS tunnel (hyper 1, keep-alive): `POST /wsman` only,
-//! Digest authentication against the device's current admin credential, chunked
-//! replies like the firmware's (§8), and the transport-level faults (`hang`, `drop`,
-//! `garbage`).
+//! HTTP/1.1 inside the device's TLS tunnel (hyper 1): `POST /wsman` only, Digest
+//! authentication against the device's current admin credential, and the firmware's
+//! connection handling as captured in RPS's tests (AMT 11.8/15.0.23 replies):
+//!
+//! * SOAP replies are `Transfer-Encoding: chunked`, the body split over several chunks
+//!   ([`super::Behaviour::reply_chunk_size`]); successful replies keep the connection;
+//! * a 401 carries `WWW-Authenticate: Digest realm=…, nonce=…,stale="false",qop="auth"`,
+//!   a small `text/html` page with `Content-Length`, and `Connection: close`; 400 replies
+//!   also carry `Connection: close`; the connection ends after either
+//!   ([`super::Behaviour::close_after_error`]). Nonces are the device's, not the
+//!   connection's: a nonce issued on one connection is accepted on the next;
+//! * every reply carries `Server: Intel(R) Active Management Technology X.Y.Z`
+//!   (MeshCentral `amt-wsman-comm.js` reads the version from it);
+//! * on the certificate server (after `CommitChanges`), the first authenticated request
+//!   confirms the device ([`super::SimConfig::require_confirmation`]);
+//! * the transport-level faults (`hang`, `drop`, `garbage`).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +24,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, SERVER, WWW_AUTHENTICATE};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, SERVER, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,18 +45,58 @@ const MAX_BODY: usize = 512 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Content type of WS-Man replies.
 pub const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
+/// The page a 401 carries (the firmware sends its web UI's "unauthorized" page).
+const UNAUTHORIZED_PAGE: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\" >\n<html><head><title>Intel&reg; Active Management Technology</title></head>\n<body><p>Log on failed. Incorrect user name or password, or user account temporarily locked.</p></body></html>\n";
 
-/// A body sent as one chunk with no length announced, so hyper uses
-/// `Transfer-Encoding: chunked` as the firmware does.
-pub struct ChunkedBody(Option<Bytes>);
+/// Which of the device's TLS servers a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// TLS-PSK, before `CommitChanges`.
+    Setup,
+    /// The certificate TLS server after the commit.
+    Provisioned,
+}
 
-impl ChunkedBody {
-    pub fn new(bytes: impl Into<Bytes>) -> ChunkedBody {
-        ChunkedBody(Some(bytes.into()))
+/// A reply body: either chunked (no length announced, one chunk per piece, as the
+/// firmware sends SOAP), or with a known length (`Content-Length`, as its 401 page).
+pub struct ReplyBody {
+    pieces: VecDeque<Bytes>,
+    length: Option<u64>,
+}
+
+impl ReplyBody {
+    /// `bytes` in chunks of `chunk_size` bytes (0: one chunk).
+    pub fn chunked(bytes: impl Into<Bytes>, chunk_size: usize) -> ReplyBody {
+        let mut bytes: Bytes = bytes.into();
+        let mut pieces = VecDeque::new();
+        if chunk_size > 0 {
+            while bytes.len() > chunk_size {
+                pieces.push_back(bytes.split_to(chunk_size));
+            }
+        }
+        if !bytes.is_empty() {
+            pieces.push_back(bytes);
+        }
+        ReplyBody {
+            pieces,
+            length: None,
+        }
+    }
+
+    /// `bytes` with `Content-Length`.
+    pub fn sized(bytes: impl Into<Bytes>) -> ReplyBody {
+        let bytes: Bytes = bytes.into();
+        let length = Some(bytes.len() as u64);
+        let pieces = if bytes.is_empty() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([bytes])
+        };
+        ReplyBody { pieces, length }
     }
 }
 
-impl Body for ChunkedBody {
+impl Body for ReplyBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -49,27 +104,40 @@ impl Body for ChunkedBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        Poll::Ready(self.pieces.pop_front().map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_none()
+        // A chunked body never reports its end up front: hyper would then send it
+        // with a length instead of chunks.
+        self.pieces.is_empty() && self.length.is_some()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length.map(SizeHint::with_exact).unwrap_or_default()
     }
 }
 
-/// Serves one TLS connection until the client closes it, or until `stop` (then the
-/// request in flight is finished and the connection closed).
+/// Serves one connection of `server` until the client or the device closes it, or
+/// until `stop` (then the request in flight is finished and the connection closed).
 pub async fn serve_connection(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     ctx: SslContext,
     dev: Arc<Device>,
+    server: Server,
     mut stop: Option<watch::Receiver<bool>>,
 ) {
-    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(&ctx, tcp)).await
-    else {
+    let handshake = async {
+        let alert = dev.spec.behaviour.tls_intolerance_alert;
+        if dev.tls_version_intolerant() && tls::refuse_newer_hello(&mut tcp, alert).await {
+            return None;
+        }
+        tls::accept(&ctx, tcp).await.ok()
+    };
+    let Ok(Some(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
         return;
     };
-    let service = service_fn(move |req| handle(Arc::clone(&dev), req));
+    let service = service_fn(move |req| handle(Arc::clone(&dev), server, req));
     let conn = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
@@ -83,13 +151,8 @@ pub async fn serve_connection(
     }
 }
 
-fn response(
-    status: StatusCode,
-    soap: bool,
-    body: impl Into<Bytes>,
-    dev: &Device,
-) -> Response<ChunkedBody> {
-    let mut resp = Response::new(ChunkedBody::new(body));
+fn response(status: StatusCode, body: ReplyBody, dev: &Device) -> Response<ReplyBody> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let server = format!(
         "Intel(R) Active Management Technology {}",
@@ -98,10 +161,25 @@ fn response(
     if let Ok(v) = HeaderValue::from_str(&server) {
         resp.headers_mut().insert(SERVER, v);
     }
-    if soap {
+    if dev.spec.behaviour.close_after_error
+        && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST)
+    {
+        // hyper closes the connection after a reply carrying this header.
         resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(SOAP_CONTENT_TYPE));
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+fn empty(status: StatusCode, dev: &Device) -> Response<ReplyBody> {
+    response(status, ReplyBody::sized(Bytes::new()), dev)
+}
+
+fn soap(status: StatusCode, xml: impl Into<Bytes>, dev: &Device) -> Response<ReplyBody> {
+    let body = ReplyBody::chunked(xml, dev.spec.behaviour.reply_chunk_size);
+    let mut resp = response(status, body, dev);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(SOAP_CONTENT_TYPE));
     resp
 }
 
@@ -123,6 +201,11 @@ fn authenticated(dev: &Device, req: &Request<Incoming>) -> bool {
     if creds.uri != uri {
         return false;
     }
+    let qop = if dev.spec.behaviour.require_qop_auth {
+        digest::Qop::AuthOnly
+    } else {
+        digest::Qop::AllowRfc2069
+    };
     let st = dev.state();
     st.nonces.contains(&creds.nonce)
         && digest::verify(
@@ -131,49 +214,47 @@ fn authenticated(dev: &Device, req: &Request<Incoming>) -> bool {
             &st.admin_user,
             &dev.realm,
             &st.ha1,
+            qop,
         )
 }
 
 async fn handle(
     dev: Arc<Device>,
+    server: Server,
     req: Request<Incoming>,
-) -> Result<Response<ChunkedBody>, std::io::Error> {
+) -> Result<Response<ReplyBody>, std::io::Error> {
     if req.uri().path() != "/wsman" {
-        return Ok(response(StatusCode::NOT_FOUND, false, Bytes::new(), &dev));
+        return Ok(empty(StatusCode::NOT_FOUND, &dev));
     }
     if req.method() != Method::POST {
-        return Ok(response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            false,
-            Bytes::new(),
-            &dev,
-        ));
+        return Ok(empty(StatusCode::METHOD_NOT_ALLOWED, &dev));
     }
     // Read the body even when refusing it, so the connection can be kept alive.
     let authenticated = authenticated(&dev, &req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return Ok(response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                false,
-                Bytes::new(),
-                &dev,
-            ));
-        }
+        Err(_) => return Ok(empty(StatusCode::PAYLOAD_TOO_LARGE, &dev)),
     };
     if !authenticated {
         let nonce = dev.state().issue_nonce();
-        let mut resp = response(StatusCode::UNAUTHORIZED, false, Bytes::new(), &dev);
+        let mut resp = response(
+            StatusCode::UNAUTHORIZED,
+            ReplyBody::sized(UNAUTHORIZED_PAGE),
+            &dev,
+        );
+        let headers = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&digest::challenge(&dev.realm, &nonce)) {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+            headers.insert(WWW_AUTHENTICATE, v);
         }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
         return Ok(resp);
     }
+    if server == Server::Provisioned {
+        dev.mark_confirmed();
+    }
     match wsman::handle(&dev, &body) {
-        wsman::Reply::Xml { status, xml } => Ok(response(
+        wsman::Reply::Xml { status, xml } => Ok(soap(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            true,
             xml,
             &dev,
         )),
@@ -182,11 +263,29 @@ async fn handle(
             std::io::ErrorKind::ConnectionAborted,
             "drop fault",
         )),
-        wsman::Reply::Garbage => Ok(response(
+        wsman::Reply::Garbage => Ok(soap(
             StatusCode::OK,
-            true,
             Bytes::from_static(b"\x00\xff\xfe<<garbage \x1b]]> not XML\xc3("),
             &dev,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_split_and_sized_bodies_announce_their_length() {
+        let b = ReplyBody::chunked(vec![b'x'; 1100], 512);
+        assert_eq!(
+            b.pieces.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [512, 512, 76]
+        );
+        assert_eq!(b.size_hint().exact(), None);
+        assert!(!b.is_end_stream());
+        assert_eq!(ReplyBody::chunked(vec![b'x'; 1100], 0).pieces.len(), 1);
+        let s = ReplyBody::sized("abc");
+        assert_eq!(s.size_hint().exact(), Some(3));
     }
 }

@@ -1,13 +1,32 @@
-//! AMT device simulator: many simulated Intel AMT 8.x-era devices in setup mode, each
-//! on its own loopback address, that do one-touch (PID/PPS, TLS-PSK) provisioning the
-//! way PSK-era firmware does (`../shared/docs/amt-protocol.md` §1, §3, §4, §6, §8).
+//! AMT device simulator: many simulated Intel AMT devices (6.x–10.x firmware) in setup
+//! mode, each on its own loopback address, that do one-touch (PID/PPS, TLS-PSK)
+//! provisioning the way PSK-era firmware does (`../shared/docs/amt-protocol.md` §1, §3,
+//! §4, §6, §8).
 //!
-//! This module owns the public API (device specifications, faults, run configuration,
-//! loopback address plan, GUID text form) and ties the parts together:
+//! amtsim is written by us, so a test that passes against it proves only that two pieces
+//! of our code agree. Every device behaviour is therefore taken from a source (named
+//! where it is implemented), and the **strictest** documented behaviour is the
+//! default; [`Behaviour`] turns single behaviours off for focused tests:
+//!
+//! | Behaviour (default on) | Off with | Source |
+//! |---|---|---|
+//! | 401 and 400 replies carry `Connection: close` and end the connection; nonces are device-wide | [`Behaviour::close_after_error`] | RPS fixtures of AMT 15.0.23 replies; MeshCentral `amt-wsman-comm.js` ("after this, the socket will close and we will auto-retry") |
+//! | A successful `SetAdminAclEntryEx` invalidates every issued nonce | [`Behaviour::acl_change_resets_nonces`] | Intel AMT reference guide, "Authentication Options" (digest cache reset on ACL change) |
+//! | Digest without `qop=auth` (RFC 2069) is refused | [`Behaviour::require_qop_auth`] | firmware challenges carry `qop="auth"` (RPS fixtures) |
+//! | `CommitChanges` answers 2057 while `HostName` is empty (factory default) | [`Behaviour::commit_requires_host_name`] | go-wsman-messages `setupandconfiguration`: "If DHCP is enabled, host-name must be set" |
+//! | `GenerateKeyPair` exists from AMT 6.2 (ActionNotSupported before); `AddKey` always | choose [`DeviceSpec::amt_version`] | Intel reference guide (GenerateKeyPair from 6.2/7.0); go-wsman-messages `publickey` `AddKey` |
+//! | `CIM_SoftwareIdentity` has the `AMT` instance; every reply a `Server:` header with the version | [`Behaviour::report_amt_identity`] | go-wsman-messages fixtures; MeshCentral `amt-wsman-comm.js` reads the header |
+//! | Replies chunked, the body split over several chunks | [`Behaviour::reply_chunk_size`] = 0 | RPS fixtures (AMT 15.0.23 `Transfer-Encoding: chunked`, several chunks per envelope) |
+//! | TLS version intolerance below AMT 7.0 (ClientHello above TLS 1.0 → fatal alert, `protocol_version` or [`TlsAlert::BadRecordMac`]) | [`Behaviour::tls_version_intolerant`] | MeshCentral `amt-wsman-comm.js` retries with `TLSv1_method` after "sslv3 alert bad record mac" |
+//! | Create of `AMT_TLSCredentialContext` accepts only `TLSProtocolEndpointInstances Collection` | [`Behaviour::accept_spaced_collection_name`] | MeshCentral / go-wsman-messages send it; devices report the spaced name (§8) |
+//! | A device counts as provisioned only after an authenticated request over its certificate TLS server | [`SimConfig::require_confirmation`] | project issue: vprov confirms over verified TLS after commit |
+//!
+//! This module owns the public API (device specifications, behaviours, faults, run
+//! configuration, loopback address plan, GUID text form) and ties the parts together:
 //!
 //! * [`hello`]: the 32-byte v2 PSK hello and its retry schedule;
 //! * [`tls`]: the device's TLS servers (TLS-PSK in setup mode, RSA certificate after
-//!   `CommitChanges`);
+//!   `CommitChanges`) and the version-intolerance check in front of them;
 //! * [`http`] and [`digest`]: HTTP/1.1 with Digest authentication inside the tunnel;
 //! * [`wsman`]: the WS-Management resources and methods a provisioning server calls;
 //! * [`device`]: one device's state, lifecycle and outcome report;
@@ -25,6 +44,8 @@
 //! let pool = Arc::new(KeyPool::generate(4)?);
 //! let config = SimConfig::new("127.0.0.1:9971".parse()?, pool);
 //! let sim = Simulator::start(config, specs).await?;
+//! // Waits until every device committed and a client confirmed it over its
+//! // certificate TLS server (or the timeout).
 //! let reports = sim.wait_all(Duration::from_secs(60)).await;
 //! sim.shutdown();
 //! # let _ = reports; Ok(()) }
@@ -166,6 +187,115 @@ impl FromStr for Fault {
     }
 }
 
+/// Firmware generation, parsed from [`DeviceSpec::amt_version`] (`major.minor.patch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AmtVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl AmtVersion {
+    /// Parses `X.Y` or `X.Y.Z[.B]` (the form of the `Server:` header and of
+    /// `CIM_SoftwareIdentity`).
+    pub fn parse(text: &str) -> Option<AmtVersion> {
+        let mut parts = text.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        if parts.any(|p| p.parse::<u32>().is_err()) {
+            return None;
+        }
+        Some(AmtVersion { major, minor })
+    }
+
+    /// `AMT_PublicKeyManagementService.GenerateKeyPair` exists (the reference guide lists
+    /// it from AMT 6.2/7.0; older firmware only takes keys through `AddKey`).
+    pub fn has_generate_key_pair(self) -> bool {
+        self >= AmtVersion { major: 6, minor: 2 }
+    }
+
+    /// Firmware of this generation rejects a ClientHello above TLS 1.0 (MeshCentral keeps
+    /// a TLS 1.0-only retry for it); assumed for everything before AMT 7.0.
+    pub fn is_tls_version_intolerant(self) -> bool {
+        self < AmtVersion { major: 7, minor: 0 }
+    }
+}
+
+/// Firmware behaviours a device shows. [`Behaviour::default`] is the strictest
+/// documented behaviour; each field turns one off for a focused test (module docs list
+/// the sources).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Behaviour {
+    /// Answers 401 and 400 with `Connection: close` and closes the connection after the
+    /// reply (RPS fixtures of AMT 11.8/15.0 replies; MeshCentral `amt-wsman-comm.js`
+    /// reconnects after every 401). Nonces stay valid across connections either way.
+    pub close_after_error: bool,
+    /// A successful `SetAdminAclEntryEx` invalidates every issued nonce (reference
+    /// guide, "Authentication Options": the digest cache is reset on any ACL change).
+    pub acl_change_resets_nonces: bool,
+    /// Refuses Digest responses without `qop=auth` (RFC 2069 form) with 401.
+    pub require_qop_auth: bool,
+    /// `CommitChanges` answers 2057 (DATA_MISSING) while `AMT_GeneralSettings.HostName`
+    /// is empty (go-wsman-messages `setupandconfiguration`, quoting Intel: "If DHCP is
+    /// enabled, host-name must be set").
+    pub commit_requires_host_name: bool,
+    /// `CIM_SoftwareIdentity` includes the `AMT` instance (false: clients must read the
+    /// version from the `Server:` header, as MeshCentral does).
+    pub report_amt_identity: bool,
+    /// Body bytes per HTTP chunk of a SOAP reply; 0 sends the body as one chunk. Replies
+    /// are always `Transfer-Encoding: chunked` (RPS fixtures of AMT 15.0.23 replies).
+    pub reply_chunk_size: usize,
+    /// Aborts TLS handshakes (PSK and certificate) whose ClientHello `client_version` is
+    /// above TLS 1.0 with a fatal `protocol_version` alert. `None`: by firmware
+    /// generation ([`AmtVersion::is_tls_version_intolerant`]).
+    pub tls_version_intolerant: Option<bool>,
+    /// The fatal alert an intolerant device answers a newer ClientHello with.
+    pub tls_intolerance_alert: TlsAlert,
+    /// Create of `AMT_TLSCredentialContext` also accepts the collection name the device
+    /// reports (`TLSProtocolEndpoint Instances Collection`, with a space); by default
+    /// only the clients' form without the space is accepted (§8).
+    pub accept_spaced_collection_name: bool,
+}
+
+/// The fatal TLS alert a version-intolerant device sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsAlert {
+    /// `protocol_version` (70): the standard answer to an unsupported version.
+    ProtocolVersion,
+    /// `bad_record_mac` (20): what MeshCentral's `amt-wsman-comm.js` watches for
+    /// ("sslv3 alert bad record mac") before retrying with a TLS 1.0-only hello.
+    BadRecordMac,
+}
+
+impl TlsAlert {
+    /// The alert's description byte.
+    pub fn description(self) -> u8 {
+        match self {
+            TlsAlert::ProtocolVersion => 70,
+            TlsAlert::BadRecordMac => 20,
+        }
+    }
+}
+
+/// Default body bytes per reply chunk (AMT 15.0.23 replies captured in RPS's tests come
+/// in chunks of a few hundred bytes).
+pub const DEFAULT_REPLY_CHUNK_SIZE: usize = 512;
+
+impl Default for Behaviour {
+    fn default() -> Behaviour {
+        Behaviour {
+            close_after_error: true,
+            acl_change_resets_nonces: true,
+            require_qop_auth: true,
+            commit_requires_host_name: true,
+            report_amt_identity: true,
+            reply_chunk_size: DEFAULT_REPLY_CHUNK_SIZE,
+            tls_version_intolerant: None,
+            tls_intolerance_alert: TlsAlert::ProtocolVersion,
+            accept_spaced_collection_name: false,
+        }
+    }
+}
+
 /// One simulated device.
 #[derive(Clone)]
 pub struct DeviceSpec {
@@ -176,30 +306,50 @@ pub struct DeviceSpec {
     pub pps: Pps,
     /// The MEBx password the technician set ([`Fault::WrongPassword`] replaces it).
     pub mebx_password: String,
+    /// Firmware version `X.Y.Z`; selects the generation's behaviour ([`AmtVersion`]).
     pub amt_version: String,
+    /// `AMT_GeneralSettings.HostName`: empty on a factory device.
     pub host_name: String,
     pub domain_name: String,
     /// The device's own loopback address (`127.x.y.z`).
     pub address: Ipv4Addr,
     pub fault: Option<Fault>,
+    pub behaviour: Behaviour,
 }
 
 impl DeviceSpec {
-    /// A device with a random UUID, the default AMT version and a host name derived
-    /// from its address.
+    /// A factory device: random UUID, the default AMT version, no host or domain name,
+    /// strict behaviour.
     pub fn new(pid: Pid, pps: Pps, mebx_password: &str, address: Ipv4Addr) -> DeviceSpec {
-        let o = address.octets();
         DeviceSpec {
             uuid: rand::random(),
             pid,
             pps,
             mebx_password: mebx_password.to_string(),
             amt_version: DEFAULT_AMT_VERSION.to_string(),
-            host_name: format!("sim-{}-{}-{}", o[1], o[2], o[3]),
+            host_name: String::new(),
             domain_name: String::new(),
             address,
             fault: None,
+            behaviour: Behaviour::default(),
         }
+    }
+
+    /// A host name derived from the address (`sim-x-y-z`), for runs that want devices
+    /// whose technician already set one in MEBx.
+    pub fn address_host_name(&self) -> String {
+        let o = self.address.octets();
+        format!("sim-{}-{}-{}", o[1], o[2], o[3])
+    }
+
+    /// The parsed firmware version (checked by [`Simulator::start`]).
+    pub fn version(&self) -> anyhow::Result<AmtVersion> {
+        AmtVersion::parse(&self.amt_version).ok_or_else(|| {
+            anyhow::anyhow!(
+                "AMT version {:?} is not of the form X.Y.Z",
+                self.amt_version
+            )
+        })
     }
 }
 
@@ -209,7 +359,9 @@ impl fmt::Debug for DeviceSpec {
             .field("uuid", &guid_text(&self.uuid))
             .field("pid", &self.pid)
             .field("address", &self.address)
+            .field("amt_version", &self.amt_version)
             .field("fault", &self.fault)
+            .field("behaviour", &self.behaviour)
             .finish_non_exhaustive()
     }
 }
@@ -233,10 +385,15 @@ pub struct SimConfig {
     /// Send hellos at all (false: the device only listens, for tests that connect
     /// directly).
     pub send_hellos: bool,
+    /// A committed device counts as provisioned only once a client made an authenticated
+    /// request over its certificate TLS server (what vprov's confirm step does); false:
+    /// the commit alone counts.
+    pub require_confirmation: bool,
 }
 
 impl SimConfig {
-    /// Defaults: port 16993, real-time schedule, 200 ms restart, clock 90 min behind.
+    /// Defaults: port 16993, real-time schedule, 200 ms restart, clock 90 min behind,
+    /// confirmation required.
     pub fn new(server: SocketAddr, key_pool: Arc<KeyPool>) -> SimConfig {
         SimConfig {
             server,
@@ -246,6 +403,7 @@ impl SimConfig {
             key_pool,
             clock_offset_s: DEFAULT_CLOCK_OFFSET_S,
             send_hellos: true,
+            require_confirmation: true,
         }
     }
 }
@@ -317,6 +475,21 @@ mod tests {
         );
         assert_eq!(address_for(0, "10.0.0.1".parse().unwrap()), None);
         assert_eq!(address_for(10, "127.255.255.250".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn versions_select_the_firmware_generation() {
+        let v = |t| AmtVersion::parse(t).unwrap();
+        assert!(!v("6.0.30").has_generate_key_pair());
+        assert!(!v("6.1.0").has_generate_key_pair());
+        assert!(v("6.2.10").has_generate_key_pair());
+        assert!(v("10.0.55.3000").has_generate_key_pair());
+        assert!(v("6.2.10").is_tls_version_intolerant());
+        assert!(!v("7.0.0").is_tls_version_intolerant());
+        assert!(!v("8.1.40").is_tls_version_intolerant());
+        for bad in ["", "8", "8.x", "8.1.y", "a.b.c"] {
+            assert!(AmtVersion::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Running a set of simulated devices on the current tokio runtime: binding every
 //! device's setup-mode port up front (so bind errors surface at start), spawning the
 //! devices, waiting for outcomes, collecting reports and stopping everything.
+//!
+//! Devices stay up until the simulator stops: a committed device keeps serving its
+//! certificate TLS server so that the provisioning server can confirm it, and the wait
+//! functions wait for that confirmation ([`SimConfig::require_confirmation`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +27,8 @@ pub struct Simulator {
 
 impl Simulator {
     /// Binds every device's TLS-PSK port and starts all devices (hellos at once).
-    /// Fails if a port cannot be bound, the configuration is invalid, or two devices
-    /// share an address.
+    /// Fails if a port cannot be bound, the configuration is invalid, two devices
+    /// share an address, or an AMT version does not parse.
     pub async fn start(config: SimConfig, specs: Vec<DeviceSpec>) -> anyhow::Result<Simulator> {
         anyhow::ensure!(
             config.time_scale.is_finite() && config.time_scale >= 0.0,
@@ -43,6 +47,7 @@ impl Simulator {
                 "two devices share {}",
                 spec.address
             );
+            spec.version()?;
         }
         let mut config = config;
         let mut listeners = Vec::with_capacity(specs.len());
@@ -56,10 +61,10 @@ impl Simulator {
             listeners.push(listener);
         }
         let config = Arc::new(config);
-        let devices: Vec<_> = specs
+        let devices = specs
             .into_iter()
-            .map(|spec| Arc::new(Device::new(spec, &config)))
-            .collect();
+            .map(|spec| Ok(Arc::new(Device::new(spec, &config)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let tasks = devices
             .iter()
             .zip(listeners)
@@ -84,16 +89,18 @@ impl Simulator {
         self.devices.iter().map(|d| d.report()).collect()
     }
 
-    /// Waits until every device committed, or `timeout`; returns the reports.
+    /// Waits until every device is provisioned (committed and, with
+    /// [`SimConfig::require_confirmation`], confirmed over its certificate TLS server),
+    /// or `timeout`; returns the reports.
     pub async fn wait_all(&self, timeout: Duration) -> Vec<DeviceReport> {
-        self.wait_until(timeout, |d| d.is_committed()).await
+        self.wait_until(timeout, |d| d.is_provisioned()).await
     }
 
-    /// Waits until every device expected to be provisioned (no fault) committed, or
-    /// `timeout`; returns the reports.
+    /// Waits until every device expected to be provisioned (no fault) is provisioned
+    /// (as in [`Simulator::wait_all`]), or `timeout`; returns the reports.
     pub async fn wait_expected(&self, timeout: Duration) -> Vec<DeviceReport> {
         self.wait_until(timeout, |d| {
-            d.expected_outcome() == Outcome::NotProvisioned || d.is_committed()
+            d.expected_outcome() == Outcome::NotProvisioned || d.is_provisioned()
         })
         .await
     }

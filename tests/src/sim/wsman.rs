@@ -5,14 +5,44 @@
 //!
 //! Supported: Enumerate/Pull/Release of every class below; Get of single-instance
 //! classes or by selector; Put `AMT_GeneralSettings` (HostName, DomainName) and
-//! `AMT_TLSSettingData` (by InstanceID); Create `AMT_TLSCredentialContext`; methods
-//! `AMT_SetupAndConfigurationService.{GetUuid,CommitChanges}`,
+//! `AMT_TLSSettingData` (by InstanceID: the remote `Intel(r) AMT 802.3 TLS Settings`
+//! and the local `Intel(r) AMT LMS TLS Settings`); Create `AMT_TLSCredentialContext`;
+//! methods `AMT_SetupAndConfigurationService.{GetUuid,CommitChanges}`,
 //! `AMT_AuthorizationService.SetAdminAclEntryEx`,
 //! `AMT_TimeSynchronizationService.{GetLowAccuracyTimeSynch,SetHighAccuracyTimeSynch}`,
-//! `AMT_PublicKeyManagementService.{GenerateKeyPair,AddCertificate}`.
+//! `AMT_PublicKeyManagementService.{GenerateKeyPair,AddKey,AddCertificate}`,
+//! `CIM_PowerManagementService.RequestPowerStateChange`.
+//!
+//! Firmware details reproduced (module docs of [`super`] list the sources):
+//!
+//! * `GenerateKeyPair` exists from AMT 6.2; older firmware answers the
+//!   `wsa:ActionNotSupported` fault (HTTP 400). `AddKey(KeyBlob)` takes base64 of a DER
+//!   PKCS#1 `RSAPrivateKey` (go-wsman-messages `publickey.AddKey`, whose callers pass
+//!   `x509.MarshalPKCS1PrivateKey`) and answers a `CreatedKey` EPR; ReturnValues 0, 23
+//!   (max limit), 2058 (duplicate), 2062 (invalid key) as listed there.
+//! * `CommitChanges` answers 2057 while `HostName` is empty
+//!   ([`super::Behaviour::commit_requires_host_name`]).
+//! * A successful `SetAdminAclEntryEx` forgets every issued Digest nonce
+//!   ([`super::Behaviour::acl_change_resets_nonces`]).
+//! * `CIM_SoftwareIdentity` reports the version in instance `AMT` unless
+//!   [`super::Behaviour::report_amt_identity`] is off.
+//! * The power state is readable through `CIM_AssociatedPowerManagementService` and
+//!   through `CIM_ServiceAvailableToElement`, whose items are
+//!   `CIM_AssociatedPowerManagementService` elements (go-wsman-messages
+//!   `cim/service` `AvailableToElement`, as RPS and MeshCentral read it).
+//! * `AMT_TLSCredentialContext` is reported with `ElementProvidingContext` named
+//!   `TLSProtocolEndpoint Instances Collection` (Intel's real-device fixtures in
+//!   go-wsman-messages / RPS); Create accepts `TLSProtocolEndpointInstances Collection`
+//!   (what MeshCentral and go-wsman-messages send) and, unless
+//!   [`super::Behaviour::accept_spaced_collection_name`], refuses any other name with
+//!   HTTP 500 and a `wsman:InternalError` Receiver fault. The status is the one RPS's
+//!   tests record for AMT answering a hand-built `ElementProvidingContext`; no capture
+//!   shows the fault's subcode, so the generic WS-Management one is used.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
 use openssl::x509::{X509NameRef, X509};
 use quick_xml::escape::escape;
 use roxmltree::{Document, Node, ParsingOptions};
@@ -37,6 +67,7 @@ pub mod rv {
     pub const MAX_LIMIT_REACHED: u32 = 23;
     pub const DATA_MISSING: u32 = 2057;
     pub const DUPLICATE: u32 = 2058;
+    pub const INVALID_KEY: u32 = 2062;
     pub const INVALID_CERT: u32 = 2063;
 }
 
@@ -113,6 +144,12 @@ const INVALID_REPRESENTATION: SoapFault = SoapFault {
     subcode: "t:InvalidRepresentation",
     action: WXF_FAULT,
     reason: "The XML content was invalid.",
+};
+const BAD_REFERENCE: SoapFault = SoapFault {
+    receiver: true,
+    subcode: "c:InternalError",
+    action: WSMAN_FAULT,
+    reason: "The service cannot comply with the request due to internal processing errors.",
 };
 const INVALID_ENUMERATION_CONTEXT: SoapFault = SoapFault {
     receiver: true,
@@ -232,6 +269,7 @@ const METHODS: &[(&str, &str)] = &[
     ("AMT_TimeSynchronizationService", "GetLowAccuracyTimeSynch"),
     ("AMT_TimeSynchronizationService", "SetHighAccuracyTimeSynch"),
     ("AMT_PublicKeyManagementService", "GenerateKeyPair"),
+    ("AMT_PublicKeyManagementService", "AddKey"),
     ("AMT_PublicKeyManagementService", "AddCertificate"),
     ("CIM_PowerManagementService", "RequestPowerStateChange"),
 ];
@@ -273,6 +311,16 @@ pub fn handle(dev: &Device, body: &[u8]) -> Reply {
     let Some(op) = op_of(&req.action) else {
         return fault(&mut st, Some(&req), &ACTION_NOT_SUPPORTED);
     };
+    if matches!(
+        op,
+        Op::Method {
+            method: "GenerateKeyPair",
+            ..
+        }
+    ) && !dev.version.has_generate_key_pair()
+    {
+        return fault(&mut st, Some(&req), &ACTION_NOT_SUPPORTED);
+    }
     match dev.fault() {
         Some(Fault::Hang { method }) if method == op.name() => return Reply::Hang,
         Some(Fault::HangOnce { method }) if method == op.name() && dev.spend_fault() => {
@@ -299,7 +347,7 @@ pub fn handle(dev: &Device, body: &[u8]) -> Reply {
         }
         Op::Get => get(dev, &mut st, &req),
         Op::Put => put(dev, &mut st, &req),
-        Op::Create => create(&mut st, &req),
+        Op::Create => create(dev, &mut st, &req),
         Op::Enumerate => enumerate(dev, &mut st, &req),
         Op::Pull => pull(&mut st, &req),
         Op::Release => release(&mut st, &req),
@@ -495,6 +543,7 @@ fn instances(dev: &Device, st: &State, class: &str) -> Option<Vec<Instance>> {
             ("Legacy Mode", "False"),
         ]
         .iter()
+        .filter(|(id, _)| *id != "AMT" || dev.spec.behaviour.report_amt_identity)
         .map(|(id, version)| Instance {
             keys: vec![("InstanceID", id.to_string())],
             xml: instance(
@@ -507,7 +556,9 @@ fn instances(dev: &Device, st: &State, class: &str) -> Option<Vec<Instance>> {
             ),
         })
         .collect(),
-        "CIM_AssociatedPowerManagementService" => {
+        // Enumerating the association yields its power subclass's instances.
+        "CIM_AssociatedPowerManagementService" | "CIM_ServiceAvailableToElement" => {
+            let class = "CIM_AssociatedPowerManagementService";
             let xml = format!(
                 r#"<h:{class} xmlns:h="{}"><h:AvailableRequestedPowerStates>2</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>5</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>8</h:AvailableRequestedPowerStates><h:AvailableRequestedPowerStates>10</h:AvailableRequestedPowerStates><h:PowerState>{}</h:PowerState><h:ServiceProvided>{}</h:ServiceProvided><h:UserOfService>{}</h:UserOfService></h:{class}>"#,
                 uri_of(class),
@@ -776,7 +827,11 @@ fn epr_target(node: Node<'_, '_>) -> Option<(String, Vec<(String, String)>)> {
     Some((class, selectors(descendant(node, NS_WSMAN, "SelectorSet"))))
 }
 
-fn create(st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
+/// `ElementName` of the TLS protocol-endpoint collection as clients send it on Create
+/// (MeshCentral, go-wsman-messages; §8).
+const TLS_COLLECTION_ON_CREATE: &str = "TLSProtocolEndpointInstances Collection";
+
+fn create(dev: &Device, st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
     let class = class_or_unreachable(req)?;
     if class != "AMT_TLSCredentialContext" {
         return Err(ACTION_NOT_SUPPORTED);
@@ -786,7 +841,7 @@ fn create(st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
     let (cert_class, cert_sel) = child(rep, &ns, "ElementInContext")
         .and_then(epr_target)
         .ok_or(INVALID_REPRESENTATION)?;
-    let (coll_class, _) = child(rep, &ns, "ElementProvidingContext")
+    let (coll_class, coll_sel) = child(rep, &ns, "ElementProvidingContext")
         .and_then(epr_target)
         .ok_or(INVALID_REPRESENTATION)?;
     let cert_id = cert_sel
@@ -799,6 +854,15 @@ fn create(st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
         || !st.certs.iter().any(|c| c.instance_id == cert_id)
     {
         return Err(INVALID_REPRESENTATION);
+    }
+    let collection = coll_sel
+        .iter()
+        .find(|(n, _)| n == "ElementName")
+        .map(|(_, v)| v.as_str());
+    let known_collection = collection == Some(TLS_COLLECTION_ON_CREATE)
+        || (collection == Some(TLS_COLLECTION) && dev.spec.behaviour.accept_spaced_collection_name);
+    if !known_collection {
+        return Err(BAD_REFERENCE);
     }
     if st.credential_context.is_some() {
         return Err(ALREADY_EXISTS);
@@ -940,7 +1004,7 @@ fn call(
     match method {
         "GetUuid" => (rv::SUCCESS, out("UUID", &B64.encode(dev.reported_uuid))),
         "CommitChanges" => {
-            if st.ready_to_commit() {
+            if st.ready_to_commit(dev.spec.behaviour.commit_requires_host_name) {
                 dev.mark_committed(st);
                 (rv::SUCCESS, String::new())
             } else {
@@ -957,6 +1021,9 @@ fn call(
                     st.admin_user = user;
                     st.ha1 = ha1;
                     st.admin_password_changed = true;
+                    if dev.spec.behaviour.acl_change_resets_nonces {
+                        st.nonces.clear();
+                    }
                     (rv::SUCCESS, String::new())
                 }
                 _ => (rv::INVALID_PARAMETER, String::new()),
@@ -999,6 +1066,7 @@ fn call(
             });
             (rv::SUCCESS, xml)
         }
+        "AddKey" => add_key(st, param("KeyBlob")),
         "AddCertificate" => {
             let Some(der) = param("CertificateBlob").and_then(|b| B64.decode(b).ok()) else {
                 return (rv::INVALID_CERT, String::new());
@@ -1059,4 +1127,39 @@ fn call(
         // op_of only yields methods listed in METHODS, all handled above.
         _ => (rv::INVALID_PARAMETER, String::new()),
     }
+}
+
+/// `AddKey(KeyBlob)`: base64 DER PKCS#1 RSAPrivateKey, 2048 bits.
+fn add_key(st: &mut State, blob: Option<String>) -> (u32, String) {
+    let key = blob
+        .and_then(|b| B64.decode(b).ok())
+        .and_then(|der| Rsa::private_key_from_der(&der).ok())
+        .filter(|rsa| rsa.size() * 8 == 2048 && rsa.check_key().unwrap_or(false));
+    let Some(rsa) = key else {
+        return (rv::INVALID_KEY, String::new());
+    };
+    let Ok(der) = rsa.public_key_to_der_pkcs1() else {
+        return (rv::INTERNAL_ERROR, String::new());
+    };
+    let der_key = B64.encode(der);
+    if st.keys.iter().any(|k| k.der_key == der_key) {
+        return (rv::DUPLICATE, String::new());
+    }
+    if st.keys.len() >= MAX_OBJECTS {
+        return (rv::MAX_LIMIT_REACHED, String::new());
+    }
+    let Ok(key) = PKey::from_rsa(rsa) else {
+        return (rv::INTERNAL_ERROR, String::new());
+    };
+    let instance_id = format!("Intel(r) AMT Key: Handle: {}", st.handle());
+    let xml = format!(
+        "<g:CreatedKey>{}</g:CreatedKey>",
+        epr("AMT_PublicPrivateKeyPair", &[("InstanceID", &instance_id)])
+    );
+    st.keys.push(KeyEntry {
+        instance_id,
+        key: std::sync::Arc::new(key),
+        der_key,
+    });
+    (rv::SUCCESS, xml)
 }
