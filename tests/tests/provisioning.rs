@@ -50,7 +50,10 @@ fn fifty_devices_are_provisioned_concurrently() {
         assert_eq!(d["amt_version"], "8.1.40");
         // Factory devices have no host name, and CommitChanges needs one: vprov
         // names them by its default rule.
-        assert_eq!(d["host_name"], format!("amt-{}", d["uuid"].as_str().unwrap()));
+        assert_eq!(
+            d["host_name"],
+            format!("amt-{}", d["uuid"].as_str().unwrap())
+        );
     }
     let used = rig.json(&["keys", "list", "--state", "used", "--format", "json"]);
     assert_eq!(used.len(), 50);

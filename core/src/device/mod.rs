@@ -528,6 +528,47 @@ mod tests {
             .expect("device script: four pulls, then the job gave up");
     }
 
+    /// The power state is read the way go-wsman-messages, RPS and MeshCentral read it:
+    /// through `CIM_ServiceAvailableToElement`.
+    #[tokio::test]
+    async fn the_power_state_comes_from_service_available_to_element() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ctx = psk_server(PPS.as_bytes(), Arc::new(Mutex::new(None)));
+        let device = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().expect("accept");
+            let mut s = Ssl::new(&ctx).expect("ssl").accept(tcp).expect("handshake");
+            let ns = ["a", "b", "c", "g"];
+            let r = read_request(&mut s);
+            assert!(
+                r.body
+                    .contains("CIM_ServiceAvailableToElement</w:ResourceURI>"),
+                "{}",
+                r.body
+            );
+            chunked_ok(
+                &mut s,
+                &reply(ns, "", "EnumerateResponse", "<g:EnumerateResponse><g:EnumerationContext>c1</g:EnumerationContext></g:EnumerateResponse>"),
+            );
+            read_request(&mut s);
+            let uri = wsman::cim_uri("CIM_AssociatedPowerManagementService");
+            chunked_ok(
+                &mut s,
+                &reply(ns, &format!(r#"xmlns:h="{uri}""#), "PullResponse", "<g:PullResponse><g:Items><h:CIM_AssociatedPowerManagementService><h:PowerState>8</h:PowerState></h:CIM_AssociatedPowerManagementService></g:Items><g:EndOfSequence/></g:PullResponse>"),
+            );
+        });
+        let t = DeviceTimeouts {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(3),
+        };
+        let mut session = AmtSession::connect_psk(addr, &pid(), &pps(), "admin", OLD_PASSWORD, t)
+            .await
+            .expect("session");
+        assert_eq!(session.power_state().await.expect("power state"), 8);
+        drop(session);
+        device.join().expect("device script");
+    }
+
     #[tokio::test]
     async fn stalled_reply_times_out() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
