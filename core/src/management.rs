@@ -1,14 +1,23 @@
-//! Agentless management of one provisioned device, as a command or an API request
-//! does it: open the device's record, reach it over TLS verified against vprov's CA
-//! with its own admin credential, and power it or read its inventory. A failed
-//! exchange is stored as an alert naming the device. Used by `vprov devices …` and
-//! the admin API (each runs it on a thread of its own, with its own store connection).
+//! Agentless management of provisioned devices.
+//!
+//! [`DeviceLink`] is the one way vprov reaches a provisioned device — management
+//! commands, the API and the reachability check alike: TLS verified against vprov's
+//! CA *and pinned to the certificate vprov issued to that device*, the device's own
+//! admin credential (with a cut-off credential change settled on whichever the device
+//! accepts), and `GetUuid` checked against the record, so a device answering at
+//! another's address is never taken for it.
+//!
+//! [`ManagedDevice`] is one operation as a command or an API request does it: open
+//! the device's record, reach it through its link, power it or read its inventory. A
+//! failed exchange is an alert naming the device. Used by `vprov devices …` and the
+//! admin API (each runs it on a thread of its own, with its own store connection).
 
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::json;
 
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts, Inventory};
+use crate::hello::DeviceUuid;
 use crate::store::{DeviceAccess, DeviceState, NewAlert, Severity, Store, StoreError};
 
 /// Why a management operation did not happen.
@@ -93,14 +102,121 @@ pub fn power_state_name(state: u16) -> String {
     }
 }
 
+/// What a cut-off credential change turned out to be, for the store to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSettled {
+    /// No change was pending, or the device could not be asked.
+    Unchanged,
+    /// The device accepted the pending credential: it is now the recorded one.
+    PendingAccepted,
+    /// The device still holds the old credential: the change never took.
+    PendingAbandoned,
+}
+
+/// How vprov reaches one provisioned device (see the module docs).
+pub struct DeviceLink {
+    pub uuid: String,
+    pub addr: SocketAddr,
+    ca: std::sync::Arc<[u8]>,
+    certificate: Option<Vec<u8>>,
+    user: String,
+    timeouts: DeviceTimeouts,
+}
+
+impl DeviceLink {
+    /// The link to device `uuid` as its record `access` describes it.
+    pub fn new(
+        uuid: &str,
+        access: &DeviceAccess,
+        ca: std::sync::Arc<[u8]>,
+        reach: Reach,
+    ) -> Result<DeviceLink, ManagementError> {
+        let ip: IpAddr = access
+            .address
+            .parse()
+            .map_err(|_| ManagementError::NoAddress {
+                uuid: uuid.to_string(),
+                address: access.address.clone(),
+            })?;
+        Ok(DeviceLink {
+            uuid: uuid.to_string(),
+            addr: SocketAddr::new(ip, reach.device_port),
+            ca,
+            certificate: access.certificate_der.clone(),
+            user: access.admin_user.clone(),
+            timeouts: reach.timeouts,
+        })
+    }
+
+    /// A session logged in with `password`, after the device proved to be this one:
+    /// its certificate is the one vprov issued to it, and `GetUuid` names it.
+    pub async fn session(&self, password: &str) -> Result<AmtSession, DeviceError> {
+        let mut session = AmtSession::connect_tls(
+            self.addr,
+            &self.ca,
+            self.certificate.as_deref(),
+            &self.user,
+            password,
+            self.timeouts,
+        )
+        .await?;
+        let reported = DeviceUuid(session.get_uuid().await?).to_string();
+        if reported != self.uuid {
+            return Err(DeviceError::CertificateRejected(format!(
+                "the device at {} says it is {reported}, not {}",
+                self.addr, self.uuid
+            )));
+        }
+        Ok(session)
+    }
+
+    /// Runs `work` in a session with the device's credential. If an earlier
+    /// credential change was cut off, the device holds either the old or the new
+    /// credential: whichever it accepts is used, and the outcome says which.
+    pub async fn with_credential<T>(
+        &self,
+        access: &DeviceAccess,
+        work: impl for<'s> Fn(
+                &'s mut AmtSession,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<T, DeviceError>> + Send + 's>,
+            > + Sync,
+    ) -> (Result<T, DeviceError>, CredentialSettled) {
+        let attempt = |password: &str| {
+            let password = password.to_string();
+            let work = &work;
+            async move {
+                let mut session = self.session(&password).await?;
+                work(&mut session).await
+            }
+        };
+        let first = attempt(&access.password).await;
+        let Some(pending) = &access.pending_password else {
+            return (first, CredentialSettled::Unchanged);
+        };
+        match first {
+            Err(DeviceError::Unauthorized) => {
+                let second = attempt(pending).await;
+                let settled = if second.is_ok() {
+                    CredentialSettled::PendingAccepted
+                } else {
+                    CredentialSettled::Unchanged
+                };
+                (second, settled)
+            }
+            Ok(value) => (Ok(value), CredentialSettled::PendingAbandoned),
+            Err(e) => (Err(e), CredentialSettled::Unchanged),
+        }
+    }
+}
+
 /// A provisioned device opened for one operation: where it is and how to log in.
 pub struct ManagedDevice {
     pub uuid: String,
     pub store: Store,
     pub access: DeviceAccess,
     pub addr: SocketAddr,
-    ca: Vec<u8>,
-    timeouts: DeviceTimeouts,
+    link: DeviceLink,
 }
 
 impl ManagedDevice {
@@ -126,76 +242,45 @@ impl ManagedDevice {
         let ca = store
             .ca_certificate()?
             .ok_or(ManagementError::NoCertificateAuthority)?;
-        let ip: IpAddr = access
-            .address
-            .parse()
-            .map_err(|_| ManagementError::NoAddress {
-                uuid: uuid.clone(),
-                address: access.address.clone(),
-            })?;
+        let link = DeviceLink::new(&uuid, &access, ca.into(), reach)?;
         Ok(ManagedDevice {
-            addr: SocketAddr::new(ip, reach.device_port),
-            timeouts: reach.timeouts,
+            addr: link.addr,
             uuid,
             store,
             access,
-            ca,
+            link,
         })
     }
 
-    /// Runs `work` in a verified-TLS session with the device. If an earlier
-    /// credential change was cut off, the device holds either the old or the new
-    /// credential: whichever it accepts becomes the recorded one.
+    /// Runs `work` through the device's [`DeviceLink`] and records how a cut-off
+    /// credential change settled.
     pub fn run<T>(
         &mut self,
         work: impl for<'s> Fn(
-            &'s mut AmtSession,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, DeviceError>> + 's>,
-        >,
+                &'s mut AmtSession,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<T, DeviceError>> + Send + 's>,
+            > + Sync,
     ) -> Result<Result<T, DeviceError>, ManagementError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ManagementError::Runtime)?;
-        let attempt = |password: &str| {
-            runtime.block_on(async {
-                let mut session = AmtSession::connect_tls(
-                    self.addr,
-                    &self.ca,
-                    &self.access.admin_user,
-                    password,
-                    self.timeouts,
-                )
-                .await?;
-                work(&mut session).await
-            })
-        };
-        let first = attempt(&self.access.password);
-        let Some(pending) = self.access.pending_password.take() else {
-            return Ok(first);
-        };
-        match first {
-            Err(DeviceError::Unauthorized) => {
-                let second = attempt(&pending);
-                if second.is_ok() {
-                    self.store.complete_password_change(&self.uuid, "vprov")?;
+        let (outcome, settled) = runtime.block_on(self.link.with_credential(&self.access, work));
+        match settled {
+            CredentialSettled::Unchanged => {}
+            CredentialSettled::PendingAccepted => {
+                self.store.complete_password_change(&self.uuid, "vprov")?;
+                if let Some(pending) = self.access.pending_password.take() {
                     self.access.password = pending;
-                } else {
-                    self.access.pending_password = Some(pending);
                 }
-                Ok(second)
             }
-            Ok(value) => {
-                // The device kept the old credential: the change never took.
+            CredentialSettled::PendingAbandoned => {
                 self.store.abandon_password_change(&self.uuid)?;
-                Ok(Ok(value))
-            }
-            Err(e) => {
-                self.access.pending_password = Some(pending);
-                Ok(Err(e))
+                self.access.pending_password = None;
             }
         }
+        Ok(outcome)
     }
 
     /// A failed exchange: an alert naming the device, and the error for the caller.

@@ -23,9 +23,16 @@ fn set_device_credential(rig: &Rig, store: &Store, uuid: &str, new: &str) {
             connect: Duration::from_secs(5),
             request: Duration::from_secs(5),
         };
-        let mut s = AmtSession::connect_tls(addr, &ca, "admin", &access.password, timeouts)
-            .await
-            .unwrap();
+        let mut s = AmtSession::connect_tls(
+            addr,
+            &ca,
+            access.certificate_der.as_deref(),
+            "admin",
+            &access.password,
+            timeouts,
+        )
+        .await
+        .unwrap();
         let realm = s.general_settings().await.unwrap().digest_realm;
         s.set_admin_acl_entry_ex("admin", &realm, new)
             .await
@@ -292,6 +299,47 @@ fn a_device_presenting_a_foreign_certificate_is_refused_with_an_alert() {
     assert!(err.contains("device certificate rejected"), "{err}");
     let alert = rig.wait_for_alert("power status failed: device certificate rejected");
     assert_eq!(alert["device_uuid"], uuid);
+}
+
+/// Anyone with one PID/PPS pair can get a certificate from vprov's CA; a device
+/// answering at X's address with such a certificate is not X (it used to be accepted
+/// for power status, power off and a password change).
+#[test]
+fn a_device_presenting_another_devices_vprov_certificate_is_refused() {
+    let rig = Rig::new(1, "");
+    let (sim, uuid) = provisioned(&rig, 51);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    let address = rig.devices()[0]["address"].as_str().unwrap().to_string();
+    drop(sim);
+    // An impostor at the device's address, with a certificate vprov's CA issued for
+    // the impostor's own key (as provisioning a device of its own would get it).
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let cert = {
+        let mut store = Store::open(&StoreOptions::new(rig.s.data_dir())).unwrap();
+        let ca = vprov_core::ca::CertificateAuthority::load_or_create(&mut store).unwrap();
+        let public = key.rsa().unwrap().public_key_to_der_pkcs1().unwrap();
+        let der = ca.issue_device_certificate(&public, "impostor").unwrap();
+        openssl::x509::X509::from_der(&der).unwrap()
+    };
+    let ctx = vprov_tests::sim::tls::cert_context(&cert, &std::sync::Arc::new(key)).unwrap();
+    let addr: std::net::SocketAddr = format!("{address}:{}", rig.device_port).parse().unwrap();
+    let _impostor = rig.rt.spawn(async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(16).unwrap();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = vprov_tests::sim::tls::accept(&ctx, tcp).await;
+        }
+    });
+    let err = rig
+        .run_configured(&["devices", "power", &uuid, "off"])
+        .fails();
+    assert!(
+        err.contains("a certificate vprov did not issue to this device"),
+        "{err}"
+    );
+    rig.wait_for_alert("power off failed: device certificate rejected");
 }
 
 #[test]

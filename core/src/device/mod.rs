@@ -116,17 +116,20 @@ impl AmtSession {
     }
 
     /// Opens a certificate-verified TLS connection to a provisioned device whose
-    /// certificate was issued by vprov's CA (`ca_der`), then prepares Digest
+    /// certificate was issued by vprov's CA (`ca_der`) — exactly `pinned`, when vprov
+    /// knows which one it issued to this device — then prepares Digest
     /// authentication as `user` / `password`.
     pub async fn connect_tls(
         addr: SocketAddr,
         ca_der: &[u8],
+        pinned: Option<&[u8]>,
         user: &str,
         password: &str,
         t: DeviceTimeouts,
     ) -> Result<Self, DeviceError> {
         let dialer = tls::Dialer::Verified {
             ca_der: ca_der.into(),
+            pinned: pinned.map(Into::into),
         };
         Self::open(dialer, addr, user, password, t).await
     }

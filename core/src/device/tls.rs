@@ -165,9 +165,36 @@ async fn psk_attempt(
 /// match, the address vprov connects to. Trust comes from the private CA, which only
 /// ever signs device certificates for keys generated inside the devices.
 ///
+/// With `pinned`, the device must present exactly that certificate: any device can
+/// get a certificate from vprov's CA (one PID/PPS pair is enough), so a chain alone
+/// does not say *which* device answers at an address.
+///
 /// Like [`connect_psk`], a handshake that fails for a reason other than the
 /// device's certificate is tried once more with a TLS 1.0-only ClientHello.
 pub async fn connect_tls(
+    addr: SocketAddr,
+    ca_der: &[u8],
+    pinned: Option<&[u8]>,
+    timeout: Duration,
+    versions: HelloVersions,
+) -> Result<Connected, DeviceError> {
+    let connected = verified_handshake(addr, ca_der, timeout, versions).await?;
+    if let Some(pinned) = pinned {
+        let presented = connected
+            .stream
+            .ssl()
+            .peer_certificate()
+            .and_then(|c| c.to_der().ok());
+        if presented.as_deref() != Some(pinned) {
+            return Err(DeviceError::CertificateRejected(
+                "the device presents a certificate vprov did not issue to this device".into(),
+            ));
+        }
+    }
+    Ok(connected)
+}
+
+async fn verified_handshake(
     addr: SocketAddr,
     ca_der: &[u8],
     timeout: Duration,
@@ -236,8 +263,12 @@ fn limit_versions(ssl: &mut Ssl, versions: HelloVersions) -> Result<(), DeviceEr
 pub(crate) enum Dialer {
     /// TLS-PSK in setup mode.
     Psk { pid: Pid, pps: Pps },
-    /// Certificate TLS verified against vprov's CA (DER).
-    Verified { ca_der: Arc<[u8]> },
+    /// Certificate TLS verified against vprov's CA (DER) and, once vprov knows which
+    /// certificate it issued to the device, pinned to that certificate.
+    Verified {
+        ca_der: Arc<[u8]>,
+        pinned: Option<Arc<[u8]>>,
+    },
 }
 
 impl Dialer {
@@ -250,7 +281,9 @@ impl Dialer {
     ) -> Result<Connected, DeviceError> {
         match self {
             Dialer::Psk { pid, pps } => connect_psk(addr, pid, pps, timeout, versions).await,
-            Dialer::Verified { ca_der } => connect_tls(addr, ca_der, timeout, versions).await,
+            Dialer::Verified { ca_der, pinned } => {
+                connect_tls(addr, ca_der, pinned.as_deref(), timeout, versions).await
+            }
         }
     }
 }
@@ -717,9 +750,15 @@ pub(crate) mod tests {
             let _ = Ssl::new(&ctx).expect("ssl").accept(tcp);
         });
         let der = trusted.to_der().expect("der");
-        let err = connect_tls(addr, &der, Duration::from_secs(3), HelloVersions::Modern)
-            .await
-            .expect_err("must fail");
+        let err = connect_tls(
+            addr,
+            &der,
+            None,
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect_err("must fail");
         server.join().expect("server");
         assert!(
             matches!(err, DeviceError::CertificateRejected(_)),
@@ -738,9 +777,15 @@ pub(crate) mod tests {
             let (tcp, _) = l.accept().expect("accept");
             Ssl::new(&ctx).expect("ssl").accept(tcp).is_ok()
         });
-        connect_tls(addr, &der, Duration::from_secs(3), HelloVersions::Modern)
-            .await
-            .expect("verified");
+        connect_tls(
+            addr,
+            &der,
+            None,
+            Duration::from_secs(3),
+            HelloVersions::Modern,
+        )
+        .await
+        .expect("verified");
         assert!(server.join().expect("server"));
     }
 }

@@ -487,9 +487,14 @@ impl Inner {
             admin_user: ADMIN_USER.into(),
             certificate_der: certificate,
         };
-        self.confirm_tls(device, &intent.new_password, hello.uuid)
-            .await
-            .map_err(JobFailure::at("confirm TLS mode"))?;
+        self.confirm_tls(
+            device,
+            &intent.new_password,
+            hello.uuid,
+            &record.certificate_der,
+        )
+        .await
+        .map_err(JobFailure::at("confirm TLS mode"))?;
         let pw = intent.new_password.clone();
         let id = intent.id;
         let device = post_provision_view(&record, &intent.pid);
@@ -598,16 +603,20 @@ impl Inner {
         }
     }
 
-    /// Reconnects over TLS (device certificate verified against vprov's CA) with the
-    /// new credential until the device answers with the expected UUID.
+    /// Reconnects over TLS (the device must present the certificate the job issued)
+    /// with the new credential until the device answers with the expected UUID.
     async fn confirm_tls(
         &self,
         device: SocketAddr,
         password: &str,
         expected: DeviceUuid,
+        certificate: &[u8],
     ) -> Result<(), DeviceError> {
         tokio::time::sleep(self.settings.commit_wait).await;
-        match self.reach_after_restart(device, password).await? {
+        match self
+            .reach_after_restart(device, password, Some(certificate))
+            .await?
+        {
             (_, uuid) if uuid == expected => Ok(()),
             (_, uuid) => Err(DeviceError::Malformed(format!(
                 "after commit the device at {device} reports UUID {uuid}"
@@ -622,6 +631,7 @@ impl Inner {
         &self,
         device: SocketAddr,
         password: &str,
+        certificate: Option<&[u8]>,
     ) -> Result<(AmtSession, DeviceUuid), DeviceError> {
         let deadline = tokio::time::Instant::now() + self.settings.confirm_timeout;
         loop {
@@ -629,6 +639,7 @@ impl Inner {
                 let mut s = AmtSession::connect_tls(
                     device,
                     self.ca.cert_der(),
+                    certificate,
                     ADMIN_USER,
                     password,
                     self.settings.timeouts,
@@ -652,7 +663,11 @@ impl Inner {
         let device = SocketAddr::new(ip, self.settings.device_port);
         let confirmed = async {
             let (mut s, uuid) = self
-                .reach_after_restart(device, &intent.new_password)
+                .reach_after_restart(
+                    device,
+                    &intent.new_password,
+                    intent.certificate_der.as_deref(),
+                )
                 .await?;
             let version = s.amt_version().await.ok();
             let host = s.general_settings().await.ok().map(|g| g.host_name);

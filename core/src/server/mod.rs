@@ -79,7 +79,7 @@ pub async fn run(
         )?),
         _ => None,
     };
-    let ca_der = Arc::new(ca.cert_der().to_vec());
+    let ca_der: Arc<[u8]> = ca.cert_der().into();
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
     let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone(), settings.alerts);

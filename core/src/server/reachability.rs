@@ -1,10 +1,11 @@
 //! The periodic reachability check of managed devices: every interval, each managed
-//! device is reached over verified TLS with its own credential (one `GetUuid`). The
+//! device is reached through its [`DeviceLink`] (verified TLS pinned to its own
+//! certificate, its own credential — a cut-off credential change settled —, one
+//! `GetUuid` matched against the record). The
 //! result is recorded (`reachable`, last contact) and a change raises an alert, so an
 //! admin learns when a device drops off the network, stops accepting vprov's
 //! credential, or presents a certificate vprov's CA did not issue.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use tokio::sync::{watch, Semaphore};
 
 use super::alerts::AlertLog;
 use super::store_thread::StoreHandle;
-use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
-use crate::hello::DeviceUuid;
+use crate::device::{DeviceError, DeviceTimeouts};
+use crate::management::{CredentialSettled, DeviceLink, Reach};
 use crate::store::{DeviceFilter, DeviceState, NewAlert, Severity};
 
 /// Devices checked at once.
@@ -31,7 +32,7 @@ pub struct ReachabilitySettings {
 pub async fn run(
     store: StoreHandle,
     alerts: AlertLog,
-    ca_der: Arc<Vec<u8>>,
+    ca_der: Arc<[u8]>,
     settings: ReachabilitySettings,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -68,7 +69,7 @@ pub async fn run(
                 check(
                     &store,
                     &alerts,
-                    &ca,
+                    ca,
                     &settings,
                     &device.uuid,
                     device.reachable,
@@ -90,7 +91,7 @@ pub async fn run(
 async fn check(
     store: &StoreHandle,
     alerts: &AlertLog,
-    ca: &[u8],
+    ca: Arc<[u8]>,
     settings: &ReachabilitySettings,
     uuid: &str,
     was: Option<bool>,
@@ -99,28 +100,32 @@ async fn check(
     let Ok(Ok(Some(access))) = store.call(move |s| s.device_access(&id)).await else {
         return;
     };
-    let outcome = async {
-        let ip: IpAddr = access.address.parse().map_err(|_| {
-            DeviceError::Unreachable(format!("no usable address {}", access.address))
-        })?;
-        let addr = SocketAddr::new(ip, settings.device_port);
-        let mut session = AmtSession::connect_tls(
-            addr,
-            ca,
-            &access.admin_user,
-            &access.password,
-            settings.timeouts,
-        )
-        .await?;
-        let reported = DeviceUuid(session.get_uuid().await?).to_string();
-        if reported != uuid {
-            return Err(DeviceError::Malformed(format!(
-                "the device at {addr} is {reported}"
-            )));
+    let reach = Reach {
+        device_port: settings.device_port,
+        timeouts: settings.timeouts,
+    };
+    let outcome = match DeviceLink::new(uuid, &access, ca, reach) {
+        Ok(link) => {
+            // The link checks the device's certificate and UUID; nothing more to do.
+            let (outcome, settled) = link
+                .with_credential(&access, |_| Box::pin(async { Ok(()) }))
+                .await;
+            let id = uuid.to_string();
+            match settled {
+                CredentialSettled::Unchanged => {}
+                CredentialSettled::PendingAccepted => {
+                    let _ = store
+                        .call(move |s| s.complete_password_change(&id, "vprov"))
+                        .await;
+                }
+                CredentialSettled::PendingAbandoned => {
+                    let _ = store.call(move |s| s.abandon_password_change(&id)).await;
+                }
+            }
+            outcome
         }
-        Ok(())
-    }
-    .await;
+        Err(e) => Err(DeviceError::Unreachable(e.to_string())),
+    };
     let reachable = outcome.is_ok();
     let id = uuid.to_string();
     let _ = store

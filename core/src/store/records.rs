@@ -97,6 +97,9 @@ pub struct DeviceAccess {
     /// may hold this one instead.
     pub pending_password: Option<zeroize::Zeroizing<String>>,
     pub state: DeviceState,
+    /// The certificate vprov issued to the device (DER); every later connection
+    /// requires the device to present exactly this one. `None` for a record without.
+    pub certificate_der: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for DeviceAccess {
@@ -305,24 +308,36 @@ impl Store {
     /// What it takes to reach a provisioned device: its address and admin credential
     /// (opened from the store), and whether it is managed.
     pub fn device_access(&self, uuid: &str) -> Result<Option<DeviceAccess>, StoreError> {
-        /// address, admin user, sealed credential, sealed pending credential, state
+        /// address, admin user, sealed credential, sealed pending credential, state,
+        /// certificate
         type Row = (
             Option<String>,
             Option<String>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
             String,
+            Option<Vec<u8>>,
         );
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT address, admin_user, admin_password_sealed, pending_password_sealed, state
+                "SELECT address, admin_user, admin_password_sealed, pending_password_sealed, state,
+                        certificate_der
                  FROM devices WHERE uuid = ?1",
                 [uuid],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?;
-        let Some((address, user, sealed, pending, state)) = row else {
+        let Some((address, user, sealed, pending, state, certificate)) = row else {
             return Ok(None);
         };
         let corrupt = |what: &str| StoreError::Corrupt(format!("device {uuid} has no {what}"));
@@ -342,6 +357,7 @@ impl Store {
                 .map(|p| open(format!("device_pending_password:{uuid}"), &p))
                 .transpose()?,
             state: state.parse().map_err(|_| corrupt("valid state"))?,
+            certificate_der: certificate.filter(|c| !c.is_empty()),
         }))
     }
 
