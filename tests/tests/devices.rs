@@ -235,6 +235,34 @@ fn managed_devices_are_checked_and_a_lost_one_raises_an_alert() {
     assert_eq!(server.stop(), 0);
 }
 
+/// The reachability check settles a cut-off credential change like any other
+/// contact (it used to try only the old credential and call the device unreachable).
+#[test]
+fn the_reachability_check_settles_a_cut_off_credential_change() {
+    let rig = Rig::new(1, "[management]\ncheck_interval_ms = 200\n");
+    let (_sim, uuid) = provisioned(&rig, 52);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    let mut store = Store::open(&StoreOptions::new(rig.s.data_dir())).unwrap();
+    store
+        .begin_password_change(&uuid, "Next!Passw0rd-8", "test")
+        .unwrap();
+    set_device_credential(&rig, &store, &uuid, "Next!Passw0rd-8");
+    let server = rig.serve();
+    let settled = eventually(Duration::from_secs(30), "the change settled", || {
+        let access = store.device_access(&uuid).unwrap().unwrap();
+        access.pending_password.is_none().then_some(access)
+    });
+    assert_eq!(settled.password.as_str(), "Next!Passw0rd-8");
+    eventually(Duration::from_secs(30), "reachable", || {
+        (rig.devices()[0]["reachable"] == true).then_some(())
+    });
+    assert!(rig
+        .alerts()
+        .iter()
+        .all(|a| !a["message"].as_str().unwrap().contains("unreachable")));
+    assert_eq!(server.stop(), 0);
+}
+
 #[test]
 fn the_post_agentless_plugin_manages_new_devices_without_an_admin() {
     let rig = Rig::new(1, "");
