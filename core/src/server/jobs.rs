@@ -83,10 +83,63 @@ struct Inner {
     ca: Arc<CertificateAuthority>,
     /// Runs the post-provision actions once a device is recorded.
     plugins: Option<PluginHost>,
-    /// PIDs and device UUIDs with a job queued or running.
-    running: Mutex<HashSet<String>>,
+    /// Jobs queued or running, by PID and by device, each at the hello's address.
+    running: Mutex<Claims>,
     slots: Arc<Semaphore>,
     stopping: AtomicBool,
+}
+
+/// Most jobs one PID may have at once, each for another address.
+const MAX_JOBS_PER_PID: usize = 4;
+
+/// What a job claims: its PID and its device, each at the hello's address.
+#[derive(Debug, Clone)]
+struct JobKeys {
+    pid: String,
+    keys: [String; 2],
+}
+
+impl JobKeys {
+    fn new(pid: &str, uuid: &str, address: IpAddr) -> JobKeys {
+        JobKeys {
+            pid: pid.to_string(),
+            keys: [
+                format!("pid {pid} @{address}"),
+                format!("device {uuid} @{address}"),
+            ],
+        }
+    }
+}
+
+/// The jobs queued or running.
+#[derive(Debug, Default)]
+struct Claims {
+    keys: HashSet<String>,
+    per_pid: std::collections::HashMap<String, usize>,
+}
+
+impl Claims {
+    fn claim(&mut self, job: &JobKeys) -> bool {
+        let for_pid = self.per_pid.get(&job.pid).copied().unwrap_or(0);
+        if for_pid >= MAX_JOBS_PER_PID || job.keys.iter().any(|k| self.keys.contains(k)) {
+            return false;
+        }
+        self.keys.extend(job.keys.iter().cloned());
+        *self.per_pid.entry(job.pid.clone()).or_default() += 1;
+        true
+    }
+
+    fn release(&mut self, job: &JobKeys) {
+        for k in &job.keys {
+            self.keys.remove(k);
+        }
+        if let Some(n) = self.per_pid.get_mut(&job.pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_pid.remove(&job.pid);
+            }
+        }
+    }
 }
 
 /// Why a job stopped: the step it was at and what went wrong.
@@ -176,7 +229,7 @@ impl JobManager {
                 alerts,
                 ca,
                 plugins,
-                running: Mutex::new(HashSet::new()),
+                running: Mutex::new(Claims::default()),
                 slots,
                 stopping: AtomicBool::new(false),
             }),
@@ -184,12 +237,14 @@ impl JobManager {
     }
 
     /// Starts a job for `hello` unless one is already queued or running for its PID
-    /// or device (repeated hellos are absorbed).
+    /// or device at the same address (repeated hellos are absorbed). A hello from
+    /// another address is not held up by a job for an address that does not answer:
+    /// PIDs are printed and sent in clear, so anybody can send one.
     pub fn submit(&self, hello: AcceptedHello) {
         if self.inner.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let keys = [hello.pid.as_str().to_string(), hello.uuid.to_string()];
+        let keys = JobKeys::new(hello.pid.as_str(), &hello.uuid.to_string(), hello.address);
         if !self.inner.claim(&keys) {
             tracing::debug!(pid = %hello.pid, "hello absorbed: a job is already running");
             return;
@@ -222,7 +277,10 @@ impl JobManager {
         for intent in pending {
             if intent.step == "commit" {
                 // Hellos for this PID or device are absorbed while the job resumes.
-                let keys = [intent.pid.as_str().to_string(), intent.device_uuid.clone()];
+                let Ok(address) = intent.address.parse::<IpAddr>() else {
+                    continue;
+                };
+                let keys = JobKeys::new(intent.pid.as_str(), &intent.device_uuid, address);
                 if !self.inner.claim(&keys) {
                     continue;
                 }
@@ -263,7 +321,12 @@ impl Inner {
     /// PID) starts none: it is absorbed without a new alert.
     async fn backing_off(&self, hello: &AcceptedHello) -> bool {
         let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
-        match self.store.call(move |s| s.job_backoff(&uuid, &pid)).await {
+        let address = hello.address.to_string();
+        match self
+            .store
+            .call(move |s| s.job_backoff(&uuid, &pid, &address))
+            .await
+        {
             Ok(Ok(Some(b))) => {
                 tracing::debug!(pid = %hello.pid, device = %hello.uuid, failures = b.failures,
                     "hello absorbed: the device's last job failed; waiting before the next");
@@ -282,10 +345,11 @@ impl Inner {
             Err(f) => {
                 let cause = format!("{}: {}", f.step, f.error);
                 let (u, p, c) = (uuid.clone(), pid.as_str().to_string(), cause.clone());
+                let a = address.to_string();
                 let (base, max) = (self.settings.retry_backoff, self.settings.retry_backoff_max);
                 let _ = self
                     .store
-                    .call(move |s| s.record_job_failure(&u, &p, &c, base, max))
+                    .call(move |s| s.record_job_failure(&u, &p, &a, &c, base, max))
                     .await;
                 // The same text for every repeat, so that repeats collapse into one
                 // alert with a count.
@@ -342,6 +406,21 @@ impl Inner {
                 error: "the PID is no longer available".into(),
                 severity: Severity::Warning,
             })?;
+        if intent.step == "commit"
+            && (intent.device_uuid != uuid || intent.address != hello.address.to_string())
+        {
+            // That device committed (it sends no more hellos) and its job is being
+            // finished from the recorded intent; this hello is not from it.
+            return Err(JobFailure {
+                step: "start",
+                error: format!(
+                    "a job for this PID already committed device {} at {}; a hello naming \
+                     device {uuid} from another address is ignored",
+                    intent.device_uuid, intent.address
+                ),
+                severity: Severity::Warning,
+            });
+        }
         let device = SocketAddr::new(hello.address, self.settings.device_port);
         let t = self.settings.timeouts;
 
@@ -586,21 +665,25 @@ impl Inner {
         Ok(certificate)
     }
 
-    /// Marks `keys` (a PID and a device UUID) as having a job; false if one has.
-    fn claim(&self, keys: &[String; 2]) -> bool {
-        let mut running = self.running.lock().expect("jobs lock");
-        if keys.iter().any(|k| running.contains(k)) {
-            return false;
-        }
-        running.extend(keys.iter().cloned());
-        true
+    /// Marks `keys` as having a job; false if one has, or if the PID already has
+    /// [`MAX_JOBS_PER_PID`] jobs (from as many addresses).
+    fn claim(&self, keys: &JobKeys) -> bool {
+        self.running.lock().expect("jobs lock").claim(keys)
     }
 
-    fn release(&self, keys: &[String; 2]) {
-        let mut running = self.running.lock().expect("jobs lock");
-        for k in keys {
-            running.remove(k);
-        }
+    fn release(&self, keys: &JobKeys) {
+        self.running.lock().expect("jobs lock").release(keys);
+    }
+
+    /// Jobs queued or running for `pid`, at any address.
+    fn jobs_for_pid(&self, pid: &Pid) -> usize {
+        self.running
+            .lock()
+            .expect("jobs lock")
+            .per_pid
+            .get(pid.as_str())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Reconnects over TLS (the device must present the certificate the job issued)
@@ -718,7 +801,8 @@ impl Inner {
     /// intent, unless an earlier attempt left it (that attempt may have given the
     /// device the recorded credential). Either way the PID stays available.
     async fn forget_unless_resumed(&self, intent: &JobIntent) {
-        if !intent.resumed {
+        // Another job for this PID (from another address) may be using the intent.
+        if !intent.resumed && self.jobs_for_pid(&intent.pid) <= 1 {
             let job = intent.id;
             let _ = self.store.call(move |s| s.abandon_job(job)).await;
         }

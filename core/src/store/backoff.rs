@@ -2,9 +2,11 @@
 //! starts another, so a device that fails the same way on every hello (and keeps
 //! saying hello for hours) costs one job per back-off period, not one per hello.
 //!
-//! The wait is per device and PID: a hello with another PID is not held back. It
-//! doubles with each further failure of the same cause and starts again from the
-//! base when the cause changes. `vprov devices retry UUID` (and the API) clears it.
+//! The wait is per device, PID and address: a hello with another PID, or from
+//! another address (anybody can send a hello naming a device and its PID, both sent
+//! in clear), is not held back. It doubles with each further failure of the same
+//! cause and starts again from the base when the cause changes. `vprov devices retry
+//! UUID` (and the API) clears it.
 
 use std::time::Duration;
 
@@ -26,12 +28,14 @@ pub struct JobBackoff {
 }
 
 impl Store {
-    /// Records a failed job of `device_uuid` with `pid` and returns the wait: `base`
-    /// doubled for each earlier failure with the same PID and cause, at most `max`.
+    /// Records a failed job of `device_uuid` with `pid` at `address` and returns the
+    /// wait: `base` doubled for each earlier failure there with the same PID and
+    /// cause, at most `max`.
     pub fn record_job_failure(
         &mut self,
         device_uuid: &str,
         pid: &str,
+        address: &str,
         cause: &str,
         base: Duration,
         max: Duration,
@@ -40,8 +44,8 @@ impl Store {
         let earlier: Option<u32> = tx
             .query_row(
                 "SELECT failures FROM job_backoff
-                 WHERE device_uuid = ?1 AND pid = ?2 AND cause = ?3",
-                params![device_uuid, pid, cause],
+                 WHERE device_uuid = ?1 AND pid = ?2 AND address = ?3 AND cause = ?4",
+                params![device_uuid, pid, address, cause],
                 |r| r.get(0),
             )
             .optional()?;
@@ -51,12 +55,14 @@ impl Store {
         let now = now_ms();
         let retry_at = now.saturating_add(wait.as_millis() as i64);
         tx.execute(
-            "INSERT INTO job_backoff (device_uuid, pid, cause, failures, last_failed_at, retry_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO job_backoff
+                 (device_uuid, pid, address, cause, failures, last_failed_at, retry_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (device_uuid) DO UPDATE SET pid = excluded.pid,
-                 cause = excluded.cause, failures = excluded.failures,
-                 last_failed_at = excluded.last_failed_at, retry_at = excluded.retry_at",
-            params![device_uuid, pid, cause, failures, now, retry_at],
+                 address = excluded.address, cause = excluded.cause,
+                 failures = excluded.failures, last_failed_at = excluded.last_failed_at,
+                 retry_at = excluded.retry_at",
+            params![device_uuid, pid, address, cause, failures, now, retry_at],
         )?;
         tx.commit()?;
         Ok(JobBackoff {
@@ -68,18 +74,20 @@ impl Store {
         })
     }
 
-    /// The wait that holds back a hello of `device_uuid` with `pid`, if any is running.
+    /// The wait that holds back a hello of `device_uuid` with `pid` from `address`, if
+    /// any is running.
     pub fn job_backoff(
         &self,
         device_uuid: &str,
         pid: &str,
+        address: &str,
     ) -> Result<Option<JobBackoff>, StoreError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT device_uuid, pid, cause, failures, retry_at FROM job_backoff
-                 WHERE device_uuid = ?1 AND pid = ?2 AND retry_at > ?3",
-                params![device_uuid, pid, now_ms()],
+                 WHERE device_uuid = ?1 AND pid = ?2 AND address = ?3 AND retry_at > ?4",
+                params![device_uuid, pid, address, now_ms()],
                 |r| {
                     Ok(JobBackoff {
                         device_uuid: r.get(0)?,
@@ -152,37 +160,42 @@ mod tests {
         let mut store = Store::open(&super::super::StoreOptions::new(dir.path())).unwrap();
         let (base, max) = (Duration::from_secs(10), Duration::from_secs(25));
         let u = "8c2f7d4e-0000-4000-8000-000000000001";
+        const A: &str = "127.0.0.5";
         let wait = |b: &JobBackoff| b.retry_at - now_ms();
         let first = store
-            .record_job_failure(u, "0000037M", "CommitChanges", base, max)
+            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
             .unwrap();
         assert_eq!(first.failures, 1);
         assert!((9_000..=10_000).contains(&wait(&first)));
         let second = store
-            .record_job_failure(u, "0000037M", "CommitChanges", base, max)
+            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
             .unwrap();
         assert_eq!(second.failures, 2);
         assert!((19_000..=20_000).contains(&wait(&second)));
         let third = store
-            .record_job_failure(u, "0000037M", "CommitChanges", base, max)
+            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
             .unwrap();
         assert!((24_000..=25_000).contains(&wait(&third)), "capped");
         // Another cause starts again from the base.
         let other = store
-            .record_job_failure(u, "0000037M", "GetUuid", base, max)
+            .record_job_failure(u, "0000037M", A, "GetUuid", base, max)
             .unwrap();
         assert_eq!(other.failures, 1);
-        // Only hellos with the same PID wait.
-        assert!(store.job_backoff(u, "0000037M").unwrap().is_some());
-        assert!(store.job_backoff(u, "0000046N").unwrap().is_none());
+        // Only hellos with the same PID from the same address wait.
+        assert!(store.job_backoff(u, "0000037M", A).unwrap().is_some());
+        assert!(store.job_backoff(u, "0000046N", A).unwrap().is_none());
+        assert!(store
+            .job_backoff(u, "0000037M", "127.0.0.66")
+            .unwrap()
+            .is_none());
         let retried = store.retry_device(u, "cli:root").unwrap().unwrap();
         assert_eq!(retried.cause, "GetUuid");
-        assert!(store.job_backoff(u, "0000037M").unwrap().is_none());
+        assert!(store.job_backoff(u, "0000037M", A).unwrap().is_none());
         assert!(store.retry_device(u, "cli:root").unwrap().is_none());
         let audit = store.audit_log(10).unwrap();
         assert_eq!(audit[0].action, "device.retry");
         store
-            .record_job_failure(u, "0000037M", "x", base, max)
+            .record_job_failure(u, "0000037M", A, "x", base, max)
             .unwrap();
         assert!(store.clear_job_backoff(u).unwrap());
         assert!(!store.clear_job_backoff(u).unwrap());

@@ -94,7 +94,9 @@ impl Store {
     /// Records a job's intent before anything changes on the device, or returns the
     /// intent left by an earlier attempt for this PID (a crash or a failure after the
     /// device may have taken the new credential), so its credential is tried again.
-    /// `None` if the PID is no longer available.
+    /// An intent that reached CommitChanges keeps its device and address: that device
+    /// sends no more hellos, so a hello naming another is not from it (and must not
+    /// redirect the job's recovery). `None` if the PID is no longer available.
     pub fn begin_job(
         &mut self,
         pid: &Pid,
@@ -122,7 +124,8 @@ impl Store {
              WHERE EXISTS (SELECT 1 FROM provisioning_keys WHERE pid = ?1 AND state = 'available')
              ON CONFLICT (pid) DO UPDATE SET device_uuid = excluded.device_uuid,
                                              address = excluded.address,
-                                             updated_at = excluded.updated_at",
+                                             updated_at = excluded.updated_at
+             WHERE provisioning_jobs.step <> 'commit'",
             params![pid.as_str(), device_uuid, address, sealed, now],
         )?;
         tx.commit()?;

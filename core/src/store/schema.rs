@@ -185,6 +185,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE job_backoff (
         device_uuid     TEXT PRIMARY KEY,
         pid             TEXT NOT NULL,
+        address         TEXT NOT NULL,
         cause           TEXT NOT NULL,
         failures        INTEGER NOT NULL CHECK (failures > 0),
         last_failed_at  INTEGER NOT NULL,

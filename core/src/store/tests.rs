@@ -353,3 +353,39 @@ fn a_second_open_in_the_process_keeps_the_first_connections_locks() {
     server.generate_batch(2, None, "u", |_| {}).unwrap();
     assert_eq!(open(dir.path()).batches().unwrap().len(), 2);
 }
+
+/// A hello naming another device (PIDs travel in clear) must not redirect the
+/// recovery of a job whose device already committed.
+#[test]
+fn a_committed_intent_keeps_its_device_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.generate_batch(1, None, "t", |_| {}).unwrap();
+    let pid = all_pids(&store, &KeyFilter::default())[0];
+    let real = "8c2f7d4e-0000-4000-8000-000000000001";
+    let job = store
+        .begin_job(&pid, real, "127.0.0.5", "N3w!Password")
+        .unwrap()
+        .unwrap();
+    // Before the commit, the device's next hello may come from a new address.
+    let moved = store
+        .begin_job(&pid, real, "127.0.0.6", "ignored")
+        .unwrap()
+        .unwrap();
+    assert_eq!((moved.id, moved.address.as_str()), (job.id, "127.0.0.6"));
+    store.set_job_step(job.id, "commit").unwrap();
+    let forged = store
+        .begin_job(
+            &pid,
+            "00000000-0000-0000-0000-00000000dead",
+            "127.0.0.66",
+            "x",
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(forged.device_uuid, real);
+    assert_eq!(forged.address, "127.0.0.6");
+    assert_eq!(forged.new_password.as_str(), "N3w!Password");
+    let pending = store.pending_jobs().unwrap();
+    assert_eq!(pending[0].address, "127.0.0.6");
+}

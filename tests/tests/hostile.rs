@@ -1,0 +1,53 @@
+//! End-to-end: hellos an attacker can forge. PIDs are printed on key sheets and sent
+//! in clear, and so are device UUIDs: anybody on the provisioning network can say
+//! hello with a real device's PID and UUID from an address of their own.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use vprov_tests::eventually;
+use vprov_tests::rig::Rig;
+use vprov_tests::sim::{guid_text, hello};
+
+/// A job for an address that never answers must not hold up the real device saying
+/// hello from its own address (it used to, for as long as the connect timeout, and
+/// again for every forged hello).
+#[test]
+fn a_forged_hello_from_a_silent_address_does_not_hold_up_the_real_device() {
+    // A long connect timeout: a job stuck on the silent address lasts 30 s.
+    let rig = Rig::new(1, "connect_timeout_ms = 30000\n");
+    let server = rig.serve();
+    let specs = rig.specs(0..1, Ipv4Addr::new(127, 44, 1, 1));
+    let (pid, uuid) = (specs[0].pid, specs[0].uuid);
+    // The attacker's address accepts TCP (the kernel's backlog) and never speaks TLS.
+    let silent_ip = Ipv4Addr::new(127, 44, 0, 9);
+    let silent = std::net::TcpListener::bind((silent_ip, rig.device_port)).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let forged = hello::encode(0, &uuid, pid.as_bytes());
+    let forge = || {
+        rig.rt
+            .block_on(hello::send(silent_ip, server.hello_addr, &forged))
+            .unwrap();
+    };
+    // The forged job is connecting to the silent address...
+    let _held = eventually(Duration::from_secs(30), "the forged job", || {
+        forge();
+        silent.accept().ok()
+    });
+    // ...while the real device says hello (and the attacker keeps forging).
+    let sim = rig.simulate(&server, specs, 0.001);
+    let device = eventually(Duration::from_secs(25), "the real device recorded", || {
+        forge();
+        rig.devices().into_iter().next()
+    });
+    assert_eq!(device["uuid"], guid_text(&uuid));
+    assert_eq!(device["address"], "127.44.1.1");
+    // The forged job is still waiting for the silent address: it held nothing up.
+    let silent_alerts: Vec<_> = rig
+        .alerts()
+        .into_iter()
+        .filter(|a| a["address"] == silent_ip.to_string() && a["source"] == "provisioning")
+        .collect();
+    assert!(silent_alerts.is_empty(), "{silent_alerts:?}");
+    assert!(sim.reports()[0].confirmed);
+}
