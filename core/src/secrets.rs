@@ -115,20 +115,24 @@ impl MasterKey {
             source,
         };
         let (key, text) = Self::generate();
+        // Written whole under a temporary name, then linked into place: another
+        // process creating the same store at once finds either no key file or a
+        // complete one, never a half-written one; and a link never replaces a file.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(create_err)?;
-        let written = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            drop(file);
-            let _ = fs::remove_file(path);
-            return Err(create_err(e));
-        }
+        let written = options.open(&tmp).and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        });
+        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        linked.map_err(create_err)?;
         Ok(key)
     }
 

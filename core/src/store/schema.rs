@@ -208,11 +208,18 @@ pub enum SchemaState {
     Foreign { application_id: i32 },
 }
 
-/// Classifies the database without writing to it.
+/// Classifies the database without writing to it. One statement, so one snapshot:
+/// another process may be initialising the store at this very moment, and reading
+/// its application id before that commit and its tables after would make a new
+/// vprov store look like a foreign database.
 pub fn inspect(conn: &Connection) -> rusqlite::Result<SchemaState> {
-    let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let (app_id, version, objects): (i32, i32, i64) = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id),
+                (SELECT user_version FROM pragma_user_version),
+                (SELECT count(*) FROM sqlite_schema)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     Ok(match app_id {
         APPLICATION_ID => SchemaState::Vprov { version },
         0 if version == 0 && objects == 0 => SchemaState::Empty,
