@@ -9,7 +9,7 @@ use clap::Subcommand;
 use vprov_core::accounts;
 use vprov_core::store::{CredentialKind, Role};
 
-use super::output::{self, ListFormat};
+use super::output::{self, outln, ListFormat};
 use super::{actor, input, Context};
 
 #[derive(Debug, Subcommand)]
@@ -77,7 +77,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             };
             let hash = accounts::hash_password(&password)?;
             ctx.store()?.add_admin(&name, &hash, role, &actor())?;
-            println!("admin account {name} added (role {})", role.as_str());
+            outln!("admin account {name} added (role {})", role.as_str())?;
         }
         AdminCommand::List { format } => {
             let admins = ctx.store()?.admins()?;
@@ -109,7 +109,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::Remove { name } => {
             ctx.store()?.remove_admin(&name, &actor())?;
-            println!("admin account {name} removed, with its sessions and tokens");
+            outln!("admin account {name} removed, with its sessions and tokens")?;
         }
         AdminCommand::Token { name, comment } => {
             let mut store = ctx.store()?;

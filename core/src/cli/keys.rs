@@ -1,15 +1,15 @@
 //! `vprov keys …`: generate, list, check and revoke provisioning keys.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use vprov_core::keys::{Pid, Pps};
-use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome, Store};
 
-use super::output::{self, KeyListFormat, ListFormat};
+use super::output::{self, outln, KeyListFormat, ListFormat};
 use super::{actor, Context};
 
 /// Largest batch `keys generate` makes in one call.
@@ -36,9 +36,13 @@ pub enum KeysCommand {
         /// Only keys of this batch
         #[arg(long, value_name = "ID")]
         batch: Option<i64>,
-        /// Only keys in this state
+        /// Only keys in this state (`--state available --reveal --format json` is
+        /// what amtsim reads)
         #[arg(long, value_enum)]
         state: Option<KeyState>,
+        /// Only this key (dashes and lower case accepted)
+        #[arg(long, value_name = "PID")]
+        pid: Option<String>,
         /// Also show each PPS; every reveal is written to the audit log
         #[arg(long)]
         reveal: bool,
@@ -52,11 +56,13 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
-    /// Check a PID (and optionally its PPS) for typing errors
+    /// Check a PID (and optionally its PPS) for typing errors and against the store
     ///
     /// Validates length, alphabet and every check character; dashes, spaces and lower
-    /// case are accepted. Exits 0 when valid, 1 with the bad part named otherwise.
-    /// Does not look the key up in the store.
+    /// case are accepted. When the data directory holds a store, also looks the PID up:
+    /// its batch and state, and whether the PPS is this PID's own (a swapped pair is
+    /// well formed but belongs to another PID). No PPS is ever printed. Exits 0 when
+    /// valid, 1 with what is wrong named otherwise.
     Check {
         /// Provisioning ID, e.g. 0000-037M
         pid: String,
@@ -103,8 +109,9 @@ pub enum KeysCommand {
     },
     /// Revoke keys so that hellos with their PIDs are refused
     ///
-    /// Revoked PIDs are never reissued. Either name PIDs or give --batch to revoke
-    /// every still-available key of a batch.
+    /// Revoked PIDs are never reissued, and revoking cannot be undone. Either name PIDs
+    /// or give --batch to revoke every still-available key of a batch. Revoking a batch
+    /// or more than one key asks for confirmation on the terminal; scripts pass --yes.
     Revoke {
         /// PIDs to revoke; if any is unknown, nothing is revoked
         #[arg(required_unless_present = "batch", conflicts_with = "batch")]
@@ -112,6 +119,9 @@ pub enum KeysCommand {
         /// Revoke every available key of this batch
         #[arg(long, value_name = "ID")]
         batch: Option<i64>,
+        /// Do not ask for confirmation (needed when standard input is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -121,9 +131,15 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         KeysCommand::List {
             batch,
             state,
+            pid,
             reveal,
             format,
-        } => list(ctx, KeyFilter { batch, state }, reveal, format),
+        } => {
+            let pid = pid
+                .map(|p| p.parse::<Pid>().with_context(|| format!("--pid {p:?}")))
+                .transpose()?;
+            list(ctx, KeyFilter { batch, state, pid }, reveal, format)
+        }
         KeysCommand::Batches { format } => batches(ctx, format),
         KeysCommand::InspectSetupbin {
             file,
@@ -146,8 +162,8 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             },
             ctx,
         ),
-        KeysCommand::Check { pid, pps } => Ok(check(&pid, pps.as_deref())),
-        KeysCommand::Revoke { pids, batch } => revoke(ctx, &pids, batch),
+        KeysCommand::Check { pid, pps } => check(ctx, &pid, pps.as_deref()),
+        KeysCommand::Revoke { pids, batch, yes } => revoke(ctx, &pids, batch, yes),
     }
 }
 
@@ -172,7 +188,7 @@ fn generate(ctx: &Context, count: u32, comment: Option<&str>) -> anyhow::Result<
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("batch {}: {} keys generated", batch.id, batch.size);
+    outln!("batch {}: {} keys generated", batch.id, batch.size)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -345,46 +361,130 @@ fn batches(ctx: &Context, format: ListFormat) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(pid: &str, pps: Option<&str>) -> ExitCode {
+fn check(ctx: &Context, pid: &str, pps: Option<&str>) -> anyhow::Result<ExitCode> {
     let pid = match pid.parse::<Pid>() {
         Ok(pid) => pid,
         Err(e) => {
             eprintln!("invalid: {e}");
-            return ExitCode::FAILURE;
+            return Ok(ExitCode::FAILURE);
         }
     };
-    if let Some(pps) = pps {
-        if let Err(e) = pps.parse::<Pps>() {
+    let pps = match pps.map(str::parse::<Pps>).transpose() {
+        Ok(pps) => pps,
+        Err(e) => {
             eprintln!("invalid: {e}");
-            return ExitCode::FAILURE;
+            return Ok(ExitCode::FAILURE);
         }
-        println!("valid: PID {pid} and its PPS are well formed");
+    };
+    let formed = if pps.is_some() {
+        format!("PID {pid} and its PPS are well formed")
     } else {
-        println!("valid: PID {pid} is well formed");
+        format!("PID {pid} is well formed")
+    };
+    // Only a store that exists is consulted: checking a key creates none.
+    let Some(store) = Store::open_existing(&ctx.store_options())? else {
+        outln!(
+            "valid: {formed} (no store in {} to look it up in)",
+            ctx.config.data_dir.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(found) = store.check_key(&pid, pps.as_ref())? else {
+        eprintln!("invalid: {formed} but not in the store (never generated here)");
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut place = format!("batch {}, {}", found.batch_id, found.state);
+    if let Some(uuid) = &found.device_uuid {
+        place.push_str(&format!(" by device {uuid}"));
     }
-    ExitCode::SUCCESS
+    match found.pps_matches {
+        Some(false) => {
+            eprintln!(
+                "invalid: the PPS does not belong to PID {pid} ({place}): both are well formed, \
+                 so it is probably another pair's PPS"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Some(true) => {
+            outln!("valid: the PPS belongs to PID {pid} ({place})")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            outln!("valid: {formed} and in the store ({place})")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
-fn revoke(ctx: &Context, pids: &[String], batch: Option<i64>) -> anyhow::Result<ExitCode> {
+/// Asks on the terminal before an irreversible change; `yes` answers for scripts.
+/// Without a terminal and without `yes`, refuses (nothing is changed).
+fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !io::stdin().is_terminal() {
+        bail!("{question} Standard input is not a terminal to confirm on: pass --yes to revoke without asking; nothing was revoked");
+    }
+    eprint!("{question} This cannot be undone. Revoke? [y/N] ");
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        bail!("not confirmed; nothing was revoked");
+    }
+    Ok(())
+}
+
+fn revoke(
+    ctx: &Context,
+    pids: &[String],
+    batch: Option<i64>,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
     let mut store = ctx.store()?;
     if let Some(batch) = batch {
+        let summary = store
+            .batches()?
+            .into_iter()
+            .find(|b| b.id == batch)
+            .ok_or(vprov_core::store::StoreError::BatchNotFound(batch))?;
+        confirm(
+            &format!(
+                "This revokes all {} available keys of batch {batch}{}.",
+                summary.available,
+                summary
+                    .comment
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            yes,
+        )?;
         let n = store.revoke_batch(batch, &actor())?;
-        println!("batch {batch}: {n} available keys revoked");
+        outln!("batch {batch}: {n} available keys revoked")?;
         return Ok(ExitCode::SUCCESS);
     }
     let parsed = pids
         .iter()
         .map(|p| p.parse::<Pid>().with_context(|| format!("{p:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if parsed.len() > 1 {
+        // Unknown PIDs are named before anything is asked.
+        for pid in &parsed {
+            if store.check_key(pid, None)?.is_none() {
+                return Err(vprov_core::store::StoreError::UnknownPid(pid.dashed()).into());
+            }
+        }
+        confirm(&format!("This revokes {} keys.", parsed.len()), yes)?;
+    }
     let outcomes = store.revoke_pids(&parsed, &actor())?;
     let mut all_done = true;
     for (pid, outcome) in outcomes {
         match outcome {
-            RevokeOutcome::Revoked => println!("{pid}: revoked"),
-            RevokeOutcome::AlreadyRevoked => println!("{pid}: already revoked"),
+            RevokeOutcome::Revoked => outln!("{pid}: revoked")?,
+            RevokeOutcome::AlreadyRevoked => outln!("{pid}: already revoked")?,
             RevokeOutcome::Used { device_uuid } => {
                 all_done = false;
-                println!("{pid}: not revoked: already used by device {device_uuid}");
+                outln!("{pid}: not revoked: already used by device {device_uuid}")?;
             }
         }
     }
@@ -424,7 +524,7 @@ fn inspect_setupbin(
             })).collect::<Vec<_>>(),
         }))?,
         ListFormat::Table => {
-            println!(
+            outln!(
                 "setup.bin version {} ({}.{}), {} records, {} consumed, records {}, modules {:?}",
                 file.version,
                 file.major,
@@ -437,7 +537,7 @@ fn inspect_setupbin(
                     "not consumed"
                 },
                 file.modules
-            );
+            )?;
             let mut out = io::stdout().lock();
             for r in &file.records {
                 writeln!(

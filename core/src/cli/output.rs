@@ -1,9 +1,21 @@
-//! Output helpers shared by the subcommands: formats, time stamps and tables.
+//! Output helpers shared by the subcommands: formats, time stamps, tables, and
+//! [`outln!`], the `println!` that returns write errors instead of panicking (a closed
+//! pipe, as in `vprov … | head`, then ends the command quietly: see `main`).
 
 use std::io::{self, Write};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+/// `println!` to standard output that returns the `io::Result` of the write instead of
+/// panicking; use it with `?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+pub(crate) use outln;
 
 /// Output format of lists that offer table and JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -19,7 +19,7 @@ use vprov_core::server::store_thread::StoreHandle;
 
 use vprov_sdk::{ExportFormat, PluginKinds};
 
-use super::output::{self, ListFormat};
+use super::output::{self, outln, ListFormat};
 use super::{actor, Context};
 
 #[derive(Debug, Subcommand)]
@@ -95,9 +95,9 @@ pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             "instance_status_from": source,
         }))?,
         ListFormat::Table => {
-            println!("Plugin libraries in {}:", settings.plugin_dir.display());
+            outln!("Plugin libraries in {}:", settings.plugin_dir.display())?;
             if libraries.is_empty() {
-                println!("  (none)");
+                outln!("  (none)")?;
             } else {
                 let rows: Vec<Vec<String>> = libraries
                     .iter()
@@ -113,13 +113,13 @@ pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     .collect();
                 output::table(&["FILE", "PLUGIN", "VERSION", "KINDS", "STATUS"], &rows)?;
             }
-            println!();
-            println!(
+            outln!()?;
+            outln!(
                 "Instances ({}; status {source}):",
                 settings.config_path.display()
-            );
+            )?;
             if instances.is_empty() {
-                println!("  (none)");
+                outln!("  (none)")?;
             } else {
                 let rows: Vec<Vec<String>> = instances
                     .iter()
@@ -176,10 +176,13 @@ pub fn deploy_agents(
                 .deploy_and_manage(device, profile.clone(), &actor())
                 .await
             {
-                Ok(deployed) => println!(
-                    "{uuid}: agent deployed (profile {}); managed (agent)",
-                    deployed.as_deref().unwrap_or("-")
-                ),
+                Ok(deployed) => {
+                    // A closed output pipe must not stop the remaining deployments.
+                    let _ = outln!(
+                        "{uuid}: agent deployed (profile {}); managed (agent)",
+                        deployed.as_deref().unwrap_or("-")
+                    );
+                }
                 Err(message) => {
                     failed += 1;
                     eprintln!("error: {message}");
@@ -287,7 +290,7 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("exporting batch {} as {}", args.batch, format.name))?;
     write_whole(&args.out, &file.bytes, force)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
+    outln!(
         "exported {count} pairs of batch {} as {} to {} ({} bytes, plugin {} {})",
         args.batch,
         format_label(&format),
@@ -295,7 +298,7 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         file.bytes.len(),
         instance.plugin,
         instance.plugin_version
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ use vprov_core::server::reachability::ReachabilitySettings;
 use vprov_core::server::{self, ServerSettings};
 use vprov_sdk::PluginKinds;
 
+use super::output::outln;
 use super::Context;
 
 /// Options of `vprov serve`.
@@ -134,9 +135,9 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             None => None,
         };
         // One line on stdout each, for scripts and tests that bind port 0.
-        println!("listening for hellos on {local}");
+        outln!("listening for hellos on {local}")?;
         if let Some(api) = &api_listener {
-            println!("admin API and console on https://{}", api.local_addr()?);
+            outln!("admin API and console on https://{}", api.local_addr()?)?;
         }
         std::io::stdout().flush()?;
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
