@@ -233,6 +233,23 @@ fn exported_files_are_private_and_the_cli_says_so() {
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
+
+    // A reveal written by vprov (not by a shell redirect) is private too.
+    let list = s.dir.path().join("keys.json");
+    let list_arg = list.to_str().unwrap();
+    let said = s
+        .run(&[
+            "keys", "list", "--reveal", "--format", "json", "--output", list_arg,
+        ])
+        .ok();
+    assert!(said.contains("written with mode 0600"), "{said}");
+    let mode = std::fs::metadata(&list).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let listed: Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert!(listed[0]["pps"].is_string());
+    let err = s.run(&["keys", "list", "--output", list_arg]).fails();
+    assert!(err.contains("--force"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vprov_core::keys::{Pid, Pps};
 use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome, Store};
 
-use super::output::{self, outln, KeyListFormat, ListFormat};
+use super::output::{self, outln, KeyListFormat, ListFormat, PrivateFile};
 use super::{actor, Context};
 
 /// Largest batch `keys generate` makes in one call.
@@ -49,6 +49,13 @@ pub enum KeysCommand {
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: KeyListFormat,
+        /// Write the list to this new file, mode 0600, instead of standard output (a
+        /// shell redirect would create a file others can read)
+        #[arg(long, value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+        /// Replace the --output file if it exists
+        #[arg(long, requires = "output")]
+        force: bool,
     },
     /// List key batches with how many keys are available, used and revoked
     Batches {
@@ -73,8 +80,9 @@ pub enum KeysCommand {
     ///
     /// Routes to whichever plugin offers FORMAT (`vprov plugins list`; e.g. csv from
     /// export-csv). Used and revoked keys are left out. The export is written to the
-    /// audit log before any PPS is read; the file is written whole and synced, never
-    /// left partial, and an existing file is kept unless --force.
+    /// audit log before any PPS is read; the file is created with mode 0600 (it holds
+    /// every PPS), written whole and synced, never left partial, and an existing file
+    /// is kept unless --force.
     Export {
         /// The batch to export
         #[arg(long, value_name = "ID")]
@@ -82,8 +90,8 @@ pub enum KeysCommand {
         /// Export format, as a plugin offers it (e.g. csv)
         #[arg(long)]
         format: String,
-        /// File to write
-        #[arg(long, value_name = "PATH")]
+        /// File to write (mode 0600)
+        #[arg(long, visible_alias = "output", value_name = "PATH")]
         out: std::path::PathBuf,
         /// A format option as key=value (repeatable), e.g. --option delimiter=;
         #[arg(long = "option", value_name = "KEY=VALUE")]
@@ -134,11 +142,22 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             pid,
             reveal,
             format,
+            output,
+            force,
         } => {
             let pid = pid
                 .map(|p| p.parse::<Pid>().with_context(|| format!("--pid {p:?}")))
                 .transpose()?;
-            list(ctx, KeyFilter { batch, state, pid }, reveal, format)
+            let filter = KeyFilter { batch, state, pid };
+            match output {
+                Some(path) => list_to_file(ctx, filter, reveal, format, &path, force),
+                None => {
+                    let mut out = BufWriter::new(io::stdout().lock());
+                    list(ctx, filter, reveal, format, &mut out)?;
+                    out.flush()?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         KeysCommand::Batches { format } => batches(ctx, format),
         KeysCommand::InspectSetupbin {
@@ -197,17 +216,44 @@ fn list(
     filter: KeyFilter,
     reveal: bool,
     format: KeyListFormat,
-) -> anyhow::Result<ExitCode> {
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut store = ctx.store()?;
-    let mut out = BufWriter::new(io::stdout().lock());
-    let mut writer = KeyWriter::start(&mut out, format, reveal)?;
+    let mut writer = KeyWriter::start(out, format, reveal)?;
     if reveal {
         store.reveal_keys(&filter, &actor(), |k| writer.row(&k))?;
     } else {
         store.for_each_key(&filter, |k| writer.row(&k))?;
     }
     writer.finish()?;
-    out.flush()?;
+    Ok(())
+}
+
+/// `keys list --output PATH`: the list as a [`PrivateFile`], whole or not at all.
+fn list_to_file(
+    ctx: &Context,
+    filter: KeyFilter,
+    reveal: bool,
+    format: KeyListFormat,
+    path: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to replace it", path.display());
+    }
+    let mut file = BufWriter::new(
+        PrivateFile::create(path, force).with_context(|| format!("writing {}", path.display()))?,
+    );
+    list(ctx, filter, reveal, format, &mut file)?;
+    file.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .commit()
+        .with_context(|| format!("writing {}", path.display()))?;
+    outln!(
+        "keys listed to {}; {}",
+        path.display(),
+        output::PRIVATE_MODE_NOTE
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
