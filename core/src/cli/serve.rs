@@ -13,6 +13,7 @@ use vprov_core::management::Reach;
 use vprov_core::plugins::HostSettings;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
+use vprov_core::server::lock::ServeLock;
 use vprov_core::server::reachability::ReachabilitySettings;
 use vprov_core::server::{self, ServerSettings};
 use vprov_sdk::PluginKinds;
@@ -108,6 +109,8 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         }),
     };
     let mut store = ctx.store()?;
+    // Held until this function returns: one server per data directory.
+    let _lock = ServeLock::acquire(&ctx.config.data_dir)?;
     // The CA exists before anything listens: clients fetch it (`vprov ca export`) to
     // trust the admin API as soon as the listening lines are printed.
     let ca = vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
