@@ -115,6 +115,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     // trust the admin API as soon as the listening lines are printed.
     let ca = vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
         .context("loading or creating vprov's certificate authority")?;
+    let no_account = store.admins()?.is_empty();
     if !store.password_status()?.set {
         tracing::warn!(
             "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
@@ -143,6 +144,14 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             outln!("admin API and console on https://{}", api.local_addr()?)?;
         }
         std::io::stdout().flush()?;
+        if let (true, Some(api)) = (no_account, &api_listener) {
+            // On stderr with the log: the two lines above are what scripts parse.
+            tracing::warn!(
+                "no admin account exists yet: create the first with `vprov admin add NAME`, \
+                 then sign in to the console at https://{}/",
+                api.local_addr()?
+            );
+        }
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
         server::run(
             store,
