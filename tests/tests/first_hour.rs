@@ -343,8 +343,11 @@ fn keys_export_help_lists_each_formats_options() {
 #[test]
 fn api_listen_off_turns_the_api_off_on_the_command_line() {
     let s = Sandbox::default();
-    let server = s.serve("127.0.0.1:0", &["--api-listen", "off"]);
+    let mut server = s.serve("127.0.0.1:0", &["--api-listen", "off"]);
     assert_eq!(server.api_addr, None);
+    // It serves hellos all the same.
+    std::net::TcpStream::connect(server.hello_addr).unwrap();
+    assert!(server.child.try_wait().unwrap().is_none(), "it exited");
 }
 
 #[test]

@@ -32,17 +32,37 @@ pub struct ServeArgs {
     /// configuration's provisioning.device_port]
     #[arg(long, value_name = "PORT")]
     device_port: Option<u16>,
-    /// Address of the admin API and web console (HTTPS) [default: 127.0.0.1:8443, or
-    /// the configuration's api.listen]
-    #[arg(long, value_name = "ADDR")]
-    api_listen: Option<SocketAddr>,
+    /// Address of the admin API and web console (HTTPS), or "off" [default:
+    /// 127.0.0.1:8443, or the configuration's api.listen]
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_api_listen)]
+    api_listen: Option<ApiListen>,
+}
+
+/// `--api-listen`: an address, or off (as `api.listen = "off"` in the configuration).
+#[derive(Debug, Clone, Copy)]
+enum ApiListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_api_listen(text: &str) -> Result<ApiListen, String> {
+    if text == "off" {
+        return Ok(ApiListen::Off);
+    }
+    text.parse()
+        .map(ApiListen::At)
+        .map_err(|_| format!("{text:?} is not an address:port (or \"off\")"))
 }
 
 pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let hello = &ctx.config.hello;
     let prov = &ctx.config.provisioning;
     let listen = args.hello_listen.unwrap_or(hello.listen);
-    let api_listen = args.api_listen.or(ctx.config.api.listen);
+    let api_listen = match args.api_listen {
+        Some(ApiListen::Off) => None,
+        Some(ApiListen::At(addr)) => Some(addr),
+        None => ctx.config.api.listen,
+    };
     let device_port = args.device_port.unwrap_or(prov.device_port);
     let timeouts = DeviceTimeouts {
         connect: prov.connect_timeout,
