@@ -83,6 +83,23 @@ pub enum KeysCommand {
     /// audit log before any PPS is read; the file is created with mode 0600 (it holds
     /// every PPS), written whole and synced, never left partial, and an existing file
     /// is kept unless --force.
+    ///
+    /// Options (--option KEY=VALUE) of the bundled formats:
+    ///
+    /// - csv (export-csv): dashes=false writes bare PIDs and PPSs; delimiter=; for
+    ///   spreadsheets in locales with a decimal comma.
+    ///
+    /// - pdf (export-print): paper=a4|letter (default a4); printer=NAME also prints
+    ///   the sheet on that CUPS printer (lp -d NAME).
+    ///
+    /// - setupbin (export-usb): version=1..4 (default 2, the 2.1 layout PSK-era firmware
+    ///   reads); consumable=true|false (default true: the BIOS marks a record used);
+    ///   scramble=true|false (default true); server=IPV4 and port=N (the provisioning
+    ///   server's address, required unless [export] server_address is configured, and
+    ///   port, default the hello port); mode=N (provisioning mode, default 1 =
+    ///   enterprise).
+    ///
+    /// force=true is the same as --force, for every format.
     Export {
         /// The batch to export
         #[arg(long, value_name = "ID")]
@@ -93,7 +110,8 @@ pub enum KeysCommand {
         /// File to write (mode 0600)
         #[arg(long, visible_alias = "output", value_name = "PATH")]
         out: std::path::PathBuf,
-        /// A format option as key=value (repeatable), e.g. --option delimiter=;
+        /// A format option as key=value (repeatable), e.g. --option server=192.0.2.10;
+        /// each format's options are listed above
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
         /// Replace PATH if it exists
