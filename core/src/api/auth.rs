@@ -230,9 +230,17 @@ pub async fn sign_in(
     let admin = body.name.clone();
     state
         .store(move |s| {
-            s.add_credential(&hash, &admin, CredentialKind::Session, None, Some(expires))?;
+            let actor = format!("api:{admin}");
+            s.add_credential(
+                &hash,
+                &admin,
+                CredentialKind::Session,
+                None,
+                Some(expires),
+                &actor,
+            )?;
             s.record_audit(
-                &format!("api:{admin}"),
+                &actor,
                 "admin.sign_in",
                 &json!({ "client": ip.to_string() }),
             )

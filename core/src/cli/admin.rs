@@ -26,7 +26,8 @@ pub enum AdminCommand {
         /// password change
         #[arg(long, value_enum, default_value = "admin")]
         role: Role,
-        /// Read the password from standard input instead of prompting
+        /// Read the password from the first line of standard input instead of prompting
+        /// (leading or trailing whitespace is refused as a copy-and-paste accident)
         #[arg(long)]
         stdin: bool,
     },
@@ -44,7 +45,7 @@ pub enum AdminCommand {
     /// Issue a bearer token for scripts (`Authorization: Bearer …`)
     ///
     /// Printed once; only its hash is stored. It acts with the account's role until
-    /// the account is removed.
+    /// the account is removed. The audit log records it as issued by you (cli:USER).
     Token {
         /// Account name
         name: String,
@@ -123,6 +124,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 CredentialKind::Token,
                 comment.as_deref(),
                 None,
+                &actor(),
             )?;
             let mut out = io::stdout().lock();
             writeln!(out, "{}", token.as_str())?;

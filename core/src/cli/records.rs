@@ -24,6 +24,7 @@ pub enum PasswordCommand {
     /// " , : . The password is stored sealed and never printed.
     Set {
         /// Read the password from the first line of standard input instead of prompting
+        /// (leading or trailing whitespace is refused as a copy-and-paste accident)
         #[arg(long)]
         stdin: bool,
     },
