@@ -69,6 +69,51 @@ fn revoking_a_batch_or_several_keys_needs_yes_without_a_terminal() {
     assert_eq!(keys(&s, &["--state", "revoked"]).len(), 4);
 }
 
+/// Runs `vprov --data-dir … <args>` on a pseudo-terminal (util-linux `script`), with
+/// `input` typed at it; returns what the terminal showed.
+fn on_a_terminal(s: &Sandbox, args: &str, input: &str) -> String {
+    use std::io::Write;
+    let line = format!(
+        "{} --data-dir '{}' {args}",
+        vprov_tests::vprov_bin().display(),
+        s.data_dir().display()
+    );
+    let mut command = std::process::Command::new("script");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VPROV_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["-qec", &line, "/dev/null"])
+        .env("USER", "tester")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_revoking_a_batch_asks_first() {
+    let s = Sandbox::default();
+    generate(&s, 2);
+    let shown = on_a_terminal(&s, "keys revoke --batch 1", "n\n");
+    assert!(shown.contains("all 2 available keys of batch 1"), "{shown}");
+    assert!(shown.contains("nothing was revoked"), "{shown}");
+    assert_eq!(keys(&s, &["--state", "available"]).len(), 2);
+    let shown = on_a_terminal(&s, "keys revoke --batch 1", "y\n");
+    assert!(shown.contains("2 available keys revoked"), "{shown}");
+    assert_eq!(keys(&s, &["--state", "revoked"]).len(), 2);
+}
+
 #[test]
 fn keys_list_finds_one_key_by_pid_and_filters_available_keys_for_amtsim() {
     let s = Sandbox::default();
