@@ -329,8 +329,8 @@ fn parse_options(options: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 /// partial), after checking that the file system has room for them.
 fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
     // Check before writing: on a small USB key a half-written file helps nobody.
-    let stat =
-        nix::sys::statvfs::statvfs(&output::parent_dir(out)).map_err(std::io::Error::from)?;
+    let dir = output::parent_dir(out);
+    let stat = nix::sys::statvfs::statvfs(&dir).map_err(std::io::Error::from)?;
     // Both are u64 on 64-bit Linux but narrower elsewhere.
     #[allow(clippy::useless_conversion)]
     let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
@@ -340,7 +340,7 @@ fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
             format!(
                 "{} bytes needed but only {free} are free on {}",
                 bytes.len(),
-                output::parent_dir(out).display()
+                dir.display()
             ),
         ));
     }
