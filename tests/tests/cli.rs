@@ -156,7 +156,7 @@ fn revoke_by_pid_and_batch() {
     assert!(out.contains("already revoked"), "{out}");
 
     let out = s
-        .run(&["keys", "revoke", "--batch", &batch.to_string()])
+        .run(&["keys", "revoke", "--batch", &batch.to_string(), "--yes"])
         .ok();
     assert!(out.contains("4 available keys revoked"), "{out}");
     assert_eq!(list(&s, &["--state", "available"]).len(), 0);

@@ -3,7 +3,8 @@
 //! `vprov serve` the way an admin does — signs in, generates a batch, watches a
 //! simulated device provision and appear in the unmanaged list without reloading,
 //! moves it to managed (agentless) and powers it off. Screenshots of each step are
-//! kept in `target/tmp/console-screenshots/`.
+//! kept in `target/tmp/console-screenshots/`. On first run, the sign-in page says how
+//! to create the first account.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use vprov_tests::rig::Rig;
 use vprov_tests::webdriver::Browser;
+use vprov_tests::Sandbox;
 
 const PASSWORD: &str = "console-admin-pw";
 const WAIT: Duration = Duration::from_secs(60);
@@ -110,4 +112,20 @@ fn an_admin_provisions_and_manages_a_device_from_the_console() {
     assert!(audit
         .iter()
         .any(|e| e["actor"] == "api:ann" && e["action"] == "device.power"));
+}
+
+#[test]
+fn the_sign_in_page_says_how_to_create_the_first_account() {
+    let s = Sandbox::default();
+    let server = s.serve("127.0.0.1:0", &[]);
+    let base = format!("https://{}", server.api_addr.expect("the API is on"));
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/"));
+    browser.wait_until("the first-account hint", WAIT, |b| {
+        b.find("#signin-hint")
+            .text()
+            .contains("vprov admin add NAME")
+    });
+    browser.screenshot(screenshots().join("0-first-run-sign-in.png"));
+    // (That the hint goes once an account exists: first_hour.rs, through the API.)
 }

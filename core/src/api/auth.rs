@@ -261,9 +261,17 @@ pub async fn sign_in(
     let admin = body.name.clone();
     state
         .store(move |s| {
-            s.add_credential(&hash, &admin, CredentialKind::Session, None, Some(expires))?;
+            let actor = format!("api:{admin}");
+            s.add_credential(
+                &hash,
+                &admin,
+                CredentialKind::Session,
+                None,
+                Some(expires),
+                &actor,
+            )?;
             s.record_audit(
-                &format!("api:{admin}"),
+                &actor,
                 "admin.sign_in",
                 &json!({ "client": ip.to_string() }),
             )
@@ -288,9 +296,29 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// `GET /api/v1/session`: who is signed in.
-pub async fn whoami(caller: Caller) -> Json<serde_json::Value> {
-    Json(json!({ "name": caller.name, "role": caller.role }))
+/// What the sign-in page says while no account exists (the first run).
+pub const NO_ACCOUNT_HINT: &str = "no admin account exists yet: create the first on the \
+     server with `vprov admin add NAME`, then sign in here";
+
+/// `GET /api/v1/session`: who is signed in. Unauthenticated while no account exists,
+/// the 401 says how to create the first (`"admin_accounts": false`), which the
+/// sign-in page shows.
+pub async fn whoami(state: State, caller: Result<Caller, ApiError>) -> ApiResult<Response> {
+    match caller {
+        Ok(caller) => Ok(Json(json!({ "name": caller.name, "role": caller.role })).into_response()),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            if state.store(|s| s.admins()).await?.is_empty() {
+                Ok((
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({ "error": NO_ACCOUNT_HINT, "admin_accounts": false })),
+                )
+                    .into_response())
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `DELETE /api/v1/session`: ends the console session.

@@ -181,6 +181,7 @@ pub async fn batch_keys(
     let filter = KeyFilter {
         batch: Some(batch),
         state: q.state,
+        pid: None,
     };
     let actor = caller.actor();
     let keys = state

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use vprov_core::accounts;
 use vprov_core::store::{CredentialKind, Role};
 
-use super::output::{self, ListFormat};
+use super::output::{self, outln, ListFormat};
 use super::{actor, input, Context};
 
 #[derive(Debug, Subcommand)]
@@ -26,7 +26,8 @@ pub enum AdminCommand {
         /// password change
         #[arg(long, value_enum, default_value = "admin")]
         role: Role,
-        /// Read the password from standard input instead of prompting
+        /// Read the password from the first line of standard input instead of prompting
+        /// (leading or trailing whitespace is refused as a copy-and-paste accident)
         #[arg(long)]
         stdin: bool,
     },
@@ -44,7 +45,7 @@ pub enum AdminCommand {
     /// Issue a bearer token for scripts (`Authorization: Bearer …`)
     ///
     /// Printed once; only its hash is stored. It acts with the account's role until
-    /// the account is removed.
+    /// the account is removed. The audit log records it as issued by you (cli:USER).
     Token {
         /// Account name
         name: String,
@@ -77,7 +78,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             };
             let hash = accounts::hash_password(&password)?;
             ctx.store()?.add_admin(&name, &hash, role, &actor())?;
-            println!("admin account {name} added (role {})", role.as_str());
+            outln!("admin account {name} added (role {})", role.as_str())?;
         }
         AdminCommand::List { format } => {
             let admins = ctx.store()?.admins()?;
@@ -109,7 +110,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::Remove { name } => {
             ctx.store()?.remove_admin(&name, &actor())?;
-            println!("admin account {name} removed, with its sessions and tokens");
+            outln!("admin account {name} removed, with its sessions and tokens")?;
         }
         AdminCommand::Token { name, comment } => {
             let mut store = ctx.store()?;
@@ -123,6 +124,7 @@ pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 CredentialKind::Token,
                 comment.as_deref(),
                 None,
+                &actor(),
             )?;
             let mut out = io::stdout().lock();
             writeln!(out, "{}", token.as_str())?;

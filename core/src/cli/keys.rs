@@ -1,15 +1,15 @@
 //! `vprov keys …`: generate, list, check and revoke provisioning keys.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use vprov_core::keys::{Pid, Pps};
-use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome, Store};
 
-use super::output::{self, KeyListFormat, ListFormat};
+use super::output::{self, outln, KeyListFormat, ListFormat, PrivateFile};
 use super::{actor, Context};
 
 /// Largest batch `keys generate` makes in one call.
@@ -36,15 +36,26 @@ pub enum KeysCommand {
         /// Only keys of this batch
         #[arg(long, value_name = "ID")]
         batch: Option<i64>,
-        /// Only keys in this state
+        /// Only keys in this state (`--state available --reveal --format json` is
+        /// what amtsim reads)
         #[arg(long, value_enum)]
         state: Option<KeyState>,
+        /// Only this key (dashes and lower case accepted)
+        #[arg(long, value_name = "PID")]
+        pid: Option<String>,
         /// Also show each PPS; every reveal is written to the audit log
         #[arg(long)]
         reveal: bool,
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: KeyListFormat,
+        /// Write the list to this new file, mode 0600, instead of standard output (a
+        /// shell redirect would create a file others can read)
+        #[arg(long, value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+        /// Replace the --output file if it exists
+        #[arg(long, requires = "output")]
+        force: bool,
     },
     /// List key batches with how many keys are available, used and revoked
     Batches {
@@ -52,11 +63,13 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
-    /// Check a PID (and optionally its PPS) for typing errors
+    /// Check a PID (and optionally its PPS) for typing errors and against the store
     ///
     /// Validates length, alphabet and every check character; dashes, spaces and lower
-    /// case are accepted. Exits 0 when valid, 1 with the bad part named otherwise.
-    /// Does not look the key up in the store.
+    /// case are accepted. When the data directory holds a store, also looks the PID up:
+    /// its batch and state, and whether the PPS is this PID's own (a swapped pair is
+    /// well formed but belongs to another PID). No PPS is ever printed. Exits 0 when
+    /// valid, 1 with what is wrong named otherwise.
     Check {
         /// Provisioning ID, e.g. 0000-037M
         pid: String,
@@ -67,8 +80,26 @@ pub enum KeysCommand {
     ///
     /// Routes to whichever plugin offers FORMAT (`vprov plugins list`; e.g. csv from
     /// export-csv). Used and revoked keys are left out. The export is written to the
-    /// audit log before any PPS is read; the file is written whole and synced, never
-    /// left partial, and an existing file is kept unless --force.
+    /// audit log before any PPS is read; the file is created with mode 0600 (it holds
+    /// every PPS), written whole and synced, never left partial, and an existing file
+    /// is kept unless --force.
+    ///
+    /// Options (--option KEY=VALUE) of the bundled formats:
+    ///
+    /// - csv (export-csv): dashes=false writes bare PIDs and PPSs; delimiter=; for
+    ///   spreadsheets in locales with a decimal comma.
+    ///
+    /// - pdf (export-print): paper=a4|letter (default a4); printer=NAME also prints
+    ///   the sheet on that CUPS printer (lp -d NAME).
+    ///
+    /// - setupbin (export-usb): version=1..4 (default 2, the 2.1 layout PSK-era firmware
+    ///   reads); consumable=true|false (default true: the BIOS marks a record used);
+    ///   scramble=true|false (default true); server=IPV4 and port=N (the provisioning
+    ///   server's address, required unless [export] server_address is configured, and
+    ///   port, default the hello port); mode=N (provisioning mode, default 1 =
+    ///   enterprise).
+    ///
+    /// force=true is the same as --force, for every format.
     Export {
         /// The batch to export
         #[arg(long, value_name = "ID")]
@@ -76,10 +107,11 @@ pub enum KeysCommand {
         /// Export format, as a plugin offers it (e.g. csv)
         #[arg(long)]
         format: String,
-        /// File to write
-        #[arg(long, value_name = "PATH")]
+        /// File to write (mode 0600)
+        #[arg(long, visible_alias = "output", value_name = "PATH")]
         out: std::path::PathBuf,
-        /// A format option as key=value (repeatable), e.g. --option delimiter=;
+        /// A format option as key=value (repeatable), e.g. --option server=192.0.2.10;
+        /// each format's options are listed above
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
         /// Replace PATH if it exists
@@ -103,8 +135,9 @@ pub enum KeysCommand {
     },
     /// Revoke keys so that hellos with their PIDs are refused
     ///
-    /// Revoked PIDs are never reissued. Either name PIDs or give --batch to revoke
-    /// every still-available key of a batch.
+    /// Revoked PIDs are never reissued, and revoking cannot be undone. Either name PIDs
+    /// or give --batch to revoke every still-available key of a batch. Revoking a batch
+    /// or more than one key asks for confirmation on the terminal; scripts pass --yes.
     Revoke {
         /// PIDs to revoke; if any is unknown, nothing is revoked
         #[arg(required_unless_present = "batch", conflicts_with = "batch")]
@@ -112,6 +145,9 @@ pub enum KeysCommand {
         /// Revoke every available key of this batch
         #[arg(long, value_name = "ID")]
         batch: Option<i64>,
+        /// Do not ask for confirmation (needed when standard input is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -121,9 +157,26 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         KeysCommand::List {
             batch,
             state,
+            pid,
             reveal,
             format,
-        } => list(ctx, KeyFilter { batch, state }, reveal, format),
+            output,
+            force,
+        } => {
+            let pid = pid
+                .map(|p| p.parse::<Pid>().with_context(|| format!("--pid {p:?}")))
+                .transpose()?;
+            let filter = KeyFilter { batch, state, pid };
+            match output {
+                Some(path) => list_to_file(ctx, filter, reveal, format, &path, force),
+                None => {
+                    let mut out = BufWriter::new(io::stdout().lock());
+                    list(ctx, filter, reveal, format, &mut out)?;
+                    out.flush()?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         KeysCommand::Batches { format } => batches(ctx, format),
         KeysCommand::InspectSetupbin {
             file,
@@ -146,8 +199,8 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             },
             ctx,
         ),
-        KeysCommand::Check { pid, pps } => Ok(check(&pid, pps.as_deref())),
-        KeysCommand::Revoke { pids, batch } => revoke(ctx, &pids, batch),
+        KeysCommand::Check { pid, pps } => check(ctx, &pid, pps.as_deref()),
+        KeysCommand::Revoke { pids, batch, yes } => revoke(ctx, &pids, batch, yes),
     }
 }
 
@@ -172,7 +225,7 @@ fn generate(ctx: &Context, count: u32, comment: Option<&str>) -> anyhow::Result<
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("batch {}: {} keys generated", batch.id, batch.size);
+    outln!("batch {}: {} keys generated", batch.id, batch.size)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -181,17 +234,44 @@ fn list(
     filter: KeyFilter,
     reveal: bool,
     format: KeyListFormat,
-) -> anyhow::Result<ExitCode> {
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut store = ctx.store()?;
-    let mut out = BufWriter::new(io::stdout().lock());
-    let mut writer = KeyWriter::start(&mut out, format, reveal)?;
+    let mut writer = KeyWriter::start(out, format, reveal)?;
     if reveal {
         store.reveal_keys(&filter, &actor(), |k| writer.row(&k))?;
     } else {
         store.for_each_key(&filter, |k| writer.row(&k))?;
     }
     writer.finish()?;
-    out.flush()?;
+    Ok(())
+}
+
+/// `keys list --output PATH`: the list as a [`PrivateFile`], whole or not at all.
+fn list_to_file(
+    ctx: &Context,
+    filter: KeyFilter,
+    reveal: bool,
+    format: KeyListFormat,
+    path: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to replace it", path.display());
+    }
+    let mut file = BufWriter::new(
+        PrivateFile::create(path, force).with_context(|| format!("writing {}", path.display()))?,
+    );
+    list(ctx, filter, reveal, format, &mut file)?;
+    file.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .commit()
+        .with_context(|| format!("writing {}", path.display()))?;
+    outln!(
+        "keys listed to {}; {}",
+        path.display(),
+        output::PRIVATE_MODE_NOTE
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -345,46 +425,130 @@ fn batches(ctx: &Context, format: ListFormat) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(pid: &str, pps: Option<&str>) -> ExitCode {
+fn check(ctx: &Context, pid: &str, pps: Option<&str>) -> anyhow::Result<ExitCode> {
     let pid = match pid.parse::<Pid>() {
         Ok(pid) => pid,
         Err(e) => {
             eprintln!("invalid: {e}");
-            return ExitCode::FAILURE;
+            return Ok(ExitCode::FAILURE);
         }
     };
-    if let Some(pps) = pps {
-        if let Err(e) = pps.parse::<Pps>() {
+    let pps = match pps.map(str::parse::<Pps>).transpose() {
+        Ok(pps) => pps,
+        Err(e) => {
             eprintln!("invalid: {e}");
-            return ExitCode::FAILURE;
+            return Ok(ExitCode::FAILURE);
         }
-        println!("valid: PID {pid} and its PPS are well formed");
+    };
+    let formed = if pps.is_some() {
+        format!("PID {pid} and its PPS are well formed")
     } else {
-        println!("valid: PID {pid} is well formed");
+        format!("PID {pid} is well formed")
+    };
+    // Only a store that exists is consulted: checking a key creates none.
+    let Some(store) = Store::open_existing(&ctx.store_options())? else {
+        outln!(
+            "valid: {formed} (no store in {} to look it up in)",
+            ctx.config.data_dir.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(found) = store.check_key(&pid, pps.as_ref())? else {
+        eprintln!("invalid: {formed} but not in the store (never generated here)");
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut place = format!("batch {}, {}", found.batch_id, found.state);
+    if let Some(uuid) = &found.device_uuid {
+        place.push_str(&format!(" by device {uuid}"));
     }
-    ExitCode::SUCCESS
+    match found.pps_matches {
+        Some(false) => {
+            eprintln!(
+                "invalid: the PPS does not belong to PID {pid} ({place}): both are well formed, \
+                 so it is probably another pair's PPS"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Some(true) => {
+            outln!("valid: the PPS belongs to PID {pid} ({place})")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            outln!("valid: {formed} and in the store ({place})")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
-fn revoke(ctx: &Context, pids: &[String], batch: Option<i64>) -> anyhow::Result<ExitCode> {
+/// Asks on the terminal before an irreversible change; `yes` answers for scripts.
+/// Without a terminal and without `yes`, refuses (nothing is changed).
+fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !io::stdin().is_terminal() {
+        bail!("{question} Standard input is not a terminal to confirm on: pass --yes to revoke without asking; nothing was revoked");
+    }
+    eprint!("{question} This cannot be undone. Revoke? [y/N] ");
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        bail!("not confirmed; nothing was revoked");
+    }
+    Ok(())
+}
+
+fn revoke(
+    ctx: &Context,
+    pids: &[String],
+    batch: Option<i64>,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
     let mut store = ctx.store()?;
     if let Some(batch) = batch {
+        let summary = store
+            .batches()?
+            .into_iter()
+            .find(|b| b.id == batch)
+            .ok_or(vprov_core::store::StoreError::BatchNotFound(batch))?;
+        confirm(
+            &format!(
+                "This revokes all {} available keys of batch {batch}{}.",
+                summary.available,
+                summary
+                    .comment
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            yes,
+        )?;
         let n = store.revoke_batch(batch, &actor())?;
-        println!("batch {batch}: {n} available keys revoked");
+        outln!("batch {batch}: {n} available keys revoked")?;
         return Ok(ExitCode::SUCCESS);
     }
     let parsed = pids
         .iter()
         .map(|p| p.parse::<Pid>().with_context(|| format!("{p:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if parsed.len() > 1 {
+        // Unknown PIDs are named before anything is asked.
+        for pid in &parsed {
+            if store.check_key(pid, None)?.is_none() {
+                return Err(vprov_core::store::StoreError::UnknownPid(pid.dashed()).into());
+            }
+        }
+        confirm(&format!("This revokes {} keys.", parsed.len()), yes)?;
+    }
     let outcomes = store.revoke_pids(&parsed, &actor())?;
     let mut all_done = true;
     for (pid, outcome) in outcomes {
         match outcome {
-            RevokeOutcome::Revoked => println!("{pid}: revoked"),
-            RevokeOutcome::AlreadyRevoked => println!("{pid}: already revoked"),
+            RevokeOutcome::Revoked => outln!("{pid}: revoked")?,
+            RevokeOutcome::AlreadyRevoked => outln!("{pid}: already revoked")?,
             RevokeOutcome::Used { device_uuid } => {
                 all_done = false;
-                println!("{pid}: not revoked: already used by device {device_uuid}");
+                outln!("{pid}: not revoked: already used by device {device_uuid}")?;
             }
         }
     }
@@ -424,7 +588,7 @@ fn inspect_setupbin(
             })).collect::<Vec<_>>(),
         }))?,
         ListFormat::Table => {
-            println!(
+            outln!(
                 "setup.bin version {} ({}.{}), {} records, {} consumed, records {}, modules {:?}",
                 file.version,
                 file.major,
@@ -437,7 +601,7 @@ fn inspect_setupbin(
                     "not consumed"
                 },
                 file.modules
-            );
+            )?;
             let mut out = io::stdout().lock();
             for r in &file.records {
                 writeln!(

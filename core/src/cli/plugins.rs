@@ -19,7 +19,7 @@ use vprov_core::server::store_thread::StoreHandle;
 
 use vprov_sdk::{ExportFormat, PluginKinds};
 
-use super::output::{self, ListFormat};
+use super::output::{self, outln, ListFormat, PrivateFile};
 use super::{actor, Context};
 
 #[derive(Debug, Subcommand)]
@@ -95,9 +95,9 @@ pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             "instance_status_from": source,
         }))?,
         ListFormat::Table => {
-            println!("Plugin libraries in {}:", settings.plugin_dir.display());
+            outln!("Plugin libraries in {}:", settings.plugin_dir.display())?;
             if libraries.is_empty() {
-                println!("  (none)");
+                outln!("  (none)")?;
             } else {
                 let rows: Vec<Vec<String>> = libraries
                     .iter()
@@ -113,13 +113,13 @@ pub fn run(cmd: PluginsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     .collect();
                 output::table(&["FILE", "PLUGIN", "VERSION", "KINDS", "STATUS"], &rows)?;
             }
-            println!();
-            println!(
+            outln!()?;
+            outln!(
                 "Instances ({}; status {source}):",
                 settings.config_path.display()
-            );
+            )?;
             if instances.is_empty() {
-                println!("  (none)");
+                outln!("  (none)")?;
             } else {
                 let rows: Vec<Vec<String>> = instances
                     .iter()
@@ -177,10 +177,13 @@ pub fn deploy_agents(
                 .deploy_and_manage(device, profile.clone(), &actor())
                 .await
             {
-                Ok(deployed) => println!(
-                    "{uuid}: agent deployed (profile {}); managed (agent)",
-                    deployed.as_deref().unwrap_or("-")
-                ),
+                Ok(deployed) => {
+                    // A closed output pipe must not stop the remaining deployments.
+                    let _ = outln!(
+                        "{uuid}: agent deployed (profile {}); managed (agent)",
+                        deployed.as_deref().unwrap_or("-")
+                    );
+                }
                 Err(message) => {
                     failed += 1;
                     eprintln!("error: {message}");
@@ -253,7 +256,8 @@ pub struct ExportArgs {
 }
 
 /// `vprov keys export`: routes the batch's available keys to the exporter offering
-/// the format and writes the result to `out` (whole, synced, never partial).
+/// the format and writes the result to `out` (mode 0600, whole, synced, never
+/// partial).
 pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let mut options = parse_options(&args.options)?;
     // `--option force=true` is the same as --force; overwriting is the core's business,
@@ -288,15 +292,16 @@ pub fn export(args: ExportArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("exporting batch {} as {}", args.batch, format.name))?;
     write_whole(&args.out, &file.bytes, force)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "exported {count} pairs of batch {} as {} to {} ({} bytes, plugin {} {})",
+    outln!(
+        "exported {count} pairs of batch {} as {} to {} ({} bytes, plugin {} {}); {}",
         args.batch,
         format_label(&format),
         args.out.display(),
         file.bytes.len(),
         instance.plugin,
-        instance.plugin_version
-    );
+        instance.plugin_version,
+        output::PRIVATE_MODE_NOTE
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -321,15 +326,11 @@ fn parse_options(options: &[String]) -> anyhow::Result<BTreeMap<String, String>>
     Ok(map)
 }
 
-/// Writes `bytes` to a temporary file beside `out`, syncs it, then moves it into
-/// place: without `force` only if `out` still does not exist. On any error the
-/// temporary file is removed, so no partial file is left behind.
+/// Writes `bytes` to `out` as a [`PrivateFile`] (mode 0600, whole and synced, never
+/// partial), after checking that the file system has room for them.
 fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     // Check before writing: on a small USB key a half-written file helps nobody.
+    let dir = output::parent_dir(out);
     let stat = nix::sys::statvfs::statvfs(&dir).map_err(std::io::Error::from)?;
     // Both are u64 on 64-bit Linux but narrower elsewhere.
     #[allow(clippy::useless_conversion)]
@@ -344,38 +345,9 @@ fn write_whole(out: &Path, bytes: &[u8], force: bool) -> std::io::Result<()> {
             ),
         ));
     }
-    let name = out
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        if force {
-            std::fs::rename(&tmp, out)?;
-        } else {
-            // A hard link fails if `out` appeared meanwhile; nothing is overwritten.
-            std::fs::hard_link(&tmp, out)?;
-            std::fs::remove_file(&tmp)?;
-        }
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut file = PrivateFile::create(out, force)?;
+    file.write_all(bytes)?;
+    file.commit()
 }
 
 #[cfg(test)]
@@ -393,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_file_is_written_and_an_existing_one_kept_without_force() {
+    fn a_whole_file_is_written_private_and_an_existing_one_kept_without_force() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("keys.csv");
         write_whole(&out, b"one", false).unwrap();
@@ -403,6 +375,10 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), b"one");
         write_whole(&out, b"three", true).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"three");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&out).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         // No temporary file is left behind either way.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

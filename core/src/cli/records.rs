@@ -13,7 +13,7 @@ use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use vprov_core::text::escape_control;
 use zeroize::Zeroizing;
 
-use super::output::{self, cell, ListFormat};
+use super::output::{self, cell, outln, ListFormat};
 use super::{actor, input, Context};
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +25,7 @@ pub enum PasswordCommand {
     /// " , : . The password is stored sealed and never printed.
     Set {
         /// Read the password from the first line of standard input instead of prompting
+        /// (leading or trailing whitespace is refused as a copy-and-paste accident)
         #[arg(long)]
         stdin: bool,
     },
@@ -197,7 +198,7 @@ pub fn password(cmd: PasswordCommand, ctx: &Context) -> anyhow::Result<ExitCode>
             };
             let mut store = ctx.store()?;
             store.set_provisioning_password(&password, &actor())?;
-            println!("provisioning password set");
+            outln!("provisioning password set")?;
         }
         PasswordCommand::Status { format } => {
             let status = ctx.store()?.password_status()?;
@@ -208,10 +209,10 @@ pub fn password(cmd: PasswordCommand, ctx: &Context) -> anyhow::Result<ExitCode>
                     "changed_at": changed,
                 }))?,
                 ListFormat::Table => match changed {
-                    Some(at) => println!("provisioning password: set (changed {at})"),
-                    None => println!(
-                        "provisioning password: not set (set it with `vprov password set`)"
-                    ),
+                    Some(at) => outln!("provisioning password: set (changed {at})")?,
+                    None => {
+                        outln!("provisioning password: not set (set it with `vprov password set`)")?
+                    }
                 },
             }
         }
@@ -252,10 +253,10 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 bail!("no device with UUID {uuid}");
             }
             match store.forget_host_key(&uuid, &actor())? {
-                Some(fingerprint) => println!(
+                Some(fingerprint) => outln!(
                     "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
-                ),
-                None => println!("device {uuid} has no recorded SSH host key"),
+                )?,
+                None => outln!("device {uuid} has no recorded SSH host key")?,
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -434,7 +435,7 @@ fn move_devices(
         Some(m) => format!("managed ({})", m.as_str()),
         None => "unmanaged".to_string(),
     };
-    println!("{} device(s) moved to {to}", refs.len());
+    outln!("{} device(s) moved to {to}", refs.len())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -454,8 +455,8 @@ fn power(ctx: &Context, uuid: &str, action: PowerAction) -> anyhow::Result<ExitC
     let mut device = ManagedDevice::open(ctx.store()?, uuid, reach(ctx))?;
     let now = power_state_name(device.power(action, &actor())?);
     match action {
-        PowerAction::Status => println!("{now}"),
-        _ => println!("{} requested; the device reports: {now}", action.name()),
+        PowerAction::Status => outln!("{now}")?,
+        _ => outln!("{} requested; the device reports: {now}", action.name())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -482,35 +483,35 @@ fn inventory(
         ListFormat::Json => {
             output::json(&json!({ "read_at": output::time(at), "inventory": inventory }))?
         }
-        ListFormat::Table => print_inventory(&inventory, at),
+        ListFormat::Table => print_inventory(&inventory, at)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_inventory(inv: &Inventory, at: i64) {
+fn print_inventory(inv: &Inventory, at: i64) -> std::io::Result<()> {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("read at    {}", output::time(at));
-    println!("AMT        {}", inv.amt_version);
-    println!(
+    outln!("read at    {}", output::time(at))?;
+    outln!("AMT        {}", inv.amt_version)?;
+    outln!(
         "BIOS       {} {} ({})",
         or_dash(&inv.bios.manufacturer),
         or_dash(&inv.bios.version),
         or_dash(&inv.bios.release_date)
-    );
+    )?;
     for p in &inv.processors {
         let mhz = p.max_clock_mhz.map_or("-".into(), |m| format!("{m} MHz"));
-        println!("processor  {} ({mhz})", or_dash(&p.name));
+        outln!("processor  {} ({mhz})", or_dash(&p.name))?;
     }
     for m in &inv.memory {
         let gib = m.capacity_bytes.map_or("-".into(), |c| {
             format!("{:.0} GiB", c as f64 / (1u64 << 30) as f64)
         });
         let speed = m.speed_mhz.map_or("-".into(), |s| format!("{s} MHz"));
-        println!(
+        outln!(
             "memory     {gib} {speed} {} {}",
             or_dash(&m.manufacturer),
             or_dash(&m.part_number)
-        );
+        )?;
     }
     for n in &inv.network {
         let dhcp = match n.dhcp {
@@ -518,11 +519,12 @@ fn print_inventory(inv: &Inventory, at: i64) {
             Some(false) => "static",
             None => "-",
         };
-        println!("network    {} {} ({dhcp})", or_dash(&n.mac), or_dash(&n.ip));
+        outln!("network    {} {} ({dhcp})", or_dash(&n.mac), or_dash(&n.ip))?;
     }
     for (component, version) in &inv.firmware {
-        println!("firmware   {component}: {version}");
+        outln!("firmware   {component}: {version}")?;
     }
+    Ok(())
 }
 
 /// `devices password`: intent (sealed) first, then the device, then the record.
@@ -553,7 +555,7 @@ fn change_device_password(ctx: &Context, uuid: &str, from_stdin: bool) -> anyhow
         Ok(()) => {
             device.store.complete_password_change(&uuid, &actor())?;
             device.store.touch_device(&uuid)?;
-            println!("device {uuid}: admin credential changed (sealed in the store)");
+            outln!("device {uuid}: admin credential changed (sealed in the store)")?;
             Ok(ExitCode::SUCCESS)
         }
         // The device answered and refused: it keeps the old credential.

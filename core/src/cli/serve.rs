@@ -13,10 +13,12 @@ use vprov_core::management::Reach;
 use vprov_core::plugins::HostSettings;
 use vprov_core::server::hello_listener::HelloLimits;
 use vprov_core::server::jobs::JobSettings;
+use vprov_core::server::lock::ServeLock;
 use vprov_core::server::reachability::ReachabilitySettings;
 use vprov_core::server::{self, ServerSettings};
 use vprov_sdk::PluginKinds;
 
+use super::output::outln;
 use super::Context;
 
 /// Options of `vprov serve`.
@@ -30,17 +32,37 @@ pub struct ServeArgs {
     /// configuration's provisioning.device_port]
     #[arg(long, value_name = "PORT")]
     device_port: Option<u16>,
-    /// Address of the admin API and web console (HTTPS) [default: 127.0.0.1:8443, or
-    /// the configuration's api.listen]
-    #[arg(long, value_name = "ADDR")]
-    api_listen: Option<SocketAddr>,
+    /// Address of the admin API and web console (HTTPS), or "off" [default:
+    /// 127.0.0.1:8443, or the configuration's api.listen]
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_api_listen)]
+    api_listen: Option<ApiListen>,
+}
+
+/// `--api-listen`: an address, or off (as `api.listen = "off"` in the configuration).
+#[derive(Debug, Clone, Copy)]
+enum ApiListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_api_listen(text: &str) -> Result<ApiListen, String> {
+    if text == "off" {
+        return Ok(ApiListen::Off);
+    }
+    text.parse()
+        .map(ApiListen::At)
+        .map_err(|_| format!("{text:?} is not an address:port (or \"off\")"))
 }
 
 pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let hello = &ctx.config.hello;
     let prov = &ctx.config.provisioning;
     let listen = args.hello_listen.unwrap_or(hello.listen);
-    let api_listen = args.api_listen.or(ctx.config.api.listen);
+    let api_listen = match args.api_listen {
+        Some(ApiListen::Off) => None,
+        Some(ApiListen::At(addr)) => Some(addr),
+        None => ctx.config.api.listen,
+    };
     let device_port = args.device_port.unwrap_or(prov.device_port);
     let timeouts = DeviceTimeouts {
         connect: prov.connect_timeout,
@@ -112,10 +134,13 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         alerts: ctx.config.alerts,
     };
     let mut store = ctx.store()?;
+    // Held until this function returns: one server per data directory.
+    let _lock = ServeLock::acquire(&ctx.config.data_dir)?;
     // The CA exists before anything listens: clients fetch it (`vprov ca export`) to
     // trust the admin API as soon as the listening lines are printed.
     let ca = vprov_core::ca::CertificateAuthority::load_or_create(&mut store)
         .context("loading or creating vprov's certificate authority")?;
+    let no_account = store.admins()?.is_empty();
     if !store.password_status()?.set {
         tracing::warn!(
             "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
@@ -139,11 +164,19 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             None => None,
         };
         // One line on stdout each, for scripts and tests that bind port 0.
-        println!("listening for hellos on {local}");
+        outln!("listening for hellos on {local}")?;
         if let Some(api) = &api_listener {
-            println!("admin API and console on https://{}", api.local_addr()?);
+            outln!("admin API and console on https://{}", api.local_addr()?)?;
         }
         std::io::stdout().flush()?;
+        if let (true, Some(api)) = (no_account, &api_listener) {
+            // On stderr with the log: the two lines above are what scripts parse.
+            tracing::warn!(
+                "no admin account exists yet: create the first with `vprov admin add NAME`, \
+                 then sign in to the console at https://{}/",
+                api.local_addr()?
+            );
+        }
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
         server::run(
             store,

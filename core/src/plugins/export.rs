@@ -105,6 +105,7 @@ pub fn request(
     let filter = KeyFilter {
         batch: Some(target.batch),
         state: Some(KeyState::Available),
+        pid: None,
     };
     let detail = serde_json::json!({
         "format": format.name.as_str(),

@@ -4,11 +4,13 @@
 //! store → [`jobs`] connects back to the device over TLS-PSK and provisions it → the
 //! store records the device. Every failure on the way is raised on the [`alerts`]
 //! log. The store is owned by one thread ([`store_thread`]); no async worker touches
-//! SQLite. [`reachability`] checks managed devices periodically.
+//! SQLite. [`reachability`] checks managed devices periodically. [`lock`] keeps it to
+//! one server per data directory.
 
 pub mod alerts;
 pub mod hello_listener;
 pub mod jobs;
+pub mod lock;
 pub mod reachability;
 pub mod store_thread;
 

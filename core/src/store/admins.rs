@@ -160,8 +160,8 @@ impl Store {
             .transpose()
     }
 
-    /// Records a session or token by its hash. Tokens are audited; sessions (one per
-    /// sign-in) are not.
+    /// Records a session or token by its hash. Tokens are audited as issued by `actor`
+    /// (who asked for it, e.g. `cli:<user>`); sessions (one per sign-in) are not.
     pub fn add_credential(
         &mut self,
         token_sha256: &[u8; 32],
@@ -169,6 +169,7 @@ impl Store {
         kind: CredentialKind,
         comment: Option<&str>,
         expires_at: Option<i64>,
+        actor: &str,
     ) -> Result<(), StoreError> {
         let tx = self.write_tx()?;
         tx.execute(
@@ -187,7 +188,7 @@ impl Store {
         if kind == CredentialKind::Token {
             audit(
                 &tx,
-                admin,
+                actor,
                 "admin.token_issued",
                 &serde_json::json!({ "name": admin, "comment": comment }),
             )?;
@@ -256,8 +257,20 @@ mod tests {
         s.add_admin("olaf", "$argon2id$z", Role::Operator, "t")
             .unwrap();
         let token = [7u8; 32];
-        s.add_credential(&token, "olaf", CredentialKind::Token, Some("ci"), None)
-            .unwrap();
+        s.add_credential(
+            &token,
+            "olaf",
+            CredentialKind::Token,
+            Some("ci"),
+            None,
+            "cli:t",
+        )
+        .unwrap();
+        let issued = &s.audit_log(1).unwrap()[0];
+        assert_eq!(
+            (issued.action.as_str(), issued.actor.as_str()),
+            ("admin.token_issued", "cli:t")
+        );
         let listed = s.admins().unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!((listed[1].role, listed[1].tokens), (Role::Operator, 1));
@@ -285,6 +298,7 @@ mod tests {
             CredentialKind::Session,
             None,
             Some(now_ms() + 60_000),
+            "t",
         )
         .unwrap();
         s.add_credential(
@@ -293,6 +307,7 @@ mod tests {
             CredentialKind::Session,
             None,
             Some(now_ms() - 1),
+            "t",
         )
         .unwrap();
         assert_eq!(

@@ -66,10 +66,12 @@ pub struct BatchSummary {
 }
 
 /// Which keys to list.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
     pub batch: Option<i64>,
     pub state: Option<KeyState>,
+    /// Only this key.
+    pub pid: Option<Pid>,
 }
 
 /// One provisioning key; `pps` is present only when revealed.
@@ -81,6 +83,17 @@ pub struct KeyRecord {
     pub device_uuid: Option<String>,
     pub state_changed_at: i64,
     pub pps: Option<Pps>,
+}
+
+/// What the store knows of one PID, and whether a PPS given with it is its own
+/// (`keys check`). Holds no PPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    pub batch_id: i64,
+    pub state: KeyState,
+    pub device_uuid: Option<String>,
+    /// `Some(true)` if the PPS asked about is this PID's, `None` if none was asked about.
+    pub pps_matches: Option<bool>,
 }
 
 /// What `revoke` did to one PID.
@@ -300,8 +313,13 @@ impl Store {
         let count: u64 = tx
             .query_row(
                 "SELECT count(*) FROM provisioning_keys
-                 WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)",
-                params![filter.batch, filter.state.map(KeyState::as_str)],
+                 WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
+                   AND (?3 IS NULL OR pid = ?3)",
+                params![
+                    filter.batch,
+                    filter.state.map(KeyState::as_str),
+                    filter.pid.as_ref().map(Pid::as_str)
+                ],
                 |r| r.get(0),
             )
             .map_err(StoreError::from)?;
@@ -310,9 +328,9 @@ impl Store {
             actor,
             action,
             &if extra.is_null() {
-                json!({ "batch": filter.batch, "state": filter.state, "count": count })
+                json!({ "batch": filter.batch, "state": filter.state, "pid": filter.pid.as_ref().map(Pid::dashed), "count": count })
             } else {
-                json!({ "batch": filter.batch, "state": filter.state, "count": count, "export": extra })
+                json!({ "batch": filter.batch, "state": filter.state, "pid": filter.pid.as_ref().map(Pid::dashed), "count": count, "export": extra })
             },
         )?;
         tx.commit().map_err(StoreError::from)?;
@@ -331,11 +349,16 @@ impl Store {
                 "SELECT pid, batch_id, state, device_uuid, state_changed_at, pps_sealed
                  FROM provisioning_keys
                  WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
+                   AND (?3 IS NULL OR pid = ?3)
                  ORDER BY seq",
             )
             .map_err(StoreError::from)?;
         let mut rows = stmt
-            .query(params![filter.batch, filter.state.map(KeyState::as_str)])
+            .query(params![
+                filter.batch,
+                filter.state.map(KeyState::as_str),
+                filter.pid.as_ref().map(Pid::as_str)
+            ])
             .map_err(StoreError::from)?;
         while let Some(row) = rows.next().map_err(StoreError::from)? {
             let record = self.key_record(row, reveal)?;
@@ -363,6 +386,36 @@ impl Store {
             state_changed_at: row.get(4)?,
             pps,
         })
+    }
+
+    /// What the store knows of `pid` (`None`: never issued here) and, given `pps`,
+    /// whether it is this PID's own. The stored PPS is opened only to compare it.
+    pub fn check_key(&self, pid: &Pid, pps: Option<&Pps>) -> Result<Option<KeyCheck>, StoreError> {
+        let row: Option<(i64, String, Option<String>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT batch_id, state, device_uuid, pps_sealed FROM provisioning_keys
+                 WHERE pid = ?1",
+                [pid.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((batch_id, state, device_uuid, sealed)) = row else {
+            return Ok(None);
+        };
+        let pps_matches = match pps {
+            Some(pps) => {
+                let stored = self.key.open(&pps_context(pid), &sealed)?;
+                Some(stored.as_slice() == pps.expose_bytes().as_slice())
+            }
+            None => None,
+        };
+        Ok(Some(KeyCheck {
+            batch_id,
+            state: state.parse().map_err(|_| corrupt("state"))?,
+            device_uuid,
+            pps_matches,
+        }))
     }
 
     /// Revokes each PID that is still available, in one transaction. If any PID is

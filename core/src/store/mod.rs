@@ -43,7 +43,7 @@ pub use alerts::{
     MAX_MESSAGE_BYTES,
 };
 pub use backoff::JobBackoff;
-pub use keys::{BatchSummary, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use provisioning::{JobIntent, PidLookup, ProvisionedDevice};
 pub use records::{
     AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
@@ -260,6 +260,15 @@ impl Store {
             store.verify_key()?;
         }
         Ok(store)
+    }
+
+    /// Opens the store if its data directory holds one; `None` (and nothing created)
+    /// otherwise. For commands that only consult a store when there is one.
+    pub fn open_existing(options: &StoreOptions) -> Result<Option<Store>, StoreError> {
+        if !database_exists(&options.data_dir.join(DB_FILE))? {
+            return Ok(None);
+        }
+        Store::open(options).map(Some)
     }
 
     /// Path of the database file.

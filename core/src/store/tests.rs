@@ -86,6 +86,7 @@ fn pids_are_unique_within_and_across_batches() {
         &KeyFilter {
             batch: Some(a.id),
             state: None,
+            pid: None,
         },
     );
     assert_eq!(only_a.len(), 3000);
@@ -104,6 +105,7 @@ fn revealed_pps_match_their_pids_and_the_reveal_is_audited() {
     let filter = KeyFilter {
         batch: Some(batch.id),
         state: None,
+        pid: None,
     };
     store
         .reveal_keys(&filter, "bob", |k| -> Result<(), StoreError> {
@@ -134,6 +136,7 @@ fn revoke_moves_keys_forward_only_and_unknown_pids_change_nothing() {
     let available = KeyFilter {
         batch: None,
         state: Some(KeyState::Available),
+        pid: None,
     };
     assert_eq!(all_pids(&store, &available).len(), 3);
 
@@ -146,6 +149,58 @@ fn revoke_moves_keys_forward_only_and_unknown_pids_change_nothing() {
         store.revoke_batch(9, "t"),
         Err(StoreError::BatchNotFound(9))
     ));
+}
+
+#[test]
+fn check_key_tells_a_pid_s_own_pps_from_another_s_and_the_pid_filter_finds_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.generate_batch(2, None, "t", |_| {}).unwrap();
+    let mut keys = Vec::new();
+    store
+        .reveal_keys(&KeyFilter::default(), "t", |k| -> Result<(), StoreError> {
+            keys.push((k.pid, k.pps.unwrap()));
+            Ok(())
+        })
+        .unwrap();
+    let ((a, a_pps), (b, b_pps)) = (&keys[0], &keys[1]);
+    let own = store.check_key(a, Some(a_pps)).unwrap().unwrap();
+    assert_eq!(own.pps_matches, Some(true));
+    assert_eq!((own.batch_id, own.state), (1, KeyState::Available));
+    assert_eq!(
+        store
+            .check_key(a, Some(b_pps))
+            .unwrap()
+            .unwrap()
+            .pps_matches,
+        Some(false)
+    );
+    assert_eq!(store.check_key(b, None).unwrap().unwrap().pps_matches, None);
+    assert_eq!(
+        store
+            .check_key(&"0000-037M".parse().unwrap(), None)
+            .unwrap(),
+        None
+    );
+    let only_b = KeyFilter {
+        pid: Some(*b),
+        ..KeyFilter::default()
+    };
+    assert_eq!(all_pids(&store, &only_b), vec![*b]);
+}
+
+#[test]
+fn open_existing_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(Store::open_existing(&StoreOptions::new(&data))
+        .unwrap()
+        .is_none());
+    assert!(!data.exists());
+    open(&data);
+    assert!(Store::open_existing(&StoreOptions::new(&data))
+        .unwrap()
+        .is_some());
 }
 
 #[test]

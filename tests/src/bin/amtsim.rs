@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9971")]
     server: SocketAddr,
 
-    /// JSON key file as printed by `vprov keys list --reveal --format json`
+    /// JSON key file as printed by `vprov keys list --state available --reveal --format json`
     /// (objects with "pid" and "pps"); the first N pairs are used.
     #[arg(long)]
     keys: PathBuf,

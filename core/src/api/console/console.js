@@ -111,6 +111,7 @@ async function api(method, path, body) {
     const msg = typeof data?.error === 'string' ? data.error : `${res.status} ${res.statusText}`.trim();
     const err = new ApiError(res.status, msg);
     err.retryAfter = res.headers.get('Retry-After');
+    err.body = data;
     if (res.status === 401 && !(method === 'POST' && path === SESSION)) {
       signedOut(state.user ? 'your session has ended: sign in again' : '');
     }
@@ -190,6 +191,7 @@ function enterApp(me) {
   for (const el of $$('.admin-only')) el.hidden = !isAdmin();
   $('#signin-view').hidden = true;
   $('#signin-error').textContent = '';
+  $('#signin-hint').hidden = true;
   $('#app').hidden = false;
   openEvents();
   loadProfiles();
@@ -934,7 +936,14 @@ async function start() {
   try {
     enterApp(await api('GET', SESSION));
   } catch (e) {
-    if (e.status === 401) return; // api() already showed the sign-in form
+    if (e.status === 401) {
+      // api() already showed the sign-in form; on first run, say how to get an account.
+      if (e.body?.admin_accounts === false) {
+        $('#signin-hint').textContent = e.message;
+        $('#signin-hint').hidden = false;
+      }
+      return;
+    }
     showSignIn();
     $('#signin-error').textContent = e.message;
   }
