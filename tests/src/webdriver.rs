@@ -358,6 +358,46 @@ impl Browser {
         self.elements(found)
     }
 
+    /// The text of the first element matching `css` now, or `None` if there is none
+    /// or the page re-rendered it between finding and reading (a live list does).
+    /// For `wait_until` conditions.
+    pub fn text_of(&self, css: &str) -> Option<String> {
+        let body = json!({ "using": "css selector", "value": css });
+        let found = self.try_cmd("POST", "/element", Some(body)).ok()?;
+        let id = found[ELEMENT_KEY].as_str()?.to_string();
+        let text = self
+            .try_cmd("GET", &format!("/element/{id}/text"), None)
+            .ok()?;
+        text.as_str().map(str::to_string)
+    }
+
+    /// Clicks the first element matching `css`, finding it again if the page
+    /// re-rendered it in between, for up to `timeout`.
+    pub fn click_on(&self, css: &str, timeout: Duration) {
+        let body = json!({ "using": "css selector", "value": css });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let clicked = self
+                .try_cmd("POST", "/element", Some(body.clone()))
+                .ok()
+                .and_then(|found| found[ELEMENT_KEY].as_str().map(str::to_string))
+                .is_some_and(|id| {
+                    self.try_cmd("POST", &format!("/element/{id}/click"), None)
+                        .is_ok()
+                });
+            if clicked {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "could not click {css:?} within {timeout:?} (page {})",
+                    self.current_url()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     /// Polls `f` every 100 ms until it returns true; panics with `what` (a
     /// description of the awaited condition) and the current URL after `timeout`.
     pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Browser) -> bool) {

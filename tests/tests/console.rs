@@ -39,10 +39,10 @@ fn an_admin_provisions_and_manages_a_device_from_the_console() {
     shot("1-sign-in");
     browser.find("#signin-submit").click();
     browser.wait_until("signed in", WAIT, |b| {
-        b.find("#whoami").text().contains("ann")
+        b.text_of("#whoami").is_some_and(|t| t.contains("ann"))
     });
     browser.wait_until("dashboard counts", WAIT, |b| {
-        b.find("#count-keys-available").text() == "1"
+        b.text_of("#count-keys-available").as_deref() == Some("1")
     });
     shot("2-dashboard");
 
@@ -67,18 +67,27 @@ fn an_admin_provisions_and_manages_a_device_from_the_console() {
         rig.specs(0..1, Ipv4Addr::new(127, 81, 0, 1)),
         0.001,
     );
-    let row = browser.wait_for("#unmanaged-table tr[data-uuid]", WAIT);
-    let uuid = row.attr("data-uuid").unwrap();
+    browser.wait_for("#unmanaged-table tr[data-uuid]", WAIT);
+    let uuid = browser.execute(
+        "return document.querySelector('#unmanaged-table tr[data-uuid]').dataset.uuid;",
+        vec![],
+    );
+    let uuid = uuid.as_str().expect("a device UUID").to_string();
     assert_eq!(
         browser.execute("return window.__sameDocument === true;", vec![]),
         serde_json::Value::Bool(true),
         "the page was reloaded"
     );
-    assert!(row.text().contains("127.81.0.1"), "{}", row.text());
+    // The live list re-renders as events arrive: elements are found anew each time.
+    let in_row = |css: &str| format!("#unmanaged-table tr[data-uuid=\"{uuid}\"] {css}");
+    browser.wait_until("the device's address shown", WAIT, |b| {
+        b.text_of(&in_row(""))
+            .is_some_and(|t| t.contains("127.81.0.1"))
+    });
     shot("4-unmanaged");
 
     // Select it and move it to managed, agentless.
-    row.find("input[data-select]").click();
+    browser.click_on(&in_row("input[data-select]"), WAIT);
     browser.find("#move-mode").select_by_value("agentless");
     browser.find("#move-submit").click();
     browser.wait_until("the device left the unmanaged list", WAIT, |b| {
@@ -86,18 +95,17 @@ fn an_admin_provisions_and_manages_a_device_from_the_console() {
             .is_empty()
     });
     browser.find("a[data-page=\"managed\"]").click();
-    let managed = browser.wait_for(&format!("#managed-table tr[data-uuid=\"{uuid}\"]"), WAIT);
-    assert!(managed.text().contains("agentless"), "{}", managed.text());
+    let managed = |css: &str| format!("#managed-table tr[data-uuid=\"{uuid}\"] {css}");
+    browser.wait_until("the device managed agentless", WAIT, |b| {
+        b.text_of(&managed(""))
+            .is_some_and(|t| t.contains("agentless"))
+    });
 
     // Power it off (the console asks for confirmation first).
     browser.auto_confirm();
-    managed.find("button[data-power=\"off\"]").click();
+    browser.click_on(&managed("button[data-power=\"off\"]"), WAIT);
     browser.wait_until("power off", WAIT, |b| {
-        b.find(&format!(
-            "#managed-table tr[data-uuid=\"{uuid}\"] [data-power-state]"
-        ))
-        .text()
-            == "off"
+        b.text_of(&managed("[data-power-state]")).as_deref() == Some("off")
     });
     shot("5-managed-off");
 
@@ -122,9 +130,8 @@ fn the_sign_in_page_says_how_to_create_the_first_account() {
     let browser = Browser::start();
     browser.goto(&format!("{base}/"));
     browser.wait_until("the first-account hint", WAIT, |b| {
-        b.find("#signin-hint")
-            .text()
-            .contains("vprov admin add NAME")
+        b.text_of("#signin-hint")
+            .is_some_and(|t| t.contains("vprov admin add NAME"))
     });
     browser.screenshot(screenshots().join("0-first-run-sign-in.png"));
     // (That the hint goes once an account exists: first_hour.rs, through the API.)

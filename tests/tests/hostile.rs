@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vprov_tests::eventually;
 use vprov_tests::rig::Rig;
-use vprov_tests::sim::{guid_text, hello};
+use vprov_tests::sim::{guid_text, hello, Fault};
 
 /// A job for an address that never answers must not hold up the real device saying
 /// hello from its own address (it used to, for as long as the connect timeout, and
@@ -50,4 +50,31 @@ fn a_forged_hello_from_a_silent_address_does_not_hold_up_the_real_device() {
         .collect();
     assert!(silent_alerts.is_empty(), "{silent_alerts:?}");
     assert!(sim.reports()[0].confirmed);
+}
+
+/// A device answering with XML nested 5,000 deep (which used to overflow a worker's
+/// stack and abort the server) or with an enumeration that never ends (whose pages
+/// used to be kept whole) costs an alert, not the server; other devices provision.
+#[test]
+fn hostile_device_replies_are_alerts_and_the_server_carries_on() {
+    let rig = Rig::new(3, "");
+    let server = rig.serve();
+    let mut specs = rig.specs(0..3, Ipv4Addr::new(127, 45, 0, 1));
+    specs[0].fault = Some(Fault::DeepXml {
+        method: "GetUuid".into(),
+    });
+    specs[1].fault = Some(Fault::EndlessPull);
+    let sim = rig.simulate(&server, specs, 0.001);
+    let deep = rig.wait_for_alert("XML nested too deeply");
+    assert_eq!(deep["address"], "127.45.0.1");
+    let endless = rig.wait_for_alert("more than 4096 XML elements");
+    assert_eq!(endless["address"], "127.45.0.2");
+    eventually(
+        Duration::from_secs(60),
+        "the third device provisioned",
+        || (sim.reports()[2].confirmed && rig.devices().len() == 1).then_some(()),
+    );
+    let reports = sim.reports();
+    assert!(!reports[0].committed && !reports[1].committed);
+    assert_eq!(server.stop(), 0, "the server is alive and stops cleanly");
 }

@@ -3,7 +3,12 @@
 //! - devices provisioned per second end to end, and p50/p99 job time (first hello →
 //!   CommitChanges, as the device saw it) for N simulated devices;
 //! - well-formed hellos with unknown PIDs absorbed per second;
-//! - the server's peak RSS (VmHWM) with N jobs in flight.
+//! - the server's peak RSS (VmHWM) with N jobs in flight;
+//! - with `--kill K`, a fault run: the server is killed with SIGKILL K times at
+//!   random moments while it provisions, and restarted; then the store's invariants
+//!   are checked (no used PID without its device, no device without its used PID,
+//!   every device that committed recorded, and logging in with the credential vprov
+//!   recorded for it, over TLS pinned to its certificate).
 //!
 //! Build in release mode and run: `cargo build --release --workspace &&
 //! target/release/loadrun --devices 1000`. Everything stays on loopback and stops by
@@ -44,6 +49,10 @@ struct Args {
     /// Give up after this many seconds
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Fault run: kill the server with SIGKILL this many times at random moments
+    /// while it provisions (restarting it each time), then check the invariants
+    #[arg(long, default_value_t = 0)]
+    kill: u32,
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -94,6 +103,103 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .map_or(0.0, |kb| kb / 1024.0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Starts `vprov serve` with the load configuration; returns it and its hello address.
+fn start_server(
+    data: &Path,
+    config: &Path,
+    hello_listen: &str,
+    device_port: u16,
+) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+    let mut child = vprov(data)?
+        .arg("--config")
+        .arg(config)
+        .args([
+            "serve",
+            "--hello-listen",
+            hello_listen,
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--device-port", &device_port.to_string()])
+        .env("VPROV_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(match std::env::var_os("LOADRUN_SERVER_LOG") {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::null(),
+        })
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let hello_addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening for hellos on ")
+        .with_context(|| format!("vprov serve did not start: {line:?}"))?
+        .parse()?;
+    Ok((ServerProcess(child), hello_addr))
+}
+
+/// A random moment for the next SIGKILL: 0.3 to 3 s away.
+fn random_pause() -> Duration {
+    Duration::from_millis(300 + rand::random::<u64>() % 2700)
+}
+
+/// The fault run's invariants; returns how many committed devices were checked.
+async fn check_invariants(data: &Path, sim: &Simulator, device_port: u16) -> anyhow::Result<usize> {
+    use vprov_core::store::{Store, StoreOptions};
+    let store = Store::open(&StoreOptions::new(data))?;
+    let db = data.join("vprov.db");
+    let orphans = count(
+        &db,
+        "SELECT count(*) FROM provisioning_keys k WHERE k.state = 'used'
+         AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.uuid = k.device_uuid)",
+    );
+    anyhow::ensure!(orphans == 0, "{orphans} used PIDs have no device record");
+    let unbound = count(
+        &db,
+        "SELECT count(*) FROM devices d WHERE NOT EXISTS
+         (SELECT 1 FROM provisioning_keys k WHERE k.device_uuid = d.uuid AND k.state = 'used')",
+    );
+    anyhow::ensure!(unbound == 0, "{unbound} devices have no used PID");
+    let ca = store.ca_certificate()?.context("no CA in the store")?;
+    let timeouts = vprov_core::device::DeviceTimeouts {
+        connect: Duration::from_secs(10),
+        request: Duration::from_secs(10),
+    };
+    let mut checked = 0;
+    for report in sim.reports().into_iter().filter(|r| r.committed) {
+        let access = store
+            .device_access(&report.uuid)?
+            .with_context(|| format!("device {} committed but is not recorded", report.uuid))?;
+        let addr = SocketAddr::new(report.address.into(), device_port);
+        let mut session = vprov_core::device::AmtSession::connect_tls(
+            addr,
+            &ca,
+            access.certificate_der.as_deref(),
+            &access.admin_user,
+            &access.password,
+            timeouts,
+        )
+        .await
+        .with_context(|| format!("device {}: cannot log in", report.uuid))?;
+        let uuid =
+            vprov_core::hello::DeviceUuid(session.get_uuid().await.with_context(|| {
+                format!("device {} refuses its recorded credential", report.uuid)
+            })?);
+        anyhow::ensure!(
+            uuid.to_string() == report.uuid,
+            "device {} is {uuid}",
+            report.uuid
+        );
+        checked += 1;
+    }
+    Ok(checked)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -168,38 +274,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
+            "[alerts]\nmax_rows = 10000000\n\
+             [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
              [provisioning]\nmax_concurrent_jobs = {n}\ncommit_wait_ms = 200\n\
              confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n"
         ),
     )?;
-    let mut child = vprov(&data)?
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "serve",
-            "--hello-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--device-port", &device_port.to_string()])
-        .env("VPROV_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(match std::env::var_os("LOADRUN_SERVER_LOG") {
-            Some(path) => Stdio::from(std::fs::File::create(path)?),
-            None => Stdio::null(),
-        })
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let hello_addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening for hellos on ")
-        .context("vprov serve did not start")?
-        .parse()?;
-    let server = ServerProcess(child);
-    let server_pid = server.0.id();
+    let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
+    let mut server = server;
+    let mut server_pid = server.0.id();
     let db = data.join("vprov.db");
 
     let rt = tokio::runtime::Runtime::new()?;
@@ -224,11 +307,31 @@ fn main() -> anyhow::Result<()> {
     let deadline = started + Duration::from_secs(args.timeout);
     let mut peak_rss = 0.0f64;
     let mut last_report = Instant::now();
+    let mut kills_left = args.kill;
+    let mut next_kill = Instant::now() + random_pause();
     loop {
         let recorded = count(&db, "SELECT count(*) FROM devices");
         peak_rss = peak_rss.max(rss_mib(server_pid).0);
-        if recorded >= u64::from(n) {
+        if recorded >= u64::from(n) && kills_left == 0 {
             break;
+        }
+        if kills_left > 0 && Instant::now() >= next_kill {
+            kills_left -= 1;
+            let mut old = server;
+            let _ = old.0.kill();
+            let _ = old.0.wait();
+            std::mem::forget(old);
+            let (restarted, _) =
+                start_server(&data, &config, &hello_addr.to_string(), device_port)?;
+            server = restarted;
+            server_pid = server.0.id();
+            eprintln!(
+                "  {:.1} s: killed the server ({} of {} kills), restarted as pid {server_pid} with {recorded} devices recorded",
+                started.elapsed().as_secs_f64(),
+                args.kill - kills_left,
+                args.kill
+            );
+            next_kill = Instant::now() + random_pause();
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
@@ -259,6 +362,15 @@ fn main() -> anyhow::Result<()> {
         times.last().copied().unwrap_or(0)
     );
     println!("server peak RSS after provisioning: {peak_rss:.1} MiB");
+    if args.kill > 0 {
+        let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;
+        println!(
+            "fault run: {} SIGKILLs; invariants hold: {checked} committed devices recorded and \
+             logged into with their recorded credential, no used PID without its device, \
+             no device without its used PID",
+            args.kill
+        );
+    }
     drop(sim);
 
     // Phase 2: unknown PIDs, from many source addresses at once. A hello counts as
@@ -275,7 +387,7 @@ fn main() -> anyhow::Result<()> {
     let stored = loop {
         let stored = count(
             &db,
-            "SELECT count(*) FROM alerts WHERE message LIKE '%unknown PID%'",
+            "SELECT coalesce(sum(count), 0) FROM alerts WHERE message LIKE '%unknown PID%'",
         );
         if stored != last.0 {
             last = (stored, Instant::now());

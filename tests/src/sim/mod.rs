@@ -104,6 +104,13 @@ pub enum Fault {
     Drop { method: String },
     /// The named method or operation is answered with HTTP 200 and non-XML bytes.
     Garbage { method: String },
+    /// Hostile: the named method or operation is answered with a SOAP envelope whose
+    /// body nests 5,000 elements deep (35 KB; a recursive parser overflows its stack).
+    DeepXml { method: String },
+    /// Hostile: every Pull returns a page of 2,000 elements and a context for the
+    /// next one, never `EndOfSequence` (a client that keeps every page runs out of
+    /// memory).
+    EndlessPull,
 }
 
 impl Fault {
@@ -118,6 +125,8 @@ impl Fault {
             Fault::HangOnce { method } => format!("hang-once:{method}"),
             Fault::Drop { method } => format!("drop:{method}"),
             Fault::Garbage { method } => format!("garbage:{method}"),
+            Fault::DeepXml { method } => format!("deep-xml:{method}"),
+            Fault::EndlessPull => "endless-pull".into(),
         }
     }
 }
@@ -149,7 +158,8 @@ impl FromStr for Fault {
     type Err = anyhow::Error;
 
     /// `wrong-pps`, `wrong-password`, `uuid-mismatch`, `error:<Method>:<code>`,
-    /// `hang:<Method>`, `drop:<Method>`, `garbage:<Method>`. `<Method>` is a method
+    /// `hang:<Method>`, `drop:<Method>`, `garbage:<Method>`, and the hostile
+    /// `deep-xml:<Method>` and `endless-pull`. `<Method>` is a method
     /// name (`CommitChanges`); for `hang`, `drop` and `garbage` it may also be an
     /// operation (`Get`, `Put`, `Create`, `Enumerate`, `Pull`, `Release`).
     fn from_str(s: &str) -> anyhow::Result<Self> {
@@ -179,9 +189,14 @@ impl FromStr for Fault {
             ("garbage", Some(m), None) => Fault::Garbage {
                 method: method_name(m)?,
             },
+            ("deep-xml", Some(m), None) => Fault::DeepXml {
+                method: method_name(m)?,
+            },
+            ("endless-pull", None, None) => Fault::EndlessPull,
             _ => anyhow::bail!(
                 "unknown fault {s:?}: expected wrong-pps, wrong-password, uuid-mismatch, \
-                 error:<Method>:<code>, hang:<Method>, hang-once:<Method>, drop:<Method> or garbage:<Method>"
+                 error:<Method>:<code>, hang:<Method>, hang-once:<Method>, drop:<Method>, \
+                 garbage:<Method>, deep-xml:<Method> or endless-pull"
             ),
         })
     }
@@ -503,6 +518,8 @@ mod tests {
             "hang-once:CommitChanges",
             "drop:Pull",
             "garbage:Enumerate",
+            "deep-xml:GetUuid",
+            "endless-pull",
         ] {
             assert_eq!(text.parse::<Fault>().unwrap().describe(), text);
         }

@@ -328,6 +328,16 @@ pub fn handle(dev: &Device, body: &[u8]) -> Reply {
         }
         Some(Fault::Drop { method }) if method == op.name() => return Reply::Drop,
         Some(Fault::Garbage { method }) if method == op.name() => return Reply::Garbage,
+        Some(Fault::DeepXml { method }) if method == op.name() => {
+            return Reply::Xml {
+                status: 200,
+                xml: format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope xmlns:a="{NS_SOAP}"><a:Body>{}{}</a:Body></a:Envelope>"#,
+                    "<x>".repeat(5000),
+                    "</x>".repeat(5000)
+                ),
+            }
+        }
         _ => {}
     }
     let result = match op {
@@ -349,6 +359,7 @@ pub fn handle(dev: &Device, body: &[u8]) -> Reply {
         Op::Put => put(dev, &mut st, &req),
         Op::Create => create(dev, &mut st, &req),
         Op::Enumerate => enumerate(dev, &mut st, &req),
+        Op::Pull if matches!(dev.fault(), Some(Fault::EndlessPull)) => endless_pull(&mut st, &req),
         Op::Pull => pull(&mut st, &req),
         Op::Release => release(&mut st, &req),
     };
@@ -939,6 +950,28 @@ fn pull(st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
     let body = format!("<e:PullResponse><e:Items>{items}</e:Items>{tail}</e:PullResponse>");
     let action = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/PullResponse";
     let uri = uri_of(&class);
+    Ok(Reply::Xml {
+        status: 200,
+        xml: envelope(st, Some(&req.message_id), action, Some(&uri), &body),
+    })
+}
+
+/// The `endless-pull` fault: a page of 2,000 elements of the enumerated class, and
+/// always a context for another.
+fn endless_pull(st: &mut State, req: &Req) -> Result<Reply, SoapFault> {
+    let context = context_of(req, "Pull").ok_or(INVALID_ENUMERATION_CONTEXT)?;
+    let class = st
+        .enumerations
+        .iter()
+        .find(|e| e.context == context)
+        .map(|e| e.class.clone())
+        .ok_or(INVALID_ENUMERATION_CONTEXT)?;
+    let items = format!("<h:{class}><h:InstanceID>x</h:InstanceID></h:{class}>").repeat(1000);
+    let uri = uri_of(&class);
+    let body = format!(
+        r#"<e:PullResponse><e:Items xmlns:h="{uri}">{items}</e:Items><e:EnumerationContext>{context}</e:EnumerationContext></e:PullResponse>"#
+    );
+    let action = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/PullResponse";
     Ok(Reply::Xml {
         status: 200,
         xml: envelope(st, Some(&req.message_id), action, Some(&uri), &body),
