@@ -210,6 +210,10 @@ impl DeviceLink {
     }
 }
 
+/// Where a management alert goes: inside the server, the alert log (stored *and*
+/// handed to the alert sinks); a command stores it directly.
+pub type RaiseAlert = std::sync::Arc<dyn Fn(NewAlert) + Send + Sync>;
+
 /// A provisioned device opened for one operation: where it is and how to log in.
 pub struct ManagedDevice {
     pub uuid: String,
@@ -217,6 +221,7 @@ pub struct ManagedDevice {
     pub access: DeviceAccess,
     pub addr: SocketAddr,
     link: DeviceLink,
+    raise: Option<RaiseAlert>,
 }
 
 impl ManagedDevice {
@@ -249,7 +254,15 @@ impl ManagedDevice {
             store,
             access,
             link,
+            raise: None,
         })
+    }
+
+    /// Sends this operation's alerts to `raise` (the server's alert log) instead of
+    /// storing them directly, so the alert sinks see them too.
+    pub fn alerts_to(mut self, raise: RaiseAlert) -> ManagedDevice {
+        self.raise = Some(raise);
+        self
     }
 
     /// Runs `work` through the device's [`DeviceLink`] and records how a cut-off
@@ -293,8 +306,13 @@ impl ManagedDevice {
             device_uuid: Some(self.uuid.clone()),
             address: Some(self.access.address.clone()),
         };
-        if let Err(store_error) = self.store.insert_alerts(&[alert], None) {
-            tracing::error!("cannot store the alert about {}: {store_error}", self.uuid);
+        match &self.raise {
+            Some(raise) => raise(alert),
+            None => {
+                if let Err(store_error) = self.store.insert_alerts(&[alert], None) {
+                    tracing::error!("cannot store the alert about {}: {store_error}", self.uuid);
+                }
+            }
         }
         ManagementError::Device(Box::new(DeviceFailure {
             uuid: self.uuid.clone(),

@@ -605,3 +605,46 @@ fn a_configured_certificate_replaces_the_ca_issued_one() {
         std::panic::catch_unwind(|| ApiClient::new(&rig.s, addr).get("/api/v1/openapi.json"));
     assert!(via_ca.is_err(), "the CA-issued certificate is still served");
 }
+
+/// A management action from the API that fails raises its alert through the server's
+/// alert log, so the alert sinks see it (it used to go straight to the store).
+#[test]
+fn a_failed_management_action_from_the_api_reaches_the_alert_sinks() {
+    let rig = Rig::new(1, "");
+    rig.s.add_admin("ann", "admin", ANN);
+    let (sim, uuid) = rig.provision_one(72, |_| true);
+    rig.s.run(&["devices", "manage", &uuid, "--agentless"]).ok();
+    rig.s.install_plugin("alert_file", "alert-file.so");
+    std::fs::write(
+        rig.s.data_dir().join("plugins/plugins.toml"),
+        "[instances.to-file]\nplugin = \"alert-file\"\n[instances.to-file.config]\npath = \"alerts.jsonl\"\n",
+    )
+    .unwrap();
+    let server = rig.serve();
+    let ann = ApiClient::new(&rig.s, server.api_addr.expect("the API is on")).sign_in("ann", ANN);
+    eventually(Duration::from_secs(30), "the sink active", || {
+        let plugins = ann.get("/api/v1/plugins").json;
+        plugins["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["status"] == "active"))
+            .then_some(())
+    });
+    drop(sim);
+    let failed = ann.post(
+        &format!("/api/v1/devices/{uuid}/power"),
+        json!({"action": "status"}),
+    );
+    assert!(failed.status >= 400, "{failed:?}");
+    let sink = rig.s.data_dir().join("plugin-data/to-file/alerts.jsonl");
+    let line = eventually(Duration::from_secs(30), "the alert in the sink", || {
+        std::fs::read_to_string(&sink).ok().and_then(|t| {
+            t.lines()
+                .find(|l| l.contains("power status failed"))
+                .map(str::to_string)
+        })
+    });
+    let alert: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(alert["source"], "management");
+    assert_eq!(alert["device_uuid"], uuid.as_str());
+    assert_eq!(server.stop(), 0);
+}

@@ -249,6 +249,13 @@ pub struct PowerRequest {
     action: PowerAction,
 }
 
+/// Management alerts raised by API requests go through the server's alert log, so
+/// the alert sinks see them like every other alert.
+fn management_alerts(state: &State) -> crate::management::RaiseAlert {
+    let alerts = state.alerts.clone();
+    std::sync::Arc::new(move |alert| alerts.raise(alert))
+}
+
 /// `POST /devices/{uuid}/power`.
 pub async fn power(
     state: State,
@@ -258,9 +265,12 @@ pub async fn power(
 ) -> ApiResult<Json<Value>> {
     let reach = state.settings.reach;
     let actor = caller.actor();
+    let raise = management_alerts(&state);
     let power = state
         .own_store(move |store| {
-            ManagedDevice::open(store, &uuid, reach)?.power(body.action, &actor)
+            ManagedDevice::open(store, &uuid, reach)?
+                .alerts_to(raise)
+                .power(body.action, &actor)
         })
         .await?;
     Ok(Json(json!({ "power": power_state_name(power) })))
@@ -288,8 +298,13 @@ pub async fn inventory(
     Segment(uuid): Segment<String>,
 ) -> ApiResult<Json<Value>> {
     let reach = state.settings.reach;
+    let raise = management_alerts(&state);
     let inventory = state
-        .own_store(move |store| ManagedDevice::open(store, &uuid, reach)?.read_inventory())
+        .own_store(move |store| {
+            ManagedDevice::open(store, &uuid, reach)?
+                .alerts_to(raise)
+                .read_inventory()
+        })
         .await?;
     Ok(Json(serde_json::to_value(inventory).unwrap_or(Value::Null)))
 }
