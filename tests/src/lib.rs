@@ -233,9 +233,19 @@ impl Sandbox {
 
 impl Server {
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn stop(mut self) -> i32 {
+    pub fn stop(self) -> i32 {
+        self.terminate();
+        self.wait()
+    }
+
+    /// Sends SIGTERM: the server begins to shut down.
+    pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// Waits for the server to exit; returns the exit code.
+    pub fn wait(mut self) -> i32 {
         let status = self.child.wait().expect("wait for vprov serve");
         status.code().unwrap_or(-1)
     }

@@ -50,6 +50,8 @@ pub struct ApiSettings {
     pub reach: Reach,
     /// What key sheets and setup.bin name as the provisioning server.
     pub export_server: (String, u16),
+    /// Event streams one account may have open at once.
+    pub event_streams_per_account: usize,
 }
 
 /// What every handler shares.
@@ -61,6 +63,8 @@ pub struct ApiState {
     pub events: events::EventBus,
     pub limiter: auth::SignInLimiter,
     pub generations: Mutex<BTreeMap<u64, keys::Generation>>,
+    /// Turns true when the server stops (event streams end then).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub type State = axum::extract::State<Arc<ApiState>>;
@@ -330,12 +334,14 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves the API on `listener` over TLS until `stop` turns true.
+/// Serves the API on `listener` over TLS until `stop` turns true, then stops
+/// accepting connections and lets requests in progress finish for up to `grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(state.clone());
@@ -374,8 +380,22 @@ pub async fn serve(
         });
         while connections.try_join_next().is_some() {}
     }
-    connections.abort_all();
+    // New connections are refused from here on; each open one answers the request
+    // it is reading or answering and closes (event streams end at `stop`).
+    drop(listener);
     poller.abort();
+    let finished = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            "admin API: {} connections still busy after {} s; closing them",
+            connections.len(),
+            grace.as_secs()
+        );
+    }
+    connections.abort_all();
 }
 
 async fn serve_connection(
@@ -400,7 +420,11 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     tokio::select! {
-        _ = &mut connection => {}
-        _ = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+        _ = &mut connection => return,
+        _ = stopped(&mut stop) => {}
     }
+    // The request in progress is answered, then the connection closes (an idle one
+    // at once); `serve` bounds how long that may take.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
