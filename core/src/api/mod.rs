@@ -9,8 +9,9 @@
 //! - [`tls`]: the server certificate (issued by vprov's CA unless configured).
 //!
 //! Handlers never block an async worker: store work goes to the store thread, and
-//! anything slow (key generation, talking to a device, plugin calls) runs on a
-//! blocking thread with a store connection of its own.
+//! anything slow (key generation, reading and decrypting a batch's keys, talking to
+//! a device, plugin calls) runs on a blocking thread with a store connection of its
+//! own, so the store thread stays free for hellos.
 
 pub mod auth;
 pub mod devices;
@@ -427,4 +428,79 @@ async fn serve_connection(
     // at once); `serve` bounds how long that may take.
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::device::DeviceTimeouts;
+    use crate::plugins::sinks::AlertSinks;
+    use crate::plugins::HostSettings;
+
+    /// The API's state on a store in `dir` holding one batch of `keys` keys (its id
+    /// comes with it), with the store thread running and no plugins.
+    pub(crate) fn state(dir: &std::path::Path, keys: u32) -> (Arc<ApiState>, i64) {
+        let options = StoreOptions::new(dir);
+        let mut store = Store::open(&options).expect("store");
+        let batch = store
+            .generate_batch(keys, None, "test", |_| {})
+            .expect("keys")
+            .id;
+        let store = StoreHandle::spawn(store);
+        let (alerts, _writer) =
+            AlertLog::start(store.clone(), AlertSinks::default(), Default::default());
+        let plugins = PluginHost::new(
+            HostSettings {
+                plugin_dir: dir.join("plugins"),
+                config_path: dir.join("plugins").join("plugins.toml"),
+                data_dir: dir.to_path_buf(),
+                call_timeout: Duration::from_secs(10),
+                max_calls_per_instance: 4,
+                sink_queue: 16,
+                kinds: vprov_sdk::PluginKinds::KEY_EXPORTER,
+                publishes_status: false,
+            },
+            None,
+            AlertSinks::default(),
+        );
+        let state = ApiState {
+            settings: ApiSettings {
+                certificate: None,
+                names: Vec::new(),
+                session_ttl: Duration::from_secs(3600),
+                store_options: options,
+                reach: Reach {
+                    device_port: 16993,
+                    timeouts: DeviceTimeouts::default(),
+                },
+                export_server: ("vprov.example".into(), 9971),
+                event_streams_per_account: 4,
+            },
+            store,
+            alerts,
+            plugins,
+            events: Default::default(),
+            limiter: Default::default(),
+            generations: Default::default(),
+            stop: tokio::sync::watch::channel(false).1,
+        };
+        (Arc::new(state), batch)
+    }
+
+    /// Keeps the store thread busy until the returned sender is dropped.
+    pub(crate) async fn occupy(store: &StoreHandle) -> std::sync::mpsc::Sender<()> {
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .call(move |_| {
+                    let _ = entered_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+        });
+        entered_rx.await.expect("the store thread runs the call");
+        release_tx
+    }
 }
