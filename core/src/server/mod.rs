@@ -95,9 +95,7 @@ pub async fn run(
         }),
         sinks,
     );
-    if let Err(e) = std::fs::create_dir_all(&settings.plugins.plugin_dir) {
-        tracing::warn!(dir = %settings.plugins.plugin_dir.display(), "cannot create the plugin directory: {e}");
-    }
+    settings.plugins.prepare_directories();
     plugins.reload().await;
     plugins.remove_stale_copies().await;
     // Kept alive until shutdown; without it plugins still work, only hot reload is off.
