@@ -115,6 +115,7 @@ struct ApiSection {
     key_file: Option<PathBuf>,
     names: Option<Vec<String>>,
     session_hours: Option<u64>,
+    event_streams_per_account: Option<usize>,
 }
 
 /// `[api]`: the admin API and web console.
@@ -128,6 +129,8 @@ pub struct ApiConfig {
     pub names: Vec<String>,
     /// How long a console session lasts.
     pub session_ttl: Duration,
+    /// Event streams (the console's live updates) one account may have open at once.
+    pub event_streams_per_account: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +349,7 @@ impl Default for Config {
                 certificate: None,
                 names: Vec::new(),
                 session_ttl: Duration::from_secs(12 * 3600),
+                event_streams_per_account: 4,
             },
             alerts: AlertsConfig::default(),
         }
@@ -505,11 +509,21 @@ impl Config {
         if !(1..=24 * 30).contains(&session_hours) {
             return Err(invalid("api.session_hours", "must be 1 to 720".into()));
         }
+        let event_streams_per_account = a
+            .event_streams_per_account
+            .unwrap_or(defaults.api.event_streams_per_account);
+        if !(1..=64).contains(&event_streams_per_account) {
+            return Err(invalid(
+                "api.event_streams_per_account",
+                "must be 1 to 64".into(),
+            ));
+        }
         let api = ApiConfig {
             listen,
             certificate,
             names: a.names.unwrap_or_default(),
             session_ttl: Duration::from_secs(session_hours * 3600),
+            event_streams_per_account,
         };
         let al = file.alerts;
         let ad = defaults.alerts;

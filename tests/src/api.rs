@@ -2,7 +2,8 @@
 //! exactly the sandbox's CA (`vprov ca export`), signed in with a console session
 //! cookie or a bearer token.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub enum Auth {
 /// A client of one server's API.
 pub struct ApiClient {
     agent: ureq::Agent,
+    tls: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
     base: String,
     pub auth: Auth,
 }
@@ -65,11 +68,14 @@ impl ApiClient {
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let tls = Arc::new(tls);
         ApiClient {
             agent: ureq::AgentBuilder::new()
-                .tls_config(Arc::new(tls))
+                .tls_config(tls.clone())
                 .timeout(Duration::from_secs(60))
                 .build(),
+            tls,
+            addr,
             base: format!("https://{addr}"),
             auth: Auth::None,
         }
@@ -79,8 +85,31 @@ impl ApiClient {
     pub fn with(&self, auth: Auth) -> ApiClient {
         ApiClient {
             agent: self.agent.clone(),
+            tls: self.tls.clone(),
+            addr: self.addr,
             base: self.base.clone(),
             auth,
+        }
+    }
+
+    /// A TLS connection to the API, for writing a request by hand.
+    pub fn connect(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let name = rustls::pki_types::ServerName::from(self.addr.ip());
+        let connection = rustls::ClientConnection::new(self.tls.clone(), name).expect("TLS client");
+        let tcp = TcpStream::connect(self.addr).expect("connect to the API");
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        rustls::StreamOwned::new(connection, tcp)
+    }
+
+    /// Opens the event stream (`GET /api/v1/events`), or the answer refusing it.
+    pub fn open_events(&self) -> Result<EventStream, Answer> {
+        let url = self.url("/api/v1/events");
+        match self.request_for("GET", &url).call() {
+            Ok(response) => Ok(EventStream {
+                lines: std::io::BufReader::new(response.into_reader()).lines(),
+            }),
+            Err(ureq::Error::Status(_, response)) => Err(answer(response)),
+            Err(e) => panic!("GET /api/v1/events: {e}"),
         }
     }
 
@@ -112,31 +141,9 @@ impl ApiClient {
                 .send_string(&b.to_string()),
             None => request.call(),
         };
-        let response = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
+        match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => answer(r),
             Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = response.status();
-        let headers = response
-            .headers_names()
-            .into_iter()
-            .flat_map(|n| {
-                response
-                    .all(&n)
-                    .into_iter()
-                    .map(|v| (n.clone(), v.to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).expect("read body");
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
-            status,
-            json,
-            bytes,
-            headers,
         }
     }
 
@@ -162,6 +169,55 @@ impl ApiClient {
             .expect("a session cookie")
             .to_string();
         self.with(Auth::Session(cookie))
+    }
+}
+
+/// A whole answer read from `response`.
+fn answer(response: ureq::Response) -> Answer {
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .flat_map(|n| {
+            response
+                .all(&n)
+                .into_iter()
+                .map(|v| (n.clone(), v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    response
+        .into_reader()
+        .read_to_end(&mut bytes)
+        .expect("read body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        json,
+        bytes,
+        headers,
+    }
+}
+
+/// An open event stream; dropping it closes its connection.
+pub struct EventStream {
+    lines: std::io::Lines<std::io::BufReader<Box<dyn Read + Send + Sync>>>,
+}
+
+impl EventStream {
+    /// The next event (name, data), or `None` when the stream ends.
+    pub fn next_event(&mut self) -> Option<(String, Value)> {
+        let mut name = String::new();
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                return Some((name, serde_json::from_str(data).unwrap_or(Value::Null)));
+            }
+        }
+        None
     }
 }
 

@@ -190,14 +190,44 @@ impl Sandbox {
     /// `off`).
     /// `VPROV_LOG=debug` in the environment shows the server's log.
     pub fn serve(&self, listen: &str, extra: &[&str]) -> Server {
-        use std::io::BufRead;
+        Server::start(self.serve_command(listen, extra))
+    }
+
+    /// The command [`Sandbox::serve`] runs.
+    pub fn serve_command(&self, listen: &str, extra: &[&str]) -> Command {
         let mut command = self.command();
         command.args(["serve", "--hello-listen", listen]);
         if !extra.contains(&"--api-listen") {
             command.args(["--api-listen", "127.0.0.1:0"]);
         }
+        command.args(extra);
+        command
+    }
+}
+
+/// `command` run with the file mode creation mask `umask` (set by `sh`, as a service
+/// manager or a login shell would).
+pub fn with_umask(command: &Command, umask: u32) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdin(Stdio::null());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => sh.env(name, value),
+            None => sh.env_remove(name),
+        };
+    }
+    sh
+}
+
+impl Server {
+    /// Starts `command` (a `vprov serve`) and waits until it listens.
+    pub fn start(mut command: Command) -> Server {
+        use std::io::BufRead;
         let mut child = command
-            .args(extra)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("VPROV_TEST_SERVER_LOG").is_some() {
                 Stdio::inherit()
@@ -238,9 +268,19 @@ impl Sandbox {
 
 impl Server {
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn stop(mut self) -> i32 {
+    pub fn stop(self) -> i32 {
+        self.terminate();
+        self.wait()
+    }
+
+    /// Sends SIGTERM: the server begins to shut down.
+    pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// Waits for the server to exit; returns the exit code.
+    pub fn wait(mut self) -> i32 {
         let status = self.child.wait().expect("wait for vprov serve");
         status.code().unwrap_or(-1)
     }

@@ -3,7 +3,7 @@
 //! alerts, plugins and the audit log; devices provisioned by the simulator, managed,
 //! powered and inventoried, with the live event stream.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -417,24 +417,86 @@ fn keys_exports_the_password_alerts_plugins_and_audit() {
 /// Reads server-sent events from the API on a thread: (event name, data) pairs.
 fn events(api: &ApiClient) -> mpsc::Receiver<(String, Value)> {
     let (tx, rx) = mpsc::channel();
-    let url = api.url("/api/v1/events");
-    let request = api.request_for("GET", &url);
+    let mut stream = api.open_events().expect("event stream");
     std::thread::spawn(move || {
-        let response = request.call().expect("event stream");
-        let mut name = String::new();
-        for line in std::io::BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { return };
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = n.to_string();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                let value = serde_json::from_str(data).unwrap_or(Value::Null);
-                if tx.send((name.clone(), value)).is_err() {
-                    return;
-                }
+        while let Some(event) = stream.next_event() {
+            if tx.send(event).is_err() {
+                return;
             }
         }
     });
     rx
+}
+
+#[test]
+fn one_account_holds_a_bounded_number_of_event_streams() {
+    let (_rig, _server, anon) = api_rig(1);
+    let olaf = anon.sign_in("olaf", OLAF);
+    let mut streams: Vec<_> = (0..4)
+        .map(|_| olaf.open_events().expect("an event stream"))
+        .collect();
+    // A fifth, even from another session of the same account, is refused: one
+    // account cannot hold the API's 256 connections.
+    let again = anon.sign_in("olaf", OLAF);
+    let refused = again
+        .open_events()
+        .err()
+        .expect("a fifth stream is refused");
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(
+        refused.error().contains("olaf has 4 event streams open")
+            && refused.error().contains("event_streams_per_account"),
+        "{refused:?}"
+    );
+    // The account's other requests and other accounts' streams are served.
+    assert_eq!(olaf.get("/api/v1/dashboard").status, 200);
+    let ann = anon.sign_in("ann", ANN);
+    let _anns = ann.open_events().expect("another account's stream");
+    // A closed stream frees its place.
+    drop(streams.pop());
+    streams.push(eventually(Duration::from_secs(30), "a freed place", || {
+        olaf.open_events().ok()
+    }));
+}
+
+/// Reads one line (without its CRLF) of an HTTP answer.
+fn read_line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    line.trim_end().to_string()
+}
+
+#[test]
+fn a_request_in_progress_is_answered_when_the_server_stops() {
+    let (_rig, server, anon) = api_rig(1);
+    let api = server.api_addr.unwrap();
+    let body = json!({"name": "ann", "password": ANN}).to_string();
+    let mut connection = std::io::BufReader::new(anon.connect());
+    write!(
+        connection.get_mut(),
+        "POST /api/v1/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    connection.get_mut().flush().unwrap();
+    // The server has read the request and waits for its body.
+    assert_eq!(read_line(&mut connection), "HTTP/1.1 100 Continue");
+    assert_eq!(read_line(&mut connection), "");
+
+    server.terminate();
+    eventually(Duration::from_secs(30), "new connections refused", || {
+        TcpStream::connect(api).err()
+    });
+    connection.get_mut().write_all(body.as_bytes()).unwrap();
+    connection.get_mut().flush().unwrap();
+    assert_eq!(read_line(&mut connection), "HTTP/1.1 200 OK");
+    let mut rest = String::new();
+    connection
+        .read_to_string(&mut rest)
+        .expect("the answer ends and the connection closes");
+    assert!(rest.contains("vprov_session="), "{rest}");
+    assert_eq!(server.wait(), 0);
 }
 
 fn next_event(

@@ -158,6 +158,74 @@ fn audit_entry(s: &Sandbox, action: &str) -> Value {
         .unwrap_or_else(|| panic!("no {action} in the audit log: {audit}"))
 }
 
+/// A file's permission bits.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn plugin_directories_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // A one-shot command creates them: 0700 under umask 022.
+    let s = Sandbox::default();
+    s.run(&["keys", "generate", "--count", "1"]).ok();
+    s.install_plugin("export_csv", "export-csv.so");
+    let out = s.dir.path().join("batch.csv");
+    let exported = vprov_tests::with_umask(
+        s.command()
+            .args(["keys", "export", "--batch", "1", "--format", "csv", "--out"])
+            .arg(&out),
+        0o022,
+    )
+    .output()
+    .unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    let data = s.data_dir();
+    for dir in [
+        "run",
+        "run/plugins",
+        "plugin-data",
+        "plugin-data/export-csv",
+    ] {
+        assert_eq!(format!("{:o}", mode(&data.join(dir))), "700", "{dir}");
+    }
+
+    // The server creates the rest and narrows those left open (by an older vprov,
+    // say, or by hand, like the plugin directory here).
+    let s = Sandbox::default();
+    s.run(&["keys", "generate", "--count", "1"]).ok();
+    s.install_plugin("export_csv", "export-csv.so");
+    let data = s.data_dir();
+    std::fs::create_dir(data.join("plugin-data")).unwrap();
+    for dir in ["plugins", "plugin-data"] {
+        std::fs::set_permissions(data.join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = vprov_tests::Server::start(vprov_tests::with_umask(
+        &s.serve_command("127.0.0.1:0", &[]),
+        0o022,
+    ));
+    let dirs = [
+        "plugins",
+        "run",
+        "run/plugins",
+        "plugin-data",
+        "plugin-data/export-csv",
+    ];
+    // The last is made when the server has loaded the library.
+    eventually(Duration::from_secs(30), "the plugin directories", || {
+        dirs.iter().all(|d| data.join(d).exists()).then_some(())
+    });
+    for dir in dirs {
+        assert_eq!(format!("{:o}", mode(&data.join(dir))), "700", "{dir}");
+    }
+    assert_eq!(server.stop(), 0);
+}
+
 #[test]
 fn keys_export_routes_to_the_plugin_offering_the_format() {
     let s = Sandbox::default();

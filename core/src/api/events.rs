@@ -1,22 +1,25 @@
 //! Live updates for the console: one task watches the store — so changes made by
 //! `vprov` commands in other processes count as well as the server's own — and
 //! broadcasts device and alert changes; `GET /api/v1/events` streams them, with the
-//! key generations' progress, as server-sent events.
+//! key generations' progress, as server-sent events — at most
+//! `[api] event_streams_per_account` streams per account at once, so one account
+//! cannot hold all of the API's connections.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
 use super::auth::Caller;
 use super::devices::{alert_json, device_json};
-use super::{ApiState, State};
+use super::{ApiError, ApiResult, ApiState, State};
 use crate::store::{AlertFilter, DeviceFilter};
 
 /// How often the store is looked at for changes.
@@ -30,16 +33,38 @@ pub struct Event {
 }
 
 /// Fans events out to every open stream; a stream that falls behind skips what it
-/// missed (the console re-reads lists when it reconnects).
+/// missed (the console re-reads lists when it reconnects). Counts the streams each
+/// account has open, so that one account cannot hold every API connection.
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    open: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(1024).0,
+            open: Arc::default(),
+        }
+    }
+}
+
+/// One account's open stream: dropping it (the stream ends or its client goes)
+/// frees its place.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    account: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("event streams lock");
+        if let Some(n) = open.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.account);
+            }
         }
     }
 }
@@ -51,6 +76,20 @@ impl EventBus {
 
     fn listening(&self) -> bool {
         self.tx.receiver_count() > 0
+    }
+
+    /// A place for one more stream of `account`, unless it has `limit` open.
+    fn open_stream(&self, account: &str, limit: usize) -> Option<StreamSlot> {
+        let mut open = self.open.lock().expect("event streams lock");
+        let n = open.entry(account.to_string()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            account: account.to_string(),
+        })
     }
 }
 
@@ -122,18 +161,42 @@ pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// `GET /api/v1/events`.
+/// `GET /api/v1/events`: at most `event_streams_per_account` at once per account
+/// (429 beyond); every stream ends when the server stops.
 pub async fn stream(
     state: State,
-    _caller: Caller,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let events = BroadcastStream::new(state.events.tx.subscribe()).filter_map(|e| {
+    caller: Caller,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let limit = state.settings.event_streams_per_account;
+    let slot = state
+        .events
+        .open_stream(&caller.name, limit)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "account {} has {limit} event streams open already, the most [api] \
+                 event_streams_per_account allows: close one (a console tab, say) first",
+                    caller.name
+                ),
+            )
+        })?;
+    let events = BroadcastStream::new(state.events.tx.subscribe()).filter_map(move |e| {
+        // The slot lives as long as the stream.
+        let _open = &slot;
         e.ok()
-            .map(|e| Ok(SseEvent::default().event(e.name).data(e.data.to_string())))
+            .map(|e| Some(SseEvent::default().event(e.name).data(e.data.to_string())))
     });
-    Sse::new(events).keep_alive(
+    let stop = WatchStream::new(state.stop.clone())
+        .filter(|stopped| *stopped)
+        .map(|_| None);
+    let events = events
+        .merge(stop)
+        .take_while(Option::is_some)
+        .filter_map(|e| e.map(Ok));
+    Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
-    )
+    ))
 }

@@ -1,7 +1,9 @@
 //! Key batches, keys, exports and the provisioning password over the admin API.
 //! Generating a batch runs on a store connection of its own and reports its progress
-//! as `generation` events; reveals and exports are admin-only and audited before any
-//! PPS is read.
+//! as `generation` events; listing and revealing a batch's keys and reading them for
+//! an export run on connections of their own too, so they never hold up the store
+//! thread hellos are looked up on. Reveals and exports are admin-only and audited
+//! before any PPS is read.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::{ApiError, ApiResult, Body, Params, Segment, State};
+use super::{ApiError, ApiResult, ApiState, Body, Params, Segment, State};
 use crate::keys::Pid;
 use crate::password::ProvisioningPassword;
 use crate::plugins::export;
 use crate::store::{BatchSummary, KeyFilter, KeyRecord, KeyState, StoreError};
+use vprov_sdk::abi::{ExportFormat, ExportRequest};
 
 /// The largest batch the API reveals at once (an export carries any size).
 const MAX_REVEAL: u64 = 100_000;
@@ -184,8 +187,10 @@ pub async fn batch_keys(
         pid: None,
     };
     let actor = caller.actor();
+    // Up to MAX_REVEAL keys read (and decrypted) on a connection of its own: hellos
+    // are looked up on the store thread meanwhile.
     let keys = state
-        .store(move |s| {
+        .own_store(move |mut s| {
             let size = s
                 .batches()?
                 .into_iter()
@@ -207,7 +212,7 @@ pub async fn batch_keys(
             } else {
                 s.for_each_key(&filter, push)?;
             }
-            Ok(keys)
+            Ok::<_, StoreError>(keys)
         })
         .await?;
     Ok(Json(Value::Array(keys)))
@@ -281,6 +286,34 @@ impl From<export::ExportError> for ApiError {
     }
 }
 
+/// Reads the batch's keys for an export (audited). Every PPS of the batch (up to a
+/// million) is decrypted on a connection of its own, not on the store thread that
+/// hellos are looked up on.
+async fn export_request(
+    state: &ApiState,
+    batch: i64,
+    format: ExportFormat,
+    plugin: String,
+    options: BTreeMap<String, String>,
+    actor: String,
+) -> ApiResult<ExportRequest> {
+    let (address, port) = state.settings.export_server.clone();
+    let (request, _count) = state
+        .own_store(move |mut s| {
+            let target = export::ExportTarget {
+                batch,
+                format: &format,
+                plugin: &plugin,
+                options: &options,
+                destination: None,
+                server: (&address, port),
+            };
+            export::request(&mut s, &target, &actor)
+        })
+        .await?;
+    Ok(request)
+}
+
 /// `GET /batches/{id}/export?format=F&option=k=v…`: the exported file (admins).
 pub async fn export(
     state: State,
@@ -310,23 +343,15 @@ pub async fn export(
     let offers = export::offers(&state.plugins).await;
     let (instance, format) =
         export::choose(&offers, &format, &state.plugins.settings().plugin_dir)?;
-    let (address, port) = state.settings.export_server.clone();
-    let plugin = instance.plugin.clone();
-    let actor = caller.actor();
-    let chosen = format.clone();
-    let (request, _count) = state
-        .store(move |s| {
-            let target = export::ExportTarget {
-                batch,
-                format: &chosen,
-                plugin: &plugin,
-                options: &options,
-                destination: None,
-                server: (&address, port),
-            };
-            Ok(export::request(s, &target, &actor))
-        })
-        .await??;
+    let request = export_request(
+        &state,
+        batch,
+        format.clone(),
+        instance.plugin.clone(),
+        options,
+        caller.actor(),
+    )
+    .await?;
     let file = instance
         .call("export", move |p| p.export_keys(&request))
         .await
@@ -378,4 +403,70 @@ pub async fn set_password(
         .store(move |s| s.set_provisioning_password(&password, &actor))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::Caller;
+    use crate::api::testing;
+    use crate::store::Role;
+
+    /// Long enough for any machine to read 50 keys; a handler that needs the store
+    /// thread waits for ever here, since the test holds it.
+    const NEVER: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn reveals_and_exports_do_not_wait_for_the_store_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, batch) = testing::state(dir.path(), 50);
+        // Busy as with a flood of hellos (or wedged): both still answer.
+        let release = testing::occupy(&state.store).await;
+        let ann = Caller {
+            name: "ann".into(),
+            role: Role::Admin,
+        };
+        let revealed = tokio::time::timeout(
+            NEVER,
+            batch_keys(
+                axum::extract::State(state.clone()),
+                ann.clone(),
+                Segment(batch),
+                Params(KeysQuery {
+                    state: None,
+                    reveal: true,
+                }),
+            ),
+        )
+        .await
+        .expect("the reveal ran on the store thread")
+        .unwrap();
+        let keys = revealed.0.as_array().unwrap().clone();
+        assert_eq!(keys.len(), 50);
+        assert!(keys.iter().all(|k| k["pps"].is_string()));
+
+        let csv = ExportFormat {
+            name: "csv".into(),
+            description: "CSV".into(),
+            extension: "csv".into(),
+            mime_type: "text/csv".into(),
+            needs_provisioning_password: false,
+        };
+        let request = tokio::time::timeout(
+            NEVER,
+            export_request(
+                &state,
+                batch,
+                csv,
+                "export-csv".into(),
+                BTreeMap::new(),
+                ann.actor(),
+            ),
+        )
+        .await
+        .expect("the export ran on the store thread")
+        .unwrap();
+        assert_eq!(request.pairs.len(), 50);
+        drop(release);
+    }
 }

@@ -9,8 +9,9 @@
 //! - [`tls`]: the server certificate (issued by vprov's CA unless configured).
 //!
 //! Handlers never block an async worker: store work goes to the store thread, and
-//! anything slow (key generation, talking to a device, plugin calls) runs on a
-//! blocking thread with a store connection of its own.
+//! anything slow (key generation, reading and decrypting a batch's keys, talking to
+//! a device, plugin calls) runs on a blocking thread with a store connection of its
+//! own, so the store thread stays free for hellos.
 
 pub mod auth;
 pub mod devices;
@@ -50,6 +51,8 @@ pub struct ApiSettings {
     pub reach: Reach,
     /// What key sheets and setup.bin name as the provisioning server.
     pub export_server: (String, u16),
+    /// Event streams one account may have open at once.
+    pub event_streams_per_account: usize,
 }
 
 /// What every handler shares.
@@ -61,6 +64,8 @@ pub struct ApiState {
     pub events: events::EventBus,
     pub limiter: auth::SignInLimiter,
     pub generations: Mutex<BTreeMap<u64, keys::Generation>>,
+    /// Turns true when the server stops (event streams end then).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub type State = axum::extract::State<Arc<ApiState>>;
@@ -330,12 +335,14 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves the API on `listener` over TLS until `stop` turns true.
+/// Serves the API on `listener` over TLS until `stop` turns true, then stops
+/// accepting connections and lets requests in progress finish for up to `grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(state.clone());
@@ -374,8 +381,22 @@ pub async fn serve(
         });
         while connections.try_join_next().is_some() {}
     }
-    connections.abort_all();
+    // New connections are refused from here on; each open one answers the request
+    // it is reading or answering and closes (event streams end at `stop`).
+    drop(listener);
     poller.abort();
+    let finished = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            "admin API: {} connections still busy after {} s; closing them",
+            connections.len(),
+            grace.as_secs()
+        );
+    }
+    connections.abort_all();
 }
 
 async fn serve_connection(
@@ -400,7 +421,86 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     tokio::select! {
-        _ = &mut connection => {}
-        _ = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+        _ = &mut connection => return,
+        _ = stopped(&mut stop) => {}
+    }
+    // The request in progress is answered, then the connection closes (an idle one
+    // at once); `serve` bounds how long that may take.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::device::DeviceTimeouts;
+    use crate::plugins::sinks::AlertSinks;
+    use crate::plugins::HostSettings;
+
+    /// The API's state on a store in `dir` holding one batch of `keys` keys (its id
+    /// comes with it), with the store thread running and no plugins.
+    pub(crate) fn state(dir: &std::path::Path, keys: u32) -> (Arc<ApiState>, i64) {
+        let options = StoreOptions::new(dir);
+        let mut store = Store::open(&options).expect("store");
+        let batch = store
+            .generate_batch(keys, None, "test", |_| {})
+            .expect("keys")
+            .id;
+        let store = StoreHandle::spawn(store);
+        let (alerts, _writer) =
+            AlertLog::start(store.clone(), AlertSinks::default(), Default::default());
+        let plugins = PluginHost::new(
+            HostSettings {
+                plugin_dir: dir.join("plugins"),
+                config_path: dir.join("plugins").join("plugins.toml"),
+                data_dir: dir.to_path_buf(),
+                call_timeout: Duration::from_secs(10),
+                max_calls_per_instance: 4,
+                sink_queue: 16,
+                kinds: vprov_sdk::PluginKinds::KEY_EXPORTER,
+                publishes_status: false,
+            },
+            None,
+            AlertSinks::default(),
+        );
+        let state = ApiState {
+            settings: ApiSettings {
+                certificate: None,
+                names: Vec::new(),
+                session_ttl: Duration::from_secs(3600),
+                store_options: options,
+                reach: Reach {
+                    device_port: 16993,
+                    timeouts: DeviceTimeouts::default(),
+                },
+                export_server: ("vprov.example".into(), 9971),
+                event_streams_per_account: 4,
+            },
+            store,
+            alerts,
+            plugins,
+            events: Default::default(),
+            limiter: Default::default(),
+            generations: Default::default(),
+            stop: tokio::sync::watch::channel(false).1,
+        };
+        (Arc::new(state), batch)
+    }
+
+    /// Keeps the store thread busy until the returned sender is dropped.
+    pub(crate) async fn occupy(store: &StoreHandle) -> std::sync::mpsc::Sender<()> {
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .call(move |_| {
+                    let _ = entered_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await
+        });
+        entered_rx.await.expect("the store thread runs the call");
+        release_tx
     }
 }

@@ -118,6 +118,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             certificate: ctx.config.api.certificate.clone(),
             names: ctx.config.api.names.clone(),
             session_ttl: ctx.config.api.session_ttl,
+            event_streams_per_account: ctx.config.api.event_streams_per_account,
             store_options: ctx.store_options(),
             reach: Reach {
                 device_port,

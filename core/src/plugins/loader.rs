@@ -154,7 +154,7 @@ impl Loader {
                 self.run_dir.display()
             )
         };
-        std::fs::create_dir_all(&self.run_dir).map_err(fail)?;
+        super::private_dir(&self.run_dir).map_err(fail)?;
         let tmp = self
             .run_dir
             .join(format!(".{stem}-{hash}.{}.tmp", std::process::id()));

@@ -23,7 +23,7 @@ pub mod sinks;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -43,6 +43,51 @@ use instances::InstanceSpec;
 use loader::{LibraryStatus, LoadedLibrary, Loader};
 use services::CoreServices;
 use sinks::{start_sink, AlertSinks, SinkQueue};
+
+/// Creates `dir` and missing parents, mode 0700 on Unix whatever the umask; the
+/// permission bits `dir` has (`None` where there are none).
+fn create_0700(dir: &Path) -> std::io::Result<Option<u32>> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700).create(dir)?;
+        Ok(Some(std::fs::metadata(dir)?.permissions().mode() & 0o777))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map(|()| None)
+}
+
+/// Creates `dir` and missing parents for vprov alone (mode 0700). An existing `dir`
+/// that other users may use is narrowed to 0700 (logged).
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(mode) = create_0700(dir)?.filter(|m| m & 0o077 != 0) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            "{} was open to other users (mode {mode:03o}); it is 0700 now",
+            dir.display()
+        );
+    }
+    #[cfg(not(unix))]
+    create_0700(dir)?;
+    Ok(())
+}
+
+/// Creates a plugin directory outside the data directory (mode 0700), or warns if an
+/// existing one is writable by other users; its permissions stay the admin's.
+fn checked_plugin_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(mode) = create_0700(dir)?.filter(|m| m & 0o022 != 0) {
+        tracing::warn!(
+            "the plugin directory {} is writable by other users (mode {mode:03o}): they \
+             can put code into vprov's process; make it writable by its owner only",
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
 /// The alert source of everything a plugin instance raises (or the core raises about
 /// it); such alerts are never delivered back to that instance.
@@ -70,6 +115,28 @@ pub struct HostSettings {
 impl HostSettings {
     fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run").join("plugins")
+    }
+
+    /// Creates the directories the host uses, mode 0700 whatever the umask (server
+    /// start). Those in the data directory that other users could use are narrowed to
+    /// 0700; a plugin directory configured elsewhere is only checked, since anyone who
+    /// can write to it can put code into vprov's process. Problems are logged.
+    pub fn prepare_directories(&self) {
+        let data = |name: &str| self.data_dir.join(name);
+        for dir in [data("run"), self.run_dir(), data("plugin-data")] {
+            if let Err(e) = private_dir(&dir) {
+                tracing::warn!("cannot create {} (mode 0700): {e}", dir.display());
+            }
+        }
+        let plugins = &self.plugin_dir;
+        let prepared = if plugins.starts_with(&self.data_dir) {
+            private_dir(plugins)
+        } else {
+            checked_plugin_dir(plugins)
+        };
+        if let Err(e) = prepared {
+            tracing::warn!(dir = %plugins.display(), "cannot create the plugin directory: {e}");
+        }
     }
 
     /// The server's status snapshot, read by `vprov plugins list`.
@@ -600,7 +667,7 @@ impl PluginHost {
     ) -> Result<Arc<Instance>, String> {
         let settings = &self.inner.settings;
         let data_dir = settings.data_dir.join("plugin-data").join(&spec.name);
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
+        private_dir(&data_dir).map_err(|e| {
             format!(
                 "cannot create its data directory {}: {e}",
                 data_dir.display()
@@ -755,7 +822,7 @@ impl PluginHost {
         let written = serde_json::to_vec_pretty(&snapshot)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
-                std::fs::create_dir_all(path.parent().expect("status file has a parent"))?;
+                private_dir(path.parent().expect("status file has a parent"))?;
                 std::fs::write(&tmp, bytes)?;
                 std::fs::rename(&tmp, &path)
             });

@@ -4,8 +4,9 @@
 //! page answering an HTTP `GET` probe.
 //!
 //! Bounded everywhere: at most [`MAX_HELLO_BYTES`] per hello, a read deadline, a cap
-//! on concurrent connections, and a token bucket per source address; a flood of
-//! hellos costs neither unbounded memory nor sockets.
+//! on concurrent connections, and a token bucket per source address (for at most
+//! 65,536 addresses; a full table is reported, never silent); a flood of hellos
+//! costs neither unbounded memory nor sockets.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -45,7 +46,19 @@ pub struct HelloLimits {
 struct RateLimiter {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Source addresses tracked at most; idle full buckets are forgotten beyond this.
+    max_sources: usize,
+    sources: Mutex<Sources>,
+}
+
+#[derive(Default)]
+struct Sources {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// When idle buckets were last looked for in a full table (at most once a
+    /// second: it walks the whole table).
+    pruned: Option<Instant>,
+    /// When a full table was last reported.
+    full_alerted: Option<Instant>,
 }
 
 struct Bucket {
@@ -57,24 +70,71 @@ struct Bucket {
 /// What the rate limiter decided for one connection.
 enum Admission {
     Allowed,
-    Limited { alert: bool },
+    /// Ignored; the alert to raise about it, at most once a minute per source (and
+    /// once a minute for a full table).
+    Refused(Option<NewAlert>),
 }
 
 impl RateLimiter {
-    /// Source addresses tracked at most; idle full buckets are forgotten beyond this.
+    /// Source addresses tracked at most by default.
     const MAX_SOURCES: usize = 65_536;
+
+    fn new(burst: f64, per_second: f64, max_sources: usize) -> RateLimiter {
+        RateLimiter {
+            burst,
+            per_second,
+            max_sources,
+            sources: Mutex::default(),
+        }
+    }
+
+    /// How long a bucket takes to fill up again: idle that long, it is forgotten.
+    fn horizon(&self) -> Duration {
+        Duration::from_secs_f64(self.burst / self.per_second.max(0.001))
+    }
 
     fn admit(&self, ip: IpAddr) -> Admission {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() >= Self::MAX_SOURCES && !buckets.contains_key(&ip) {
-            let horizon = Duration::from_secs_f64(self.burst / self.per_second.max(0.001));
-            buckets.retain(|_, b| now.duration_since(b.at) < horizon);
-            if buckets.len() >= Self::MAX_SOURCES {
-                return Admission::Limited { alert: false };
+        let mut sources = self.sources.lock().expect("rate limiter lock");
+        let sources = &mut *sources;
+        if sources.buckets.len() >= self.max_sources && !sources.buckets.contains_key(&ip) {
+            if sources
+                .pruned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                let horizon = self.horizon();
+                sources
+                    .buckets
+                    .retain(|_, b| now.duration_since(b.at) < horizon);
+                sources.pruned = Some(now);
+            }
+            if sources.buckets.len() >= self.max_sources {
+                // Every tracked source sent a hello within the horizon: a new one
+                // (perhaps a real device) is ignored, which an admin must hear of.
+                let alert = sources
+                    .full_alerted
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+                if !alert {
+                    return Admission::Refused(None);
+                }
+                sources.full_alerted = Some(now);
+                return Admission::Refused(Some(NewAlert {
+                    severity: Severity::Warning,
+                    source: "hello".into(),
+                    message: format!(
+                        "hellos from new addresses are ignored: {} addresses sent hellos within {} s, \
+                         the most the hello rate limiter tracks (a flood from many addresses?); \
+                         devices that keep saying hello are served once addresses go quiet",
+                        self.max_sources,
+                        self.horizon().as_secs().max(1)
+                    ),
+                    pid: None,
+                    device_uuid: None,
+                    address: None,
+                }));
             }
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
+        let bucket = sources.buckets.entry(ip).or_insert(Bucket {
             tokens: self.burst,
             at: now,
             alerted: None,
@@ -89,10 +149,18 @@ impl RateLimiter {
         let alert = bucket
             .alerted
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
-        if alert {
-            bucket.alerted = Some(now);
+        if !alert {
+            return Admission::Refused(None);
         }
-        Admission::Limited { alert }
+        bucket.alerted = Some(now);
+        Admission::Refused(Some(NewAlert {
+            severity: Severity::Warning,
+            source: "hello".into(),
+            message: "too many hellos from this address; excess hellos are ignored".into(),
+            pid: None,
+            device_uuid: None,
+            address: Some(ip.to_string()),
+        }))
     }
 }
 
@@ -125,11 +193,11 @@ impl HelloListener {
     /// Runs the accept loop until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let connections = Arc::new(Semaphore::new(self.limits.max_connections));
-        let limiter = Arc::new(RateLimiter {
-            burst: f64::from(self.limits.per_source_burst.max(1)),
-            per_second: self.limits.per_source_per_second,
-            buckets: Mutex::new(HashMap::new()),
-        });
+        let limiter = Arc::new(RateLimiter::new(
+            f64::from(self.limits.per_source_burst.max(1)),
+            self.limits.per_source_per_second,
+            RateLimiter::MAX_SOURCES,
+        ));
         let ctx = Arc::new(HandlerContext {
             store: self.store,
             alerts: self.alerts,
@@ -161,17 +229,10 @@ impl HelloListener {
             };
             match limiter.admit(peer.ip()) {
                 Admission::Allowed => {}
-                Admission::Limited { alert } => {
-                    if alert {
-                        ctx.alerts.raise(NewAlert {
-                            severity: Severity::Warning,
-                            source: "hello".into(),
-                            message: "too many hellos from this address; excess hellos are ignored"
-                                .into(),
-                            pid: None,
-                            device_uuid: None,
-                            address: Some(peer.ip().to_string()),
-                        });
+                Admission::Refused(alert) => {
+                    tracing::debug!(%peer, "hello ignored by the rate limiter");
+                    if let Some(alert) = alert {
+                        ctx.alerts.raise(alert);
                     }
                     continue;
                 }
@@ -369,27 +430,57 @@ impl HandlerContext {
 mod tests {
     use super::*;
 
+    /// The alert a refusal raises, if any.
+    fn refused(admission: Admission) -> Option<NewAlert> {
+        match admission {
+            Admission::Allowed => panic!("admitted"),
+            Admission::Refused(alert) => alert,
+        }
+    }
+
     #[test]
     fn rate_limiter_allows_a_burst_then_limits_and_alerts_once() {
-        let limiter = RateLimiter {
-            burst: 3.0,
-            per_second: 0.0001,
-            buckets: Mutex::new(HashMap::new()),
-        };
+        let limiter = RateLimiter::new(3.0, 0.0001, RateLimiter::MAX_SOURCES);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         for _ in 0..3 {
             assert!(matches!(limiter.admit(ip), Admission::Allowed));
         }
-        assert!(matches!(
-            limiter.admit(ip),
-            Admission::Limited { alert: true }
-        ));
-        assert!(matches!(
-            limiter.admit(ip),
-            Admission::Limited { alert: false }
-        ));
+        let alert = refused(limiter.admit(ip)).expect("an alert");
+        assert_eq!(alert.address.as_deref(), Some("127.0.0.9"));
+        assert!(alert.message.starts_with("too many hellos"), "{alert:?}");
+        assert!(refused(limiter.admit(ip)).is_none());
         let other: IpAddr = "127.0.0.10".parse().unwrap();
         assert!(matches!(limiter.admit(other), Admission::Allowed));
+    }
+
+    #[test]
+    fn a_full_source_table_is_reported_once_not_silently() {
+        // Every tracked source is busy (nothing fills up again within the test).
+        let limiter = RateLimiter::new(5.0, 0.0001, 3);
+        for last in 1..=3 {
+            let ip: IpAddr = format!("127.0.1.{last}").parse().unwrap();
+            assert!(matches!(limiter.admit(ip), Admission::Allowed));
+        }
+        let new: IpAddr = "127.0.1.4".parse().unwrap();
+        let alert = refused(limiter.admit(new)).expect("a full table is reported");
+        assert_eq!(alert.severity, Severity::Warning);
+        assert_eq!(
+            alert.address, None,
+            "one alert for all addresses: {alert:?}"
+        );
+        assert!(
+            alert
+                .message
+                .starts_with("hellos from new addresses are ignored: 3 addresses"),
+            "{alert:?}"
+        );
+        // Later ones within the minute are part of the same situation.
+        let another: IpAddr = "127.0.1.5".parse().unwrap();
+        assert!(refused(limiter.admit(another)).is_none());
+        assert!(refused(limiter.admit(new)).is_none());
+        // Tracked sources are still served.
+        let known: IpAddr = "127.0.1.1".parse().unwrap();
+        assert!(matches!(limiter.admit(known), Admission::Allowed));
     }
 
     #[test]

@@ -36,7 +36,8 @@ use store_thread::StoreHandle;
 pub struct ServerSettings {
     pub hello: HelloLimits,
     pub jobs: JobSettings,
-    /// How long shutdown waits for running jobs before abandoning them safely.
+    /// How long shutdown waits for running jobs (abandoned safely after it) and for
+    /// admin API requests in progress (cut off after it).
     pub shutdown_grace: Duration,
     pub plugins: HostSettings,
     /// The periodic reachability check of managed devices; `None` turns it off.
@@ -96,9 +97,7 @@ pub async fn run(
         }),
         sinks,
     );
-    if let Err(e) = std::fs::create_dir_all(&settings.plugins.plugin_dir) {
-        tracing::warn!(dir = %settings.plugins.plugin_dir.display(), "cannot create the plugin directory: {e}");
-    }
+    settings.plugins.prepare_directories();
     plugins.reload().await;
     plugins.remove_stale_copies().await;
     // Kept alive until shutdown; without it plugins still work, only hot reload is off.
@@ -140,12 +139,14 @@ pub async fn run(
                 events: Default::default(),
                 limiter: Default::default(),
                 generations: Default::default(),
+                stop: stop_rx.clone(),
             });
             Some(tokio::spawn(crate::api::serve(
                 api_listener,
                 tls,
                 state,
                 stop_rx.clone(),
+                settings.shutdown_grace,
             )))
         }
         _ => None,
@@ -160,16 +161,21 @@ pub async fn run(
     let listening = tokio::spawn(hello.run(stop_rx));
 
     shutdown.await;
-    tracing::info!("shutting down: no new hellos; waiting for running jobs");
+    tracing::info!(
+        "shutting down: no new hellos or API connections; waiting for running jobs and API requests"
+    );
     let _ = stop_tx.send(true);
     let _ = listening.await;
     if let Some(checking) = checking {
         let _ = checking.await;
     }
-    if let Some(api) = api {
-        let _ = api.await;
-    }
-    jobs.shutdown(settings.shutdown_grace).await;
+    // Both within the one grace period.
+    let api_done = async {
+        if let Some(api) = api {
+            let _ = api.await;
+        }
+    };
+    tokio::join!(api_done, jobs.shutdown(settings.shutdown_grace));
     plugins.shutdown().await;
     alert_writer.finish(Duration::from_secs(5)).await;
     Ok(())
