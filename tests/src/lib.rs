@@ -249,7 +249,10 @@ impl Server {
             .parse()
             .expect("listening address");
         // With the API off there is no second line to wait for.
-        let api_off = extra.windows(2).any(|w| w == ["--api-listen", "off"]);
+        let args: Vec<&std::ffi::OsStr> = command.get_args().collect();
+        let api_off = args
+            .windows(2)
+            .any(|w| w[0] == "--api-listen" && w[1] == "off");
         line.clear();
         if !api_off {
             stdout.read_line(&mut line).expect("read the API line");
