@@ -16,6 +16,9 @@
 //! - [`accounts`]: admin account password hashes and session/bearer tokens;
 //! - [`text`]: outside text made safe to store and log (size caps, escaping).
 //!
+//! `fuzzing` (feature `fuzzing`, off by default) holds the entry points of the fuzz
+//! targets in `fuzz/`.
+//!
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
 pub mod accounts;
@@ -23,6 +26,9 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod device;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hello;
 pub mod host_name;
 pub mod keys;

@@ -13,9 +13,10 @@
 //! ([`DeviceError`]) and their messages never contain a PPS or a password.
 
 mod amt;
-mod http;
+// `pub(crate)` for the fuzz entry points in `crate::fuzzing`.
+pub(crate) mod http;
 pub mod tls;
-mod wsman;
+pub(crate) mod wsman;
 
 use std::net::SocketAddr;
 use std::time::Duration;
