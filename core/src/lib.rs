@@ -22,6 +22,7 @@
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
 pub mod accounts;
+pub mod alerts;
 pub mod api;
 pub mod ca;
 pub mod config;
@@ -38,4 +39,6 @@ pub mod plugins;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod store_thread;
 pub mod text;
+pub mod views;

@@ -58,7 +58,7 @@ pub struct Reach {
 }
 
 /// What `devices power` can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PowerAction {
     Status,

@@ -31,11 +31,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::alerts::AlertLog;
 use crate::management::{ManagementError, Reach};
 use crate::plugins::PluginHost;
-use crate::server::alerts::AlertLog;
-use crate::server::store_thread::{StoreClosed, StoreHandle};
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::store_thread::{StoreClosed, StoreHandle};
 
 /// How `vprov serve` offers the API.
 #[derive(Debug, Clone)]
@@ -433,8 +433,8 @@ async fn serve_connection(
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::alerts::AlertSinks;
     use crate::device::DeviceTimeouts;
-    use crate::plugins::sinks::AlertSinks;
     use crate::plugins::HostSettings;
 
     /// The API's state on a store in `dir` holding one batch of `keys` keys (its id

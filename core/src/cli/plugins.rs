@@ -9,13 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
+use vprov_core::alerts::AlertLog;
+use vprov_core::alerts::AlertSinks;
 use vprov_core::config::Config;
-use vprov_core::plugins::sinks::AlertSinks;
 use vprov_core::plugins::{
     export, instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
 };
-use vprov_core::server::alerts::AlertLog;
-use vprov_core::server::store_thread::StoreHandle;
+use vprov_core::store_thread::StoreHandle;
 
 use vprov_sdk::{ExportFormat, PluginKinds};
 

@@ -2,15 +2,16 @@
 
 use std::process::ExitCode;
 
+use super::choices::{DeviceStateChoice, PowerChoice, SeverityChoice};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::api::devices::{alert_json, audit_json, device_json};
 use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use vprov_core::text::escape_control;
+use vprov_core::views::{alert_json, audit_json, device_json};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, outln, ListFormat};
@@ -99,7 +100,7 @@ pub enum DevicesCommand {
         uuid: String,
         /// What to do
         #[arg(value_enum)]
-        action: PowerAction,
+        action: PowerChoice,
     },
     /// Read a managed device's hardware and firmware inventory over AMT and store it
     ///
@@ -141,7 +142,7 @@ pub enum DevicesCommand {
     List {
         /// Only devices in this state
         #[arg(long, value_enum)]
-        state: Option<DeviceState>,
+        state: Option<DeviceStateChoice>,
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
@@ -154,7 +155,7 @@ pub enum AlertsCommand {
     List {
         /// Only alerts of at least this severity
         #[arg(long, value_enum)]
-        severity: Option<Severity>,
+        severity: Option<SeverityChoice>,
         /// At most this many alerts
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -274,7 +275,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
-        DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
+        DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action.into()),
         DevicesCommand::Password { uuid, stdin, .. } => {
             return change_device_password(ctx, &uuid, stdin)
         }
@@ -284,7 +285,9 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             format,
         } => return inventory(ctx, &uuid, cached, format),
     };
-    let devices = ctx.store()?.devices(&DeviceFilter { state })?;
+    let devices = ctx.store()?.devices(&DeviceFilter {
+        state: state.map(DeviceState::from),
+    })?;
     match format {
         ListFormat::Json => {
             output::json(&json!(devices.iter().map(device_json).collect::<Vec<_>>()))?
@@ -347,7 +350,7 @@ pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let alerts = ctx.store()?.alerts(severity, limit)?;
+    let alerts = ctx.store()?.alerts(severity.map(Severity::from), limit)?;
     match format {
         ListFormat::Json => {
             output::json(&json!(alerts.iter().map(alert_json).collect::<Vec<_>>()))?

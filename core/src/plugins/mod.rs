@@ -36,13 +36,14 @@ use tokio::time::{timeout_at, Instant};
 use vprov_sdk::abi::{HostServicesBox, InitContext, PluginInstanceBox};
 use vprov_sdk::{ActionOutcome, DeviceInfo, ErrorKind, OutcomeAction, PluginError, PluginKinds};
 
-use crate::server::alerts::AlertLog;
-use crate::server::store_thread::StoreHandle;
+use crate::alerts::AlertLog;
+use crate::alerts::{AlertSinks, SinkQueue};
 use crate::store::{ManagementMode, NewAlert, Severity};
+use crate::store_thread::StoreHandle;
 use instances::InstanceSpec;
 use loader::{LibraryStatus, LoadedLibrary, Loader};
 use services::CoreServices;
-use sinks::{start_sink, AlertSinks, SinkQueue};
+use sinks::start_sink;
 
 /// Creates `dir` and missing parents, mode 0700 on Unix whatever the umask; the
 /// permission bits `dir` has (`None` where there are none).

@@ -138,15 +138,6 @@ pub fn core_severity(s: Severity) -> CoreSeverity {
     }
 }
 
-pub fn sdk_severity(s: CoreSeverity) -> Severity {
-    match s {
-        CoreSeverity::Info => Severity::INFO,
-        CoreSeverity::Warning => Severity::WARNING,
-        CoreSeverity::Error => Severity::ERROR,
-        CoreSeverity::Critical => Severity::CRITICAL,
-    }
-}
-
 /// A device record as plugins see it (no credentials).
 pub fn device_info(d: DeviceRecord) -> DeviceInfo {
     DeviceInfo {
@@ -172,7 +163,7 @@ mod tests {
             CoreSeverity::Error,
             CoreSeverity::Critical,
         ] {
-            assert_eq!(core_severity(sdk_severity(s)), s);
+            assert_eq!(core_severity(crate::alerts::sdk_severity(s)), s);
         }
         assert_eq!(core_severity(Severity(200)), CoreSeverity::Error);
     }

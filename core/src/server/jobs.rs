@@ -20,8 +20,7 @@ use tokio::sync::Semaphore;
 use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
-use super::alerts::AlertLog;
-use super::store_thread::StoreHandle;
+use crate::alerts::AlertLog;
 use crate::ca::CertificateAuthority;
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
 use crate::hello::DeviceUuid;
@@ -29,6 +28,7 @@ use crate::host_name::HostNameTemplate;
 use crate::keys::{Pid, Pps};
 use crate::plugins::PluginHost;
 use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
+use crate::store_thread::StoreHandle;
 
 /// The AMT account vprov provisions with.
 const ADMIN_USER: &str = "admin";

@@ -2,17 +2,15 @@
 //!
 //! Data flow: [`hello_listener`] (TCP 9971) parses a hello and checks its PID in the
 //! store → [`jobs`] connects back to the device over TLS-PSK and provisions it → the
-//! store records the device. Every failure on the way is raised on the [`alerts`]
-//! log. The store is owned by one thread ([`store_thread`]); no async worker touches
+//! store records the device. Every failure on the way is raised on the alert
+//! log ([`crate::alerts`]). The store is owned by one thread ([`crate::store_thread`]); no async worker touches
 //! SQLite. [`reachability`] checks managed devices periodically. [`lock`] keeps it to
 //! one server per data directory.
 
-pub mod alerts;
 pub mod hello_listener;
 pub mod jobs;
 pub mod lock;
 pub mod reachability;
-pub mod store_thread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,14 +20,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::alerts::{AlertLog, AlertSinks};
 use crate::ca::CertificateAuthority;
-use crate::plugins::sinks::AlertSinks;
 use crate::plugins::{HostSettings, PluginHost, ServerLink};
 use crate::store::Store;
-use alerts::AlertLog;
+use crate::store_thread::StoreHandle;
 use hello_listener::{HelloLimits, HelloListener};
 use jobs::{JobManager, JobSettings};
-use store_thread::StoreHandle;
 
 /// Everything `run` needs besides the bound listener.
 #[derive(Debug, Clone)]
