@@ -24,6 +24,7 @@
 pub mod accounts;
 pub mod alerts;
 pub mod api;
+pub mod app;
 pub mod ca;
 pub mod config;
 pub mod device;

@@ -205,6 +205,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 }
 
 impl ApiState {
+    /// The state of an API on the running server's store thread, alert log and
+    /// plugin host; `stop` turns true when the server stops.
+    pub fn new(
+        settings: ApiSettings,
+        store: StoreHandle,
+        alerts: AlertLog,
+        plugins: PluginHost,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> ApiState {
+        ApiState {
+            settings,
+            store,
+            alerts,
+            plugins,
+            events: Default::default(),
+            limiter: Default::default(),
+            generations: Default::default(),
+            stop,
+        }
+    }
+
     /// Runs `f` on the store thread.
     pub async fn store<T: Send + 'static>(
         &self,
@@ -463,8 +484,8 @@ pub(crate) mod testing {
             None,
             AlertSinks::default(),
         );
-        let state = ApiState {
-            settings: ApiSettings {
+        let state = ApiState::new(
+            ApiSettings {
                 certificate: None,
                 names: Vec::new(),
                 session_ttl: Duration::from_secs(3600),
@@ -479,11 +500,8 @@ pub(crate) mod testing {
             store,
             alerts,
             plugins,
-            events: Default::default(),
-            limiter: Default::default(),
-            generations: Default::default(),
-            stop: tokio::sync::watch::channel(false).1,
-        };
+            tokio::sync::watch::channel(false).1,
+        );
         (Arc::new(state), batch)
     }
 

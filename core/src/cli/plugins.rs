@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 use vprov_core::alerts::AlertLog;
 use vprov_core::alerts::AlertSinks;
-use vprov_core::config::Config;
+use vprov_core::app::host_settings;
 use vprov_core::plugins::{
     export, instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
 };
@@ -34,21 +34,6 @@ pub enum PluginsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
-}
-
-/// The plugin host settings for `config`, instantiating only `kinds`, for a one-shot
-/// command (which leaves the server's status snapshot alone).
-pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
-    HostSettings {
-        publishes_status: false,
-        plugin_dir: config.plugin_dir(),
-        config_path: config.plugin_config(),
-        data_dir: config.data_dir.clone(),
-        call_timeout: config.plugins.call_timeout,
-        max_calls_per_instance: config.plugins.max_calls_per_instance,
-        sink_queue: config.plugins.sink_queue,
-        kinds,
-    }
 }
 
 /// A runtime for one command that, when dropped, does not wait for blocking threads:

@@ -6,7 +6,7 @@ use super::choices::{DeviceStateChoice, PowerChoice, SeverityChoice};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
+use vprov_core::device::{DeviceError, Inventory};
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
@@ -444,13 +444,7 @@ fn move_devices(
 
 /// How commands reach devices, from the configuration.
 fn reach(ctx: &Context) -> Reach {
-    Reach {
-        device_port: ctx.config.provisioning.device_port,
-        timeouts: DeviceTimeouts {
-            connect: ctx.config.provisioning.connect_timeout,
-            request: ctx.config.provisioning.step_timeout,
-        },
-    }
+    vprov_core::app::reach(&ctx.config, None)
 }
 
 /// `devices power`: one WS-Management session with the device over verified TLS.
