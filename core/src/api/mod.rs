@@ -452,6 +452,9 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
+mod openapi_tests;
+
+#[cfg(test)]
 pub(crate) mod testing {
     use super::*;
     use crate::alerts::AlertSinks;
