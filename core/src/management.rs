@@ -240,7 +240,7 @@ impl ManagedDevice {
         uuid: &str,
         reach: Reach,
     ) -> Result<ManagedDevice, ManagementError> {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid);
         let access = store
             .device_access(&uuid)?
             .ok_or_else(|| ManagementError::UnknownDevice(uuid.clone()))?;

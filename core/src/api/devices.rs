@@ -75,7 +75,7 @@ pub async fn list(
 }
 
 fn canonical(uuid: &str) -> String {
-    uuid.trim().to_ascii_lowercase()
+    crate::hello::DeviceUuid::canonical(uuid)
 }
 
 /// `GET /devices/{uuid}`: the device and its stored inventory.

@@ -136,7 +136,7 @@ pub fn deploy_agents(
     let store = ctx.store()?;
     let mut devices = Vec::new();
     for uuid in uuids {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = vprov_core::hello::DeviceUuid::canonical(uuid);
         let device = store
             .device(&uuid)?
             .ok_or_else(|| anyhow!("no device with UUID {uuid}; nothing was deployed"))?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
 use vprov_core::device::{DeviceError, Inventory};
+use vprov_core::hello::DeviceUuid;
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
@@ -248,7 +249,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return super::plugins::deploy_agents(ctx, &uuids, profile);
         }
         DevicesCommand::ForgetHostKey { uuid } => {
-            let uuid = uuid.trim().to_ascii_lowercase();
+            let uuid = DeviceUuid::canonical(&uuid);
             let mut store = ctx.store()?;
             if store.device(&uuid)?.is_none() {
                 bail!("no device with UUID {uuid}");
@@ -262,7 +263,7 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         DevicesCommand::Retry { uuid } => {
-            let uuid = uuid.trim().to_ascii_lowercase();
+            let uuid = DeviceUuid::canonical(&uuid);
             match ctx.store()?.retry_device(&uuid, &actor())? {
                 Some(b) => println!(
                     "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
@@ -427,10 +428,7 @@ fn move_devices(
     uuids: &[String],
     mode: Option<ManagementMode>,
 ) -> anyhow::Result<ExitCode> {
-    let canonical: Vec<String> = uuids
-        .iter()
-        .map(|u| u.trim().to_ascii_lowercase())
-        .collect();
+    let canonical: Vec<String> = uuids.iter().map(|u| DeviceUuid::canonical(u)).collect();
     let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
     ctx.store()?
         .set_device_management(&refs, mode, None, &actor(), json!(null))?;
@@ -466,7 +464,7 @@ fn inventory(
     format: ListFormat,
 ) -> anyhow::Result<ExitCode> {
     let (inventory, at) = if cached {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid);
         let (text, at) = ctx.store()?.device_inventory(&uuid)?.with_context(|| {
             format!("no inventory stored for device {uuid}: run `vprov devices inventory {uuid}`")
         })?;

@@ -11,6 +11,7 @@ use vprov_sdk::abi::{
 };
 
 use super::ServerLink;
+use crate::hello::DeviceUuid;
 use crate::store::{
     DeviceRecord, HostKeyStatus, NewAlert, Severity as CoreSeverity, SshPublicKey, Store,
     StoreError,
@@ -54,7 +55,7 @@ impl HostServices for CoreServices {
     }
 
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         self.with_store("device lookups", move |s| s.device(&uuid))
             .map(|device| device.map(device_info).into())
             .into()
@@ -65,7 +66,7 @@ impl HostServices for CoreServices {
         uuid: RStr<'_>,
         public_key: RStr<'_>,
     ) -> RResult<HostKeyCheck, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         let key = match SshPublicKey::parse(public_key.as_str()) {
             Ok(key) => key,
             Err(e) => return RResult::RErr(PluginError::failed(e.to_string())),
@@ -96,7 +97,7 @@ impl HostServices for CoreServices {
         uuid: RStr<'_>,
         profile: RStr<'_>,
     ) -> RResult<RString, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         let profile = profile.to_string();
         let actor = super::plugin_source(&self.instance);
         self.with_store("enrollment tokens", move |s| {

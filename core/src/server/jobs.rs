@@ -28,7 +28,7 @@ use crate::host_name::HostNameTemplate;
 use crate::keys::{Pid, Pps};
 use crate::password::ProvisioningPassword;
 use crate::plugins::PluginHost;
-use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
+use crate::store::{JobIntent, JobStep, NewAlert, ProvisionedDevice, Severity};
 use crate::store_thread::StoreHandle;
 
 /// The AMT account vprov provisions with.
@@ -170,10 +170,6 @@ fn store_failure(e: impl std::fmt::Display) -> JobFailure {
     }
 }
 
-/// The job step recorded just before CommitChanges: from then on the device may hold
-/// the new configuration, and only the recorded intent finishes the job.
-const JOB_STEP_COMMIT: &str = "commit";
-
 /// What the steps of one provisioning job share, whichever way it logged in.
 struct JobContext {
     /// The device as its hello named it (`GetUuid` must agree).
@@ -308,7 +304,7 @@ impl JobManager {
             Err(_) => return,
         };
         for intent in pending {
-            if intent.step == JOB_STEP_COMMIT {
+            if intent.step == JobStep::Commit {
                 // Hellos for this PID or device are absorbed while the job resumes.
                 let Ok(address) = intent.address.parse::<IpAddr>() else {
                     continue;
@@ -471,7 +467,7 @@ impl Inner {
                 severity: Severity::Warning,
             })?;
         let uuid = hello.uuid.to_string();
-        if intent.step == JOB_STEP_COMMIT
+        if intent.step == JobStep::Commit
             && (intent.device_uuid != uuid || intent.address != hello.address.to_string())
         {
             // That device committed (it sends no more hellos) and its job is being
@@ -668,7 +664,7 @@ impl Inner {
             .enable_tls(self.settings.local_tls)
             .await
             .map_err(JobFailure::at("enable TLS"))?;
-        self.step(job.intent.id, JOB_STEP_COMMIT).await;
+        self.step(job.intent.id, JobStep::Commit).await;
         job.session
             .commit_changes()
             .await
@@ -918,7 +914,7 @@ impl Inner {
         }
     }
 
-    async fn step(&self, job: i64, step: &'static str) {
+    async fn step(&self, job: i64, step: JobStep) {
         let _ = self.store.call(move |s| s.set_job_step(job, step)).await;
     }
 
