@@ -306,13 +306,8 @@ pub async fn run(
     jobs.resume_pending().await;
 
     let checking = settings.reachability.clone().map(|r| {
-        tokio::spawn(reachability::run(
-            store.clone(),
-            alerts.clone(),
-            ca_der,
-            r,
-            stop_rx.clone(),
-        ))
+        let (store, alerts, stop) = (store.clone(), alerts.clone(), stop_rx.clone());
+        tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
     });
     let api = match (settings.api.clone(), api_listener, api_tls) {
         (Some(api_settings), Some(api_listener), Some(tls)) => {
@@ -323,13 +318,10 @@ pub async fn run(
                 plugins.host.clone(),
                 stop_rx.clone(),
             );
-            Some(tokio::spawn(crate::api::serve(
-                api_listener,
-                tls,
-                Arc::new(state),
-                stop_rx.clone(),
-                settings.shutdown_grace,
-            )))
+            let grace = settings.shutdown_grace;
+            let serving =
+                crate::api::serve(api_listener, tls, Arc::new(state), stop_rx.clone(), grace);
+            Some(tokio::spawn(serving))
         }
         _ => None,
     };
