@@ -248,33 +248,8 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
             return super::plugins::deploy_agents(ctx, &uuids, profile);
         }
-        DevicesCommand::ForgetHostKey { uuid } => {
-            let uuid = DeviceUuid::canonical(&uuid);
-            let mut store = ctx.store()?;
-            if store.device(&uuid)?.is_none() {
-                bail!("no device with UUID {uuid}");
-            }
-            match store.forget_host_key(&uuid, &actor())? {
-                Some(fingerprint) => outln!(
-                    "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
-                )?,
-                None => outln!("device {uuid} has no recorded SSH host key")?,
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        DevicesCommand::Retry { uuid } => {
-            let uuid = DeviceUuid::canonical(&uuid);
-            match ctx.store()?.retry_device(&uuid, &actor())? {
-                Some(b) => println!(
-                    "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
-                    b.failures, b.cause
-                ),
-                None => println!(
-                    "device {uuid} is not waiting: its next hello starts a job anyway"
-                ),
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+        DevicesCommand::ForgetHostKey { uuid } => return forget_host_key(ctx, &uuid),
+        DevicesCommand::Retry { uuid } => return retry(ctx, &uuid),
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
         DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action.into()),
         DevicesCommand::Password { uuid, stdin, .. } => {
@@ -286,6 +261,44 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             format,
         } => return inventory(ctx, &uuid, cached, format),
     };
+    list_devices(ctx, state, format)
+}
+
+/// `devices forget-host-key`.
+fn forget_host_key(ctx: &Context, uuid: &str) -> anyhow::Result<ExitCode> {
+    let uuid = DeviceUuid::canonical(uuid);
+    let mut store = ctx.store()?;
+    if store.device(&uuid)?.is_none() {
+        bail!("no device with UUID {uuid}");
+    }
+    match store.forget_host_key(&uuid, &actor())? {
+        Some(fingerprint) => outln!(
+            "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
+        )?,
+        None => outln!("device {uuid} has no recorded SSH host key")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices retry`.
+fn retry(ctx: &Context, uuid: &str) -> anyhow::Result<ExitCode> {
+    let uuid = DeviceUuid::canonical(uuid);
+    match ctx.store()?.retry_device(&uuid, &actor())? {
+        Some(b) => println!(
+            "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
+            b.failures, b.cause
+        ),
+        None => println!("device {uuid} is not waiting: its next hello starts a job anyway"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices list`.
+fn list_devices(
+    ctx: &Context,
+    state: Option<DeviceStateChoice>,
+    format: ListFormat,
+) -> anyhow::Result<ExitCode> {
     let devices = ctx.store()?.devices(&DeviceFilter {
         state: state.map(DeviceState::from),
     })?;
