@@ -2,9 +2,10 @@
 //! device to the device record in the store.
 //!
 //! [`JobManager`] absorbs repeated hellos (one job per PID and per device at a time)
-//! and caps how many jobs run at once. [`ProvisioningJob`] runs the steps of
-//! `../shared/docs/amt-protocol.md` §4.3 through the device connector, each under a
-//! timeout. Before it changes anything on the device it records its intent (PID,
+//! and caps how many jobs run at once. Each job runs the provisioning steps
+//! (`docs/protocol-notes.md`) through the device connector, each under a timeout, as
+//! small steps sharing one `JobContext`: every path (TLS-PSK today) reuses the steps
+//! after its login. Before it changes anything on the device it records its intent (PID,
 //! device, the new admin credential — sealed) in the store; a failure or crash keeps
 //! that intent so the next attempt (or [`JobManager::resume_pending`] after a restart)
 //! can log in with whichever credential the device now holds. The PID is marked used
