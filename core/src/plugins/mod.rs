@@ -356,33 +356,7 @@ impl PluginHost {
             _ => None,
         });
         let Some(lib) = lib else {
-            // A replaced file that fails to load keeps the previous build running.
-            if let Some(old) = &old {
-                let broken = state.libraries.iter().find_map(|l| match l {
-                    LibraryStatus::Failed { file, reason } if file == &old.file => {
-                        Some(reason.clone())
-                    }
-                    _ => None,
-                });
-                if let Some(reason) = broken {
-                    self.report_once(
-                        state,
-                        format!("keep {} {}", old.name, reason),
-                        format!(
-                            "plugin instance {} keeps running {} {}: the replacement library was refused ({reason})",
-                            old.name, old.plugin, old.plugin_version
-                        ),
-                    );
-                    return (Ok(old.clone()), None);
-                }
-            }
-            let reason = format!("no loaded library provides plugin {}", spec.plugin);
-            self.report_once(
-                state,
-                format!("missing {} {}", spec.name, spec.plugin),
-                format!("plugin instance {}: {reason}", spec.name),
-            );
-            return (Err(reason), old);
+            return self.without_library(state, spec, old);
         };
         if let Some(old) = &old {
             if old.lib_hash == lib.hash
@@ -429,6 +403,41 @@ impl PluginHost {
                 }
             },
         }
+    }
+
+    /// `resolve` when no loaded library provides `spec`'s plugin: a replaced file
+    /// that fails to load keeps the previous build running; otherwise the instance
+    /// fails.
+    fn without_library(
+        &self,
+        state: &mut State,
+        spec: &InstanceSpec,
+        old: Option<Arc<Instance>>,
+    ) -> (Result<Arc<Instance>, String>, Option<Arc<Instance>>) {
+        if let Some(old) = &old {
+            let broken = state.libraries.iter().find_map(|l| match l {
+                LibraryStatus::Failed { file, reason } if file == &old.file => Some(reason.clone()),
+                _ => None,
+            });
+            if let Some(reason) = broken {
+                self.report_once(
+                    state,
+                    format!("keep {} {}", old.name, reason),
+                    format!(
+                        "plugin instance {} keeps running {} {}: the replacement library was refused ({reason})",
+                        old.name, old.plugin, old.plugin_version
+                    ),
+                );
+                return (Ok(old.clone()), None);
+            }
+        }
+        let reason = format!("no loaded library provides plugin {}", spec.plugin);
+        self.report_once(
+            state,
+            format!("missing {} {}", spec.name, spec.plugin),
+            format!("plugin instance {}: {reason}", spec.name),
+        );
+        (Err(reason), old)
     }
 
     async fn instantiate(
