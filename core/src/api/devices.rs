@@ -119,8 +119,8 @@ pub async fn manage(
         return Err(ApiError::bad_request("name at least one device"));
     }
     let actor = caller.actor();
-    match body.mode.as_str() {
-        "agentless" => {
+    match body.mode.parse::<ManagementMode>() {
+        Ok(ManagementMode::Agentless) => {
             if body.profile.is_some() {
                 return Err(ApiError::bad_request("a profile is for mode \"agent\""));
             }
@@ -139,7 +139,7 @@ pub async fn manage(
                 .await?;
             Ok(Json(json!({ "managed": uuids, "failed": [] })))
         }
-        "agent" => {
+        Ok(ManagementMode::Agent) => {
             let u = uuids.clone();
             let devices = state
                 .store(move |s| {
@@ -166,8 +166,9 @@ pub async fn manage(
             }
             Ok(Json(json!({ "managed": managed, "failed": failed })))
         }
-        other => Err(ApiError::bad_request(format!(
-            "mode {other:?}: use \"agentless\" or \"agent\""
+        Err(_) => Err(ApiError::bad_request(format!(
+            "mode {:?}: use \"agentless\" or \"agent\"",
+            body.mode
         ))),
     }
 }

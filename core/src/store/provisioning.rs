@@ -10,7 +10,8 @@
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
-use super::records::audit;
+use super::keys::KeyState;
+use super::records::{audit, parse_col};
 use super::{now_ms, Store, StoreError};
 use crate::keys::{Pid, Pps};
 
@@ -109,18 +110,20 @@ impl Store {
             .optional()?;
         Ok(match row {
             None => PidLookup::Unknown,
-            Some((state, _, _)) if state == "revoked" => PidLookup::Revoked,
-            Some((state, uuid, _)) if state == "used" => PidLookup::Used {
-                device_uuid: uuid.unwrap_or_default(),
+            Some((state, uuid, sealed)) => match parse_col::<KeyState>(0, state)? {
+                KeyState::Revoked => PidLookup::Revoked,
+                KeyState::Used => PidLookup::Used {
+                    device_uuid: uuid.unwrap_or_default(),
+                },
+                KeyState::Available => {
+                    let plain = self.key.open(&format!("pps:{}", pid.as_str()), &sealed)?;
+                    PidLookup::Available(Pps::from_stored(&plain).map_err(|_| {
+                        StoreError::Secret(crate::secrets::SecretError::Open {
+                            context: "pps".into(),
+                        })
+                    })?)
+                }
             },
-            Some((_, _, sealed)) => {
-                let plain = self.key.open(&format!("pps:{}", pid.as_str()), &sealed)?;
-                PidLookup::Available(Pps::from_stored(&plain).map_err(|_| {
-                    StoreError::Secret(crate::secrets::SecretError::Open {
-                        context: "pps".into(),
-                    })
-                })?)
-            }
         })
     }
 

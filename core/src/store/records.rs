@@ -128,6 +128,17 @@ impl ManagementMode {
     }
 }
 
+impl FromStr for ManagementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "agentless" => Ok(ManagementMode::Agentless),
+            "agent" => Ok(ManagementMode::Agent),
+            other => Err(format!("unknown management mode {other:?}")),
+        }
+    }
+}
+
 /// Severity of an alert.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
