@@ -392,87 +392,10 @@ impl Config {
             key,
             message,
         };
-        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
-        let h = file.hello;
-        let hd = defaults.hello;
-        let hello = HelloConfig {
-            listen: h.listen.unwrap_or(hd.listen),
-            max_connections: h.max_connections.unwrap_or(hd.max_connections),
-            read_timeout: ms(h.read_timeout_ms, hd.read_timeout),
-            per_source_burst: h.per_source_burst.unwrap_or(hd.per_source_burst),
-            per_source_per_second: h.per_source_per_second.unwrap_or(hd.per_source_per_second),
-        };
-        if hello.max_connections == 0 {
-            return Err(invalid(
-                "hello.max_connections",
-                "must be at least 1".into(),
-            ));
-        }
-        if hello.per_source_burst == 0
-            || hello.per_source_per_second.is_nan()
-            || hello.per_source_per_second <= 0.0
-        {
-            return Err(invalid(
-                "hello.per_source_burst / per_source_per_second",
-                "must be greater than 0".into(),
-            ));
-        }
-        let p = file.provisioning;
-        let pd = defaults.provisioning;
-        let provisioning = ProvisioningConfig {
-            device_port: p.device_port.unwrap_or(pd.device_port),
-            max_concurrent_jobs: p.max_concurrent_jobs.unwrap_or(pd.max_concurrent_jobs),
-            connect_timeout: ms(p.connect_timeout_ms, pd.connect_timeout),
-            step_timeout: ms(p.step_timeout_ms, pd.step_timeout),
-            commit_wait: ms(p.commit_wait_ms, pd.commit_wait),
-            confirm_timeout: ms(p.confirm_timeout_ms, pd.confirm_timeout),
-            admin_password: p.admin_password.unwrap_or(pd.admin_password),
-            domain: p.domain.filter(|d| !d.is_empty()),
-            host_name_template: match p.host_name_template {
-                Some(t) => HostNameTemplate::parse(&t)
-                    .map_err(|e| invalid("provisioning.host_name_template", e))?,
-                None => pd.host_name_template,
-            },
-            local_tls: p.local_tls.unwrap_or(pd.local_tls),
-            retry_backoff: ms(p.retry_backoff_ms, pd.retry_backoff),
-            retry_backoff_max: ms(p.retry_backoff_max_ms, pd.retry_backoff_max),
-            shutdown_grace: ms(p.shutdown_grace_ms, pd.shutdown_grace),
-        };
-        if provisioning.retry_backoff > provisioning.retry_backoff_max {
-            return Err(invalid(
-                "provisioning.retry_backoff_ms",
-                "must not exceed retry_backoff_max_ms".into(),
-            ));
-        }
-        if provisioning.max_concurrent_jobs == 0 {
-            return Err(invalid(
-                "provisioning.max_concurrent_jobs",
-                "must be at least 1".into(),
-            ));
-        }
-        let g = file.plugins;
-        let gd = defaults.plugins;
-        let plugins = PluginsConfig {
-            dir: g.dir,
-            config: g.config,
-            call_timeout: ms(g.call_timeout_ms, gd.call_timeout),
-            max_calls_per_instance: g
-                .max_calls_per_instance
-                .unwrap_or(gd.max_calls_per_instance),
-            sink_queue: g.sink_queue.unwrap_or(gd.sink_queue),
-        };
-        if plugins.call_timeout.is_zero() {
-            return Err(invalid(
-                "plugins.call_timeout_ms",
-                "must be at least 1".into(),
-            ));
-        }
-        if plugins.max_calls_per_instance == 0 || plugins.sink_queue == 0 {
-            return Err(invalid(
-                "plugins.max_calls_per_instance / sink_queue",
-                "must be at least 1".into(),
-            ));
-        }
+        let hello = hello_section(file.hello, defaults.hello, &invalid)?;
+        let provisioning =
+            provisioning_section(file.provisioning, defaults.provisioning, &invalid)?;
+        let plugins = plugins_section(file.plugins, defaults.plugins, &invalid)?;
         let export = ExportConfig {
             server_address: file.export.server_address.unwrap_or_default(),
             server_port: file.export.server_port,
@@ -484,75 +407,8 @@ impl Config {
                 Some(ms) => Some(Duration::from_millis(ms)),
             },
         };
-        let a = file.api;
-        let listen = match a.listen.as_deref() {
-            None => defaults.api.listen,
-            Some("") | Some("off") => None,
-            Some(text) => Some(text.parse().map_err(|_| {
-                invalid(
-                    "api.listen",
-                    format!("{text:?} is not an address:port (or \"off\")"),
-                )
-            })?),
-        };
-        let certificate = match (a.certificate_file, a.key_file) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
-                    "api.certificate_file / key_file",
-                    "set both or neither".into(),
-                ))
-            }
-        };
-        let session_hours = a.session_hours.unwrap_or(12);
-        if !(1..=24 * 30).contains(&session_hours) {
-            return Err(invalid("api.session_hours", "must be 1 to 720".into()));
-        }
-        let event_streams_per_account = a
-            .event_streams_per_account
-            .unwrap_or(defaults.api.event_streams_per_account);
-        if !(1..=64).contains(&event_streams_per_account) {
-            return Err(invalid(
-                "api.event_streams_per_account",
-                "must be 1 to 64".into(),
-            ));
-        }
-        let api = ApiConfig {
-            listen,
-            certificate,
-            names: a.names.unwrap_or_default(),
-            session_ttl: Duration::from_secs(session_hours * 3600),
-            event_streams_per_account,
-        };
-        let al = file.alerts;
-        let ad = defaults.alerts;
-        let alerts = AlertsConfig {
-            retention: match al.retention_days {
-                None => ad.retention,
-                Some(0) => None,
-                Some(days) if days <= 36_500 => Some(Duration::from_secs(days * 86_400)),
-                Some(_) => {
-                    return Err(invalid(
-                        "alerts.retention_days",
-                        "must be 0 (keep) to 36500".into(),
-                    ))
-                }
-            },
-            max_rows: al.max_rows.unwrap_or(ad.max_rows),
-            repeat_notice: al
-                .repeat_notice_minutes
-                .map_or(ad.repeat_notice, |m| Duration::from_secs(m * 60)),
-        };
-        if !(100..=10_000_000).contains(&alerts.max_rows) {
-            return Err(invalid("alerts.max_rows", "must be 100 to 10000000".into()));
-        }
-        if al.repeat_notice_minutes.is_some_and(|m| m > 10_080) {
-            return Err(invalid(
-                "alerts.repeat_notice_minutes",
-                "must be 0 to 10080 (a week)".into(),
-            ));
-        }
+        let api = api_section(file.api, defaults.api, &invalid)?;
+        let alerts = alerts_section(file.alerts, defaults.alerts, &invalid)?;
         Ok(Config {
             alerts,
             api,
@@ -566,6 +422,194 @@ impl Config {
             export,
         })
     }
+}
+
+/// The `[hello]` section over its defaults, checked.
+fn hello_section(
+    h: HelloSection,
+    hd: HelloConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<HelloConfig, ConfigError> {
+    let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+    let hello = HelloConfig {
+        listen: h.listen.unwrap_or(hd.listen),
+        max_connections: h.max_connections.unwrap_or(hd.max_connections),
+        read_timeout: ms(h.read_timeout_ms, hd.read_timeout),
+        per_source_burst: h.per_source_burst.unwrap_or(hd.per_source_burst),
+        per_source_per_second: h.per_source_per_second.unwrap_or(hd.per_source_per_second),
+    };
+    if hello.max_connections == 0 {
+        return Err(invalid(
+            "hello.max_connections",
+            "must be at least 1".into(),
+        ));
+    }
+    if hello.per_source_burst == 0
+        || hello.per_source_per_second.is_nan()
+        || hello.per_source_per_second <= 0.0
+    {
+        return Err(invalid(
+            "hello.per_source_burst / per_source_per_second",
+            "must be greater than 0".into(),
+        ));
+    }
+    Ok(hello)
+}
+
+/// The `[provisioning]` section over its defaults, checked.
+fn provisioning_section(
+    p: ProvisioningSection,
+    pd: ProvisioningConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<ProvisioningConfig, ConfigError> {
+    let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+    let provisioning = ProvisioningConfig {
+        device_port: p.device_port.unwrap_or(pd.device_port),
+        max_concurrent_jobs: p.max_concurrent_jobs.unwrap_or(pd.max_concurrent_jobs),
+        connect_timeout: ms(p.connect_timeout_ms, pd.connect_timeout),
+        step_timeout: ms(p.step_timeout_ms, pd.step_timeout),
+        commit_wait: ms(p.commit_wait_ms, pd.commit_wait),
+        confirm_timeout: ms(p.confirm_timeout_ms, pd.confirm_timeout),
+        admin_password: p.admin_password.unwrap_or(pd.admin_password),
+        domain: p.domain.filter(|d| !d.is_empty()),
+        host_name_template: match p.host_name_template {
+            Some(t) => HostNameTemplate::parse(&t)
+                .map_err(|e| invalid("provisioning.host_name_template", e))?,
+            None => pd.host_name_template,
+        },
+        local_tls: p.local_tls.unwrap_or(pd.local_tls),
+        retry_backoff: ms(p.retry_backoff_ms, pd.retry_backoff),
+        retry_backoff_max: ms(p.retry_backoff_max_ms, pd.retry_backoff_max),
+        shutdown_grace: ms(p.shutdown_grace_ms, pd.shutdown_grace),
+    };
+    if provisioning.retry_backoff > provisioning.retry_backoff_max {
+        return Err(invalid(
+            "provisioning.retry_backoff_ms",
+            "must not exceed retry_backoff_max_ms".into(),
+        ));
+    }
+    if provisioning.max_concurrent_jobs == 0 {
+        return Err(invalid(
+            "provisioning.max_concurrent_jobs",
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(provisioning)
+}
+
+/// The `[plugins]` section over its defaults, checked.
+fn plugins_section(
+    g: PluginsSection,
+    gd: PluginsConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<PluginsConfig, ConfigError> {
+    let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+    let plugins = PluginsConfig {
+        dir: g.dir,
+        config: g.config,
+        call_timeout: ms(g.call_timeout_ms, gd.call_timeout),
+        max_calls_per_instance: g
+            .max_calls_per_instance
+            .unwrap_or(gd.max_calls_per_instance),
+        sink_queue: g.sink_queue.unwrap_or(gd.sink_queue),
+    };
+    if plugins.call_timeout.is_zero() {
+        return Err(invalid(
+            "plugins.call_timeout_ms",
+            "must be at least 1".into(),
+        ));
+    }
+    if plugins.max_calls_per_instance == 0 || plugins.sink_queue == 0 {
+        return Err(invalid(
+            "plugins.max_calls_per_instance / sink_queue",
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(plugins)
+}
+
+/// The `[api]` section over its defaults, checked.
+fn api_section(
+    a: ApiSection,
+    defaults: ApiConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<ApiConfig, ConfigError> {
+    let listen = match a.listen.as_deref() {
+        None => defaults.listen,
+        Some("") | Some("off") => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            invalid(
+                "api.listen",
+                format!("{text:?} is not an address:port (or \"off\")"),
+            )
+        })?),
+    };
+    let certificate = match (a.certificate_file, a.key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "api.certificate_file / key_file",
+                "set both or neither".into(),
+            ))
+        }
+    };
+    let session_hours = a.session_hours.unwrap_or(12);
+    if !(1..=24 * 30).contains(&session_hours) {
+        return Err(invalid("api.session_hours", "must be 1 to 720".into()));
+    }
+    let event_streams_per_account = a
+        .event_streams_per_account
+        .unwrap_or(defaults.event_streams_per_account);
+    if !(1..=64).contains(&event_streams_per_account) {
+        return Err(invalid(
+            "api.event_streams_per_account",
+            "must be 1 to 64".into(),
+        ));
+    }
+    let api = ApiConfig {
+        listen,
+        certificate,
+        names: a.names.unwrap_or_default(),
+        session_ttl: Duration::from_secs(session_hours * 3600),
+        event_streams_per_account,
+    };
+    Ok(api)
+}
+
+/// The `[alerts]` section over its defaults, checked.
+fn alerts_section(
+    al: AlertsSection,
+    ad: AlertsConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<AlertsConfig, ConfigError> {
+    let alerts = AlertsConfig {
+        retention: match al.retention_days {
+            None => ad.retention,
+            Some(0) => None,
+            Some(days) if days <= 36_500 => Some(Duration::from_secs(days * 86_400)),
+            Some(_) => {
+                return Err(invalid(
+                    "alerts.retention_days",
+                    "must be 0 (keep) to 36500".into(),
+                ))
+            }
+        },
+        max_rows: al.max_rows.unwrap_or(ad.max_rows),
+        repeat_notice: al
+            .repeat_notice_minutes
+            .map_or(ad.repeat_notice, |m| Duration::from_secs(m * 60)),
+    };
+    if !(100..=10_000_000).contains(&alerts.max_rows) {
+        return Err(invalid("alerts.max_rows", "must be 100 to 10000000".into()));
+    }
+    if al.repeat_notice_minutes.is_some_and(|m| m > 10_080) {
+        return Err(invalid(
+            "alerts.repeat_notice_minutes",
+            "must be 0 to 10080 (a week)".into(),
+        ));
+    }
+    Ok(alerts)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! panic, and never allocates more than the input's size.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// A device's UUID as the 16 raw bytes of a hello (or of `GetUuid`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +29,51 @@ impl fmt::Display for DeviceUuid {
             b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
         )?;
         b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
+    }
+}
+
+/// Text that is not a UUID in its 8-4-4-4-12 hexadecimal form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a UUID (8-4-4-4-12 hexadecimal digits)")]
+pub struct UuidError(String);
+
+impl FromStr for DeviceUuid {
+    type Err = UuidError;
+
+    /// The GUID text form (either case, surrounding whitespace ignored) back into
+    /// the bytes [`fmt::Display`] writes it from.
+    fn from_str(text: &str) -> Result<DeviceUuid, UuidError> {
+        let error = || UuidError(text.chars().take(64).collect());
+        let groups: Vec<&str> = text.trim().split('-').collect();
+        let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if lengths != [8, 4, 4, 4, 12] {
+            return Err(error());
+        }
+        let digits: String = groups.concat();
+        if !digits.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(error());
+        }
+        let mut d = [0u8; 16];
+        for (i, byte) in d.iter_mut().enumerate() {
+            let pair = digits.get(2 * i..2 * i + 2).ok_or_else(error)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| error())?;
+        }
+        let mut b = d;
+        b[..4].copy_from_slice(&[d[3], d[2], d[1], d[0]]);
+        b[4..8].copy_from_slice(&[d[5], d[4], d[7], d[6]]);
+        Ok(DeviceUuid(b))
+    }
+}
+
+impl DeviceUuid {
+    /// The stored text form of a UUID a person or a plugin gave: its canonical form
+    /// if it is one, else the text trimmed and lower-cased (which names no device, so
+    /// the lookup says "unknown device").
+    pub fn canonical(text: &str) -> String {
+        match text.parse::<DeviceUuid>() {
+            Ok(uuid) => uuid.to_string(),
+            Err(_) => text.trim().to_ascii_lowercase(),
+        }
     }
 }
 
@@ -320,5 +366,29 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
             let _ = parse(&bytes);
         }
+    }
+
+    #[test]
+    fn uuid_text_parses_back_to_its_bytes() {
+        let b: [u8; 16] = core::array::from_fn(|i| (i as u8) * 17);
+        let uuid = DeviceUuid(b);
+        let text = uuid.to_string();
+        assert_eq!(text.parse::<DeviceUuid>(), Ok(uuid));
+        assert_eq!(
+            format!(" {} ", text.to_uppercase()).parse::<DeviceUuid>(),
+            Ok(uuid)
+        );
+        assert_eq!(DeviceUuid::canonical(&text.to_uppercase()), text);
+        for bad in [
+            "",
+            "nope",
+            "00112233-4455-6677-8899-aabbccddeef",
+            "0011223-34455-6677-8899-aabbccddeeff",
+            "0011223g-4455-6677-8899-aabbccddeeff",
+            "+0112233-4455-6677-8899-aabbccddeeff",
+        ] {
+            assert!(bad.parse::<DeviceUuid>().is_err(), "{bad}");
+        }
+        assert_eq!(DeviceUuid::canonical(" NOPE "), "nope");
     }
 }

@@ -11,10 +11,19 @@
 //! - [`ca`]: vprov's certificate authority for device TLS certificates;
 //! - [`device`]: the device connector (TLS-PSK, legacy TLS, Digest, WS-Management);
 //! - [`management`]: agentless management of one device (power, inventory);
-//! - [`server`]: `vprov serve`: hello listener, provisioning jobs, alert log;
+//! - [`store_thread`]: the store's single owner while the server runs;
+//! - [`views`]: record JSON and time formats shared by the API and the CLI;
+//! - [`alerts`]: the alert log and the fan-out to alert sinks;
+//! - [`plugins`]: the plugin host;
+//! - [`server`]: the server's parts: hello listener, provisioning jobs, reachability;
 //! - [`api`]: the admin API and web console `vprov serve` offers over HTTPS;
 //! - [`accounts`]: admin account password hashes and session/bearer tokens;
-//! - [`text`]: outside text made safe to store and log (size caps, escaping).
+//! - [`text`]: outside text made safe to store and log (size caps, escaping);
+//! - [`host_name`]: the host-name rule for devices that have none;
+//! - [`app`]: the composition root of `vprov serve`.
+//!
+//! The modules form layers, checked by a test (`layering.rs`): see
+//! `ARCHITECTURE.md`, Layering.
 //!
 //! `fuzzing` (feature `fuzzing`, off by default) holds the entry points of the fuzz
 //! targets in `fuzz/`.
@@ -22,7 +31,9 @@
 //! The `vprov` binary (`src/main.rs`, `src/cli/`) is a thin command line over these.
 
 pub mod accounts;
+pub mod alerts;
 pub mod api;
+pub mod app;
 pub mod ca;
 pub mod config;
 pub mod device;
@@ -32,10 +43,14 @@ pub mod fuzzing;
 pub mod hello;
 pub mod host_name;
 pub mod keys;
+#[cfg(test)]
+mod layering;
 pub mod management;
 pub mod password;
 pub mod plugins;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod store_thread;
 pub mod text;
+pub mod views;

@@ -58,7 +58,7 @@ pub struct Reach {
 }
 
 /// What `devices power` can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PowerAction {
     Status,
@@ -240,7 +240,7 @@ impl ManagedDevice {
         uuid: &str,
         reach: Reach,
     ) -> Result<ManagedDevice, ManagementError> {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid);
         let access = store
             .device_access(&uuid)?
             .ok_or_else(|| ManagementError::UnknownDevice(uuid.clone()))?;

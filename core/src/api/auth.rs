@@ -224,12 +224,33 @@ pub async fn sign_in(
             )
         });
     }
-    let name = body.name.clone();
-    let found = state.store(move |s| s.admin_password_hash(&name)).await?;
+    let role = check_password(&state, &body.name, body.password, ip).await?;
+    state.limiter.succeeded(&body.name, ip);
+    let token = start_session(&state, &body.name, ip).await?;
+    let ttl = state.settings.session_ttl;
+    let mut response = Json(json!({ "name": body.name, "role": role })).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&token, ttl.as_secs())
+            .parse()
+            .expect("cookie header"),
+    );
+    Ok(response)
+}
+
+/// The role of account `name` if `password` is its password. Hashing is deliberately
+/// slow: off the async workers, and an unknown name costs the same as a wrong
+/// password. A failure is logged (an unknown name only as a hash).
+async fn check_password(
+    state: &ApiState,
+    name: &str,
+    password: String,
+    ip: IpAddr,
+) -> ApiResult<Role> {
+    let lookup = name.to_string();
+    let found = state.store(move |s| s.admin_password_hash(&lookup)).await?;
     let known = found.is_some();
-    let password = zeroize::Zeroizing::new(body.password);
-    // Hashing is deliberately slow: off the async workers. An unknown name costs the
-    // same as a wrong password.
+    let password = zeroize::Zeroizing::new(password);
     let role = tokio::task::spawn_blocking(move || match found {
         Some((hash, role)) => accounts::verify_password(&hash, &password).then_some(role),
         None => {
@@ -239,26 +260,30 @@ pub async fn sign_in(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let Some(role) = role else {
+    role.ok_or_else(|| {
         // An existing account's name is logged; any other name only as a hash, in
         // case it was a password typed into the wrong field.
         if known {
-            tracing::warn!(name = %body.name, client = %ip, "admin API: failed sign-in");
+            tracing::warn!(name = %name, client = %ip, "admin API: failed sign-in");
         } else {
-            tracing::warn!(name_sha256 = %name_tag(&body.name), client = %ip,
+            tracing::warn!(name_sha256 = %name_tag(name), client = %ip,
                 "admin API: failed sign-in with an unknown account name");
         }
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "wrong name or password",
-        ));
-    };
-    state.limiter.succeeded(&body.name, ip);
+        ApiError::new(StatusCode::UNAUTHORIZED, "wrong name or password")
+    })
+}
+
+/// Records a new session of `name` (audited as a sign-in from `ip`); its token.
+async fn start_session(
+    state: &ApiState,
+    name: &str,
+    ip: IpAddr,
+) -> ApiResult<zeroize::Zeroizing<String>> {
     let token = accounts::new_token();
     let hash = accounts::token_hash(&token);
     let ttl = state.settings.session_ttl;
     let expires = crate::store::now_ms() + ttl.as_millis() as i64;
-    let admin = body.name.clone();
+    let admin = name.to_string();
     state
         .store(move |s| {
             let actor = format!("api:{admin}");
@@ -277,14 +302,7 @@ pub async fn sign_in(
             )
         })
         .await?;
-    let mut response = Json(json!({ "name": body.name, "role": role })).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie(&token, ttl.as_secs())
-            .parse()
-            .expect("cookie header"),
-    );
-    Ok(response)
+    Ok(token)
 }
 
 /// A hash of a random secret, so an unknown account name takes as long to refuse as

@@ -8,58 +8,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::keys::time;
 use super::{ApiError, ApiResult, Body, Params, Segment, State};
 use crate::management::{power_state_name, ManagedDevice, PowerAction};
-use crate::store::{
-    AlertFilter, AlertRecord, AuditRecord, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
-    Severity,
-};
-
-/// A device as the API shows it (no credentials).
-pub fn device_json(d: &DeviceRecord) -> Value {
-    json!({
-        "uuid": d.uuid,
-        "host_name": d.host_name,
-        "address": d.address,
-        "amt_version": d.amt_version,
-        "state": d.state,
-        "management_mode": d.management_mode,
-        "agent_profile": d.agent_profile,
-        "ssh_host_key": d.ssh_host_key,
-        "provisioned_pid": d.provisioned_pid,
-        "provisioned_at": time(d.provisioned_at),
-        "last_contact_at": d.last_contact_at.map(time),
-        "reachable": d.reachable,
-    })
-}
-
-pub fn alert_json(a: &AlertRecord) -> Value {
-    json!({
-        "id": a.id,
-        "at": time(a.at),
-        "last_seen": time(a.last_seen),
-        "count": a.count,
-        "severity": a.severity,
-        "source": a.source,
-        "message": a.message,
-        "pid": a.pid,
-        "device_uuid": a.device_uuid,
-        "address": a.address,
-        "acknowledged_at": a.acknowledged_at.map(time),
-        "acknowledged_by": a.acknowledged_by,
-    })
-}
-
-pub fn audit_json(e: &AuditRecord) -> Value {
-    json!({
-        "id": e.id,
-        "at": time(e.at),
-        "actor": e.actor,
-        "action": e.action,
-        "detail": e.detail,
-    })
-}
+use crate::store::{AlertFilter, DeviceFilter, DeviceState, ManagementMode, Severity};
+use crate::views::{alert_json, audit_json, device_json, time_ms as time};
 
 /// `GET /dashboard`.
 pub async fn dashboard(state: State, _caller: Caller) -> ApiResult<Json<Value>> {
@@ -123,7 +75,7 @@ pub async fn list(
 }
 
 fn canonical(uuid: &str) -> String {
-    uuid.trim().to_ascii_lowercase()
+    crate::hello::DeviceUuid::canonical(uuid)
 }
 
 /// `GET /devices/{uuid}`: the device and its stored inventory.
@@ -167,8 +119,8 @@ pub async fn manage(
         return Err(ApiError::bad_request("name at least one device"));
     }
     let actor = caller.actor();
-    match body.mode.as_str() {
-        "agentless" => {
+    match body.mode.parse::<ManagementMode>() {
+        Ok(ManagementMode::Agentless) => {
             if body.profile.is_some() {
                 return Err(ApiError::bad_request("a profile is for mode \"agent\""));
             }
@@ -187,7 +139,7 @@ pub async fn manage(
                 .await?;
             Ok(Json(json!({ "managed": uuids, "failed": [] })))
         }
-        "agent" => {
+        Ok(ManagementMode::Agent) => {
             let u = uuids.clone();
             let devices = state
                 .store(move |s| {
@@ -214,8 +166,9 @@ pub async fn manage(
             }
             Ok(Json(json!({ "managed": managed, "failed": failed })))
         }
-        other => Err(ApiError::bad_request(format!(
-            "mode {other:?}: use \"agentless\" or \"agent\""
+        Err(_) => Err(ApiError::bad_request(format!(
+            "mode {:?}: use \"agentless\" or \"agent\"",
+            body.mode
         ))),
     }
 }

@@ -18,9 +18,9 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
 use super::auth::Caller;
-use super::devices::{alert_json, device_json};
 use super::{ApiError, ApiResult, ApiState, State};
 use crate::store::{AlertFilter, DeviceFilter};
+use crate::views::{alert_json, device_json};
 
 /// How often the store is looked at for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);

@@ -21,21 +21,11 @@ use crate::keys::Pid;
 use crate::password::ProvisioningPassword;
 use crate::plugins::export;
 use crate::store::{BatchSummary, KeyFilter, KeyRecord, KeyState, StoreError};
+use crate::views::time_ms as time;
 use vprov_sdk::abi::{ExportFormat, ExportRequest};
 
 /// The largest batch the API reveals at once (an export carries any size).
 const MAX_REVEAL: u64 = 100_000;
-
-/// An RFC 3339 UTC time with milliseconds.
-pub fn time(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
 
 fn batch_json(b: &BatchSummary) -> Value {
     json!({

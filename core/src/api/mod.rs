@@ -31,11 +31,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::alerts::AlertLog;
 use crate::management::{ManagementError, Reach};
 use crate::plugins::PluginHost;
-use crate::server::alerts::AlertLog;
-use crate::server::store_thread::{StoreClosed, StoreHandle};
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::store_thread::{StoreClosed, StoreHandle};
 
 /// How `vprov serve` offers the API.
 #[derive(Debug, Clone)]
@@ -205,6 +205,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 }
 
 impl ApiState {
+    /// The state of an API on the running server's store thread, alert log and
+    /// plugin host; `stop` turns true when the server stops.
+    pub fn new(
+        settings: ApiSettings,
+        store: StoreHandle,
+        alerts: AlertLog,
+        plugins: PluginHost,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> ApiState {
+        ApiState {
+            settings,
+            store,
+            alerts,
+            plugins,
+            events: Default::default(),
+            limiter: Default::default(),
+            generations: Default::default(),
+            stop,
+        }
+    }
+
     /// Runs `f` on the store thread.
     pub async fn store<T: Send + 'static>(
         &self,
@@ -431,10 +452,13 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
+mod openapi_tests;
+
+#[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::alerts::AlertSinks;
     use crate::device::DeviceTimeouts;
-    use crate::plugins::sinks::AlertSinks;
     use crate::plugins::HostSettings;
 
     /// The API's state on a store in `dir` holding one batch of `keys` keys (its id
@@ -463,8 +487,8 @@ pub(crate) mod testing {
             None,
             AlertSinks::default(),
         );
-        let state = ApiState {
-            settings: ApiSettings {
+        let state = ApiState::new(
+            ApiSettings {
                 certificate: None,
                 names: Vec::new(),
                 session_ttl: Duration::from_secs(3600),
@@ -479,11 +503,8 @@ pub(crate) mod testing {
             store,
             alerts,
             plugins,
-            events: Default::default(),
-            limiter: Default::default(),
-            generations: Default::default(),
-            stop: tokio::sync::watch::channel(false).1,
-        };
+            tokio::sync::watch::channel(false).1,
+        );
         (Arc::new(state), batch)
     }
 

@@ -9,6 +9,8 @@ use clap::Subcommand;
 use vprov_core::accounts;
 use vprov_core::store::{CredentialKind, Role};
 
+use super::choices::RoleChoice;
+
 use super::output::{self, outln, ListFormat};
 use super::{actor, input, Context};
 
@@ -25,7 +27,7 @@ pub enum AdminCommand {
         /// admin: everything; operator: no PPS or credential reveals, no provisioning
         /// password change
         #[arg(long, value_enum, default_value = "admin")]
-        role: Role,
+        role: RoleChoice,
         /// Read the password from the first line of standard input instead of prompting
         /// (leading or trailing whitespace is refused as a copy-and-paste accident)
         #[arg(long)]
@@ -68,6 +70,7 @@ pub enum CaCommand {
 pub fn admin(cmd: AdminCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match cmd {
         AdminCommand::Add { name, role, stdin } => {
+            let role = Role::from(role);
             accounts::check_name(&name)?;
             let password = if stdin {
                 input::secret_line("the password")?

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vprov_core::keys::{Pid, Pps};
 use vprov_core::store::{KeyFilter, KeyRecord, KeyState, RevokeOutcome, Store};
 
+use super::choices::KeyStateChoice;
 use super::output::{self, outln, KeyListFormat, ListFormat, PrivateFile};
 use super::{actor, Context};
 
@@ -39,7 +40,7 @@ pub enum KeysCommand {
         /// Only keys in this state (`--state available --reveal --format json` is
         /// what amtsim reads)
         #[arg(long, value_enum)]
-        state: Option<KeyState>,
+        state: Option<KeyStateChoice>,
         /// Only this key (dashes and lower case accepted)
         #[arg(long, value_name = "PID")]
         pid: Option<String>,
@@ -166,7 +167,11 @@ pub fn run(cmd: KeysCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             let pid = pid
                 .map(|p| p.parse::<Pid>().with_context(|| format!("--pid {p:?}")))
                 .transpose()?;
-            let filter = KeyFilter { batch, state, pid };
+            let filter = KeyFilter {
+                batch,
+                state: state.map(KeyState::from),
+                pid,
+            };
             match output {
                 Some(path) => list_to_file(ctx, filter, reveal, format, &path, force),
                 None => {

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch to the subcommands.
 
 mod admin;
+mod choices;
 mod input;
 mod keys;
 mod output;

@@ -6,9 +6,6 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
-
 /// `println!` to standard output that returns the `io::Result` of the write instead of
 /// panicking; use it with `?`.
 macro_rules! outln {
@@ -121,13 +118,7 @@ impl Drop for PrivateFile {
     }
 }
 
-/// A store time stamp (Unix milliseconds) as RFC 3339 UTC, to the second.
-pub fn time(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use vprov_core::views::time_s as time;
 
 /// An optional value for a table cell.
 pub fn cell(value: Option<&str>) -> String {
@@ -163,13 +154,4 @@ pub fn json(value: &serde_json::Value) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     out.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn time_stamps_are_rfc3339_utc() {
-        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::time(1_764_000_000_999), "2025-11-24T16:00:00Z");
-    }
 }

@@ -9,13 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
-use vprov_core::config::Config;
-use vprov_core::plugins::sinks::AlertSinks;
+use vprov_core::alerts::AlertLog;
+use vprov_core::alerts::AlertSinks;
+use vprov_core::app::host_settings;
 use vprov_core::plugins::{
     export, instances, HostSettings, InstanceReport, PluginHost, ServerLink, StatusSnapshot,
 };
-use vprov_core::server::alerts::AlertLog;
-use vprov_core::server::store_thread::StoreHandle;
+use vprov_core::store_thread::StoreHandle;
 
 use vprov_sdk::{ExportFormat, PluginKinds};
 
@@ -34,21 +34,6 @@ pub enum PluginsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
-}
-
-/// The plugin host settings for `config`, instantiating only `kinds`, for a one-shot
-/// command (which leaves the server's status snapshot alone).
-pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
-    HostSettings {
-        publishes_status: false,
-        plugin_dir: config.plugin_dir(),
-        config_path: config.plugin_config(),
-        data_dir: config.data_dir.clone(),
-        call_timeout: config.plugins.call_timeout,
-        max_calls_per_instance: config.plugins.max_calls_per_instance,
-        sink_queue: config.plugins.sink_queue,
-        kinds,
-    }
 }
 
 /// A runtime for one command that, when dropped, does not wait for blocking threads:
@@ -151,7 +136,7 @@ pub fn deploy_agents(
     let store = ctx.store()?;
     let mut devices = Vec::new();
     for uuid in uuids {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = vprov_core::hello::DeviceUuid::canonical(uuid);
         let device = store
             .device(&uuid)?
             .ok_or_else(|| anyhow!("no device with UUID {uuid}; nothing was deployed"))?;

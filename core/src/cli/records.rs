@@ -2,15 +2,17 @@
 
 use std::process::ExitCode;
 
+use super::choices::{DeviceStateChoice, PowerChoice, SeverityChoice};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
-use vprov_core::api::devices::{alert_json, audit_json, device_json};
-use vprov_core::device::{DeviceError, DeviceTimeouts, Inventory};
+use vprov_core::device::{DeviceError, Inventory};
+use vprov_core::hello::DeviceUuid;
 use vprov_core::management::{power_state_name, ManagedDevice, PowerAction, Reach};
 use vprov_core::password::ProvisioningPassword;
 use vprov_core::store::{DeviceFilter, DeviceState, ManagementMode, Severity};
 use vprov_core::text::escape_control;
+use vprov_core::views::{alert_json, audit_json, device_json};
 use zeroize::Zeroizing;
 
 use super::output::{self, cell, outln, ListFormat};
@@ -99,7 +101,7 @@ pub enum DevicesCommand {
         uuid: String,
         /// What to do
         #[arg(value_enum)]
-        action: PowerAction,
+        action: PowerChoice,
     },
     /// Read a managed device's hardware and firmware inventory over AMT and store it
     ///
@@ -141,7 +143,7 @@ pub enum DevicesCommand {
     List {
         /// Only devices in this state
         #[arg(long, value_enum)]
-        state: Option<DeviceState>,
+        state: Option<DeviceStateChoice>,
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
@@ -154,7 +156,7 @@ pub enum AlertsCommand {
     List {
         /// Only alerts of at least this severity
         #[arg(long, value_enum)]
-        severity: Option<Severity>,
+        severity: Option<SeverityChoice>,
         /// At most this many alerts
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -246,35 +248,10 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
             return super::plugins::deploy_agents(ctx, &uuids, profile);
         }
-        DevicesCommand::ForgetHostKey { uuid } => {
-            let uuid = uuid.trim().to_ascii_lowercase();
-            let mut store = ctx.store()?;
-            if store.device(&uuid)?.is_none() {
-                bail!("no device with UUID {uuid}");
-            }
-            match store.forget_host_key(&uuid, &actor())? {
-                Some(fingerprint) => outln!(
-                    "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
-                )?,
-                None => outln!("device {uuid} has no recorded SSH host key")?,
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        DevicesCommand::Retry { uuid } => {
-            let uuid = uuid.trim().to_ascii_lowercase();
-            match ctx.store()?.retry_device(&uuid, &actor())? {
-                Some(b) => println!(
-                    "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
-                    b.failures, b.cause
-                ),
-                None => println!(
-                    "device {uuid} is not waiting: its next hello starts a job anyway"
-                ),
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+        DevicesCommand::ForgetHostKey { uuid } => return forget_host_key(ctx, &uuid),
+        DevicesCommand::Retry { uuid } => return retry(ctx, &uuid),
         DevicesCommand::Unmanage { uuids } => return move_devices(ctx, &uuids, None),
-        DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action),
+        DevicesCommand::Power { uuid, action } => return power(ctx, &uuid, action.into()),
         DevicesCommand::Password { uuid, stdin, .. } => {
             return change_device_password(ctx, &uuid, stdin)
         }
@@ -284,7 +261,47 @@ pub fn devices(cmd: DevicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             format,
         } => return inventory(ctx, &uuid, cached, format),
     };
-    let devices = ctx.store()?.devices(&DeviceFilter { state })?;
+    list_devices(ctx, state, format)
+}
+
+/// `devices forget-host-key`.
+fn forget_host_key(ctx: &Context, uuid: &str) -> anyhow::Result<ExitCode> {
+    let uuid = DeviceUuid::canonical(uuid);
+    let mut store = ctx.store()?;
+    if store.device(&uuid)?.is_none() {
+        bail!("no device with UUID {uuid}");
+    }
+    match store.forget_host_key(&uuid, &actor())? {
+        Some(fingerprint) => outln!(
+            "device {uuid}: SSH host key {fingerprint} forgotten; the next connection records the key it finds"
+        )?,
+        None => outln!("device {uuid} has no recorded SSH host key")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices retry`.
+fn retry(ctx: &Context, uuid: &str) -> anyhow::Result<ExitCode> {
+    let uuid = DeviceUuid::canonical(uuid);
+    match ctx.store()?.retry_device(&uuid, &actor())? {
+        Some(b) => println!(
+            "device {uuid}: its next hello starts a job at once (it had failed {} time(s), last at step {})",
+            b.failures, b.cause
+        ),
+        None => println!("device {uuid} is not waiting: its next hello starts a job anyway"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `devices list`.
+fn list_devices(
+    ctx: &Context,
+    state: Option<DeviceStateChoice>,
+    format: ListFormat,
+) -> anyhow::Result<ExitCode> {
+    let devices = ctx.store()?.devices(&DeviceFilter {
+        state: state.map(DeviceState::from),
+    })?;
     match format {
         ListFormat::Json => {
             output::json(&json!(devices.iter().map(device_json).collect::<Vec<_>>()))?
@@ -347,7 +364,7 @@ pub fn alerts(cmd: AlertsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let alerts = ctx.store()?.alerts(severity, limit)?;
+    let alerts = ctx.store()?.alerts(severity.map(Severity::from), limit)?;
     match format {
         ListFormat::Json => {
             output::json(&json!(alerts.iter().map(alert_json).collect::<Vec<_>>()))?
@@ -424,10 +441,7 @@ fn move_devices(
     uuids: &[String],
     mode: Option<ManagementMode>,
 ) -> anyhow::Result<ExitCode> {
-    let canonical: Vec<String> = uuids
-        .iter()
-        .map(|u| u.trim().to_ascii_lowercase())
-        .collect();
+    let canonical: Vec<String> = uuids.iter().map(|u| DeviceUuid::canonical(u)).collect();
     let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
     ctx.store()?
         .set_device_management(&refs, mode, None, &actor(), json!(null))?;
@@ -441,13 +455,7 @@ fn move_devices(
 
 /// How commands reach devices, from the configuration.
 fn reach(ctx: &Context) -> Reach {
-    Reach {
-        device_port: ctx.config.provisioning.device_port,
-        timeouts: DeviceTimeouts {
-            connect: ctx.config.provisioning.connect_timeout,
-            request: ctx.config.provisioning.step_timeout,
-        },
-    }
+    vprov_core::app::reach(&ctx.config, None)
 }
 
 /// `devices power`: one WS-Management session with the device over verified TLS.
@@ -469,7 +477,7 @@ fn inventory(
     format: ListFormat,
 ) -> anyhow::Result<ExitCode> {
     let (inventory, at) = if cached {
-        let uuid = uuid.trim().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid);
         let (text, at) = ctx.store()?.device_inventory(&uuid)?.with_context(|| {
             format!("no inventory stored for device {uuid}: run `vprov devices inventory {uuid}`")
         })?;

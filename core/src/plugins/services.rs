@@ -11,6 +11,7 @@ use vprov_sdk::abi::{
 };
 
 use super::ServerLink;
+use crate::hello::DeviceUuid;
 use crate::store::{
     DeviceRecord, HostKeyStatus, NewAlert, Severity as CoreSeverity, SshPublicKey, Store,
     StoreError,
@@ -54,7 +55,7 @@ impl HostServices for CoreServices {
     }
 
     fn device(&self, uuid: RStr<'_>) -> RResult<ROption<DeviceInfo>, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         self.with_store("device lookups", move |s| s.device(&uuid))
             .map(|device| device.map(device_info).into())
             .into()
@@ -65,7 +66,7 @@ impl HostServices for CoreServices {
         uuid: RStr<'_>,
         public_key: RStr<'_>,
     ) -> RResult<HostKeyCheck, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         let key = match SshPublicKey::parse(public_key.as_str()) {
             Ok(key) => key,
             Err(e) => return RResult::RErr(PluginError::failed(e.to_string())),
@@ -96,7 +97,7 @@ impl HostServices for CoreServices {
         uuid: RStr<'_>,
         profile: RStr<'_>,
     ) -> RResult<RString, PluginError> {
-        let uuid = uuid.as_str().to_ascii_lowercase();
+        let uuid = DeviceUuid::canonical(uuid.as_str());
         let profile = profile.to_string();
         let actor = super::plugin_source(&self.instance);
         self.with_store("enrollment tokens", move |s| {
@@ -138,15 +139,6 @@ pub fn core_severity(s: Severity) -> CoreSeverity {
     }
 }
 
-pub fn sdk_severity(s: CoreSeverity) -> Severity {
-    match s {
-        CoreSeverity::Info => Severity::INFO,
-        CoreSeverity::Warning => Severity::WARNING,
-        CoreSeverity::Error => Severity::ERROR,
-        CoreSeverity::Critical => Severity::CRITICAL,
-    }
-}
-
 /// A device record as plugins see it (no credentials).
 pub fn device_info(d: DeviceRecord) -> DeviceInfo {
     DeviceInfo {
@@ -172,7 +164,7 @@ mod tests {
             CoreSeverity::Error,
             CoreSeverity::Critical,
         ] {
-            assert_eq!(core_severity(sdk_severity(s)), s);
+            assert_eq!(core_severity(crate::alerts::sdk_severity(s)), s);
         }
         assert_eq!(core_severity(Severity(200)), CoreSeverity::Error);
     }

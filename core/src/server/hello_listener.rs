@@ -17,12 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::alerts::AlertLog;
 use super::jobs::{AcceptedHello, JobManager};
-use super::store_thread::StoreHandle;
+use crate::alerts::AlertLog;
 use crate::hello::{self, Hello};
 use crate::keys::Pid;
 use crate::store::{NewAlert, PidLookup, Severity};
+use crate::store_thread::StoreHandle;
 
 /// Largest hello accepted (a v3 hello with the most hashes is well under 1 KiB).
 pub const MAX_HELLO_BYTES: usize = 4096;

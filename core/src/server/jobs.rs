@@ -2,9 +2,10 @@
 //! device to the device record in the store.
 //!
 //! [`JobManager`] absorbs repeated hellos (one job per PID and per device at a time)
-//! and caps how many jobs run at once. [`ProvisioningJob`] runs the steps of
-//! `../shared/docs/amt-protocol.md` §4.3 through the device connector, each under a
-//! timeout. Before it changes anything on the device it records its intent (PID,
+//! and caps how many jobs run at once. Each job runs the provisioning steps
+//! (`docs/protocol-notes.md`) through the device connector, each under a timeout, as
+//! small steps sharing one `JobContext`: every path (TLS-PSK today) reuses the steps
+//! after its login. Before it changes anything on the device it records its intent (PID,
 //! device, the new admin credential — sealed) in the store; a failure or crash keeps
 //! that intent so the next attempt (or [`JobManager::resume_pending`] after a restart)
 //! can log in with whichever credential the device now holds. The PID is marked used
@@ -20,15 +21,16 @@ use tokio::sync::Semaphore;
 use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
-use super::alerts::AlertLog;
-use super::store_thread::StoreHandle;
+use crate::alerts::AlertLog;
 use crate::ca::CertificateAuthority;
-use crate::device::{AmtSession, DeviceError, DeviceTimeouts};
+use crate::device::{AmtSession, DeviceError, DeviceTimeouts, GeneralSettings};
 use crate::hello::DeviceUuid;
 use crate::host_name::HostNameTemplate;
 use crate::keys::{Pid, Pps};
+use crate::password::ProvisioningPassword;
 use crate::plugins::PluginHost;
-use crate::store::{JobIntent, NewAlert, ProvisionedDevice, Severity};
+use crate::store::{JobIntent, JobStep, NewAlert, ProvisionedDevice, Severity};
+use crate::store_thread::StoreHandle;
 
 /// The AMT account vprov provisions with.
 const ADMIN_USER: &str = "admin";
@@ -160,6 +162,34 @@ impl JobFailure {
     }
 }
 
+/// A store failure: the job cannot go on, and the admin must look.
+fn store_failure(e: impl std::fmt::Display) -> JobFailure {
+    JobFailure {
+        step: "store",
+        error: e.to_string(),
+        severity: Severity::Critical,
+    }
+}
+
+/// What the steps of one provisioning job share, whichever way it logged in.
+struct JobContext {
+    /// The device as its hello named it (`GetUuid` must agree).
+    hello_uuid: DeviceUuid,
+    address: IpAddr,
+    /// The device's TLS / TLS-PSK service.
+    device: SocketAddr,
+    /// The job's recorded intent (its new credential, any certificate issued).
+    intent: JobIntent,
+    /// The logged-in session of the setup connection.
+    session: AmtSession,
+}
+
+/// What the job read of the device before changing it.
+struct DeviceFacts {
+    settings: GeneralSettings,
+    amt_version: String,
+}
+
 /// A just-provisioned device as post-provision actions see it.
 fn post_provision_view(record: &ProvisionedDevice, pid: &Pid) -> DeviceInfo {
     DeviceInfo {
@@ -275,7 +305,7 @@ impl JobManager {
             Err(_) => return,
         };
         for intent in pending {
-            if intent.step == "commit" {
+            if intent.step == JobStep::Commit {
                 // Hellos for this PID or device are absorbed while the job resumes.
                 let Ok(address) = intent.address.parse::<IpAddr>() else {
                     continue;
@@ -368,19 +398,52 @@ impl Inner {
         }
     }
 
+    /// The TLS-PSK path: the job's intent, a PSK login, then the steps every path
+    /// shares (credential, host name, clock, TLS, commit, confirm, record).
     async fn provision(&self, hello: AcceptedHello) -> Result<(), JobFailure> {
-        let store_failure = |e: String| JobFailure {
-            step: "store",
-            error: e,
-            severity: Severity::Critical,
+        let (provisioning_password, intent) = self.begin(&hello).await?;
+        let device = SocketAddr::new(hello.address, self.settings.device_port);
+        let session = self
+            .login_psk(&hello, &intent, device, provisioning_password.expose())
+            .await?;
+        let mut job = JobContext {
+            hello_uuid: hello.uuid,
+            address: hello.address,
+            device,
+            intent,
+            session,
         };
-        let uuid = hello.uuid.to_string();
+        let facts = self.identify(&mut job).await?;
+        self.set_credential(&mut job, &facts.settings).await?;
+        let host_name = self.name_device(&mut job, &facts.settings).await?;
+        self.sync_clock(&mut job).await?;
+        let certificate = self
+            .tls_certificate(&mut job, &host_name, &facts.amt_version)
+            .await?;
+        self.commit(&mut job).await?;
+        let record = ProvisionedDevice {
+            uuid: job.hello_uuid.to_string(),
+            host_name: Some(host_name),
+            address: job.address.to_string(),
+            amt_version: Some(facts.amt_version),
+            admin_user: ADMIN_USER.into(),
+            certificate_der: certificate,
+        };
+        self.confirm_and_record(job, record).await
+    }
+
+    /// Reads the provisioning password, picks the device's new admin credential and
+    /// records the job's intent: from here on a crash never loses that credential.
+    async fn begin(
+        &self,
+        hello: &AcceptedHello,
+    ) -> Result<(ProvisioningPassword, JobIntent), JobFailure> {
         let provisioning_password = self
             .store
             .call(|s| s.provisioning_password())
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(store_failure)?
+            .map_err(store_failure)?
             .ok_or(JobFailure {
                 step: "provisioning password",
                 error: "no provisioning password is set (vprov password set)".into(),
@@ -391,22 +454,21 @@ impl Inner {
         } else {
             Zeroizing::new(crate::password::generate().expose().to_string())
         };
-
-        // Intent first: from here on a crash never loses the device's new credential.
-        let (pid, addr, pw) = (hello.pid, hello.address.to_string(), new_password.clone());
-        let uuid_c = uuid.clone();
+        let (pid, addr, pw) = (hello.pid, hello.address.to_string(), new_password);
+        let uuid = hello.uuid.to_string();
         let intent = self
             .store
-            .call(move |s| s.begin_job(&pid, &uuid_c, &addr, &pw))
+            .call(move |s| s.begin_job(&pid, &uuid, &addr, &pw))
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(store_failure)?
+            .map_err(store_failure)?
             .ok_or(JobFailure {
                 step: "start",
                 error: "the PID is no longer available".into(),
                 severity: Severity::Warning,
             })?;
-        if intent.step == "commit"
+        let uuid = hello.uuid.to_string();
+        if intent.step == JobStep::Commit
             && (intent.device_uuid != uuid || intent.address != hello.address.to_string())
         {
             // That device committed (it sends no more hellos) and its job is being
@@ -421,36 +483,51 @@ impl Inner {
                 severity: Severity::Warning,
             });
         }
-        let device = SocketAddr::new(hello.address, self.settings.device_port);
-        let t = self.settings.timeouts;
+        Ok((provisioning_password, intent))
+    }
 
-        // Log in over TLS-PSK: the provisioning password, or, if an earlier attempt
-        // already set it, the credential recorded in the intent.
-        let mut session = match AmtSession::connect_psk(
+    /// Logs in over TLS-PSK with the provisioning password (`identify` falls back to
+    /// the credential an earlier attempt may have set).
+    async fn login_psk(
+        &self,
+        hello: &AcceptedHello,
+        intent: &JobIntent,
+        device: SocketAddr,
+        provisioning_password: &str,
+    ) -> Result<AmtSession, JobFailure> {
+        let t = self.settings.timeouts;
+        match AmtSession::connect_psk(
             device,
             &hello.pid,
             &hello.pps,
             ADMIN_USER,
-            provisioning_password.expose(),
+            provisioning_password,
             t,
         )
         .await
         {
-            Ok(s) => s,
+            Ok(s) => Ok(s),
             Err(DeviceError::PskMismatch) => {
-                self.forget_unless_resumed(&intent).await;
-                return Err(JobFailure {
+                self.forget_unless_resumed(intent).await;
+                Err(JobFailure {
                     step: "TLS-PSK handshake",
                     error: "PID/PPS mismatch: the device holds a different PPS for this PID; re-enter the pair in MEBx".into(),
                     severity: Severity::Error,
-                });
+                })
             }
-            Err(e) => return Err(self.fail_early(&intent, "connect", e).await),
-        };
+            Err(e) => Err(self.fail_early(intent, "connect", e).await),
+        }
+    }
+
+    /// Reads the device's general settings (with the intent's credential if the
+    /// logged-in one is refused: an earlier attempt may have set it) and AMT version,
+    /// and checks that `GetUuid` names the device the hello named.
+    async fn identify(&self, job: &mut JobContext) -> Result<DeviceFacts, JobFailure> {
+        let session = &mut job.session;
         let settings = match session.general_settings().await {
             Ok(s) => s,
             Err(DeviceError::Unauthorized) => {
-                session.set_password(&intent.new_password);
+                session.set_password(&job.intent.new_password);
                 session
                     .general_settings()
                     .await
@@ -469,35 +546,55 @@ impl Inner {
             .amt_version()
             .await
             .map_err(JobFailure::at("read AMT version"))?;
-        let device_uuid = session
-            .get_uuid()
-            .await
-            .map_err(JobFailure::at("GetUuid"))?;
-        if DeviceUuid(device_uuid) != hello.uuid {
-            self.forget_unless_resumed(&intent).await;
+        let device_uuid = DeviceUuid(
+            session
+                .get_uuid()
+                .await
+                .map_err(JobFailure::at("GetUuid"))?,
+        );
+        if device_uuid != job.hello_uuid {
+            self.forget_unless_resumed(&job.intent).await;
             return Err(JobFailure {
                 step: "GetUuid",
                 error: format!(
-                    "UUID mismatch: the hello said {}, the device says {}",
-                    hello.uuid,
-                    DeviceUuid(device_uuid)
+                    "UUID mismatch: the hello said {}, the device says {device_uuid}",
+                    job.hello_uuid
                 ),
                 severity: Severity::Error,
             });
         }
+        Ok(DeviceFacts {
+            settings,
+            amt_version,
+        })
+    }
 
-        session
-            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
+    /// Sets the device's admin credential to the one the intent recorded.
+    async fn set_credential(
+        &self,
+        job: &mut JobContext,
+        settings: &GeneralSettings,
+    ) -> Result<(), JobFailure> {
+        job.session
+            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &job.intent.new_password)
             .await
             .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
-        session.set_password(&intent.new_password);
+        job.session.set_password(&job.intent.new_password);
+        Ok(())
+    }
 
-        // CommitChanges refuses a device with DHCP on and no host name (2057): name
-        // it by the configured rule when it has none.
+    /// Names the device by the configured rule when it has no host name
+    /// (CommitChanges refuses a device with DHCP on and no host name: 2057), and sets
+    /// the configured domain; returns the device's host name.
+    async fn name_device(
+        &self,
+        job: &mut JobContext,
+        settings: &GeneralSettings,
+    ) -> Result<String, JobFailure> {
         let host_name = if settings.host_name.is_empty() {
             self.settings
                 .host_name_template
-                .render(hello.uuid, hello.address)
+                .render(job.hello_uuid, job.address)
         } else {
             settings.host_name.clone()
         };
@@ -507,69 +604,94 @@ impl Inner {
                 .domain
                 .as_deref()
                 .unwrap_or(&settings.domain_name);
-            session
+            job.session
                 .set_host_name(&host_name, domain)
                 .await
                 .map_err(JobFailure::at("set host name"))?;
         }
-        let ta0 = session
+        Ok(host_name)
+    }
+
+    /// Synchronises the device's clock with vprov's.
+    async fn sync_clock(&self, job: &mut JobContext) -> Result<(), JobFailure> {
+        let ta0 = job
+            .session
             .low_accuracy_time()
             .await
             .map_err(JobFailure::at("GetLowAccuracyTimeSynch"))?;
         let now = unix_seconds();
-        session
+        job.session
             .set_high_accuracy_time(ta0, now, now)
             .await
-            .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
+            .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))
+    }
 
+    /// The certificate the device presents from now on: the one an earlier attempt
+    /// installed and linked (reused rather than piling up key pairs: AMT allows one
+    /// credential context), or a new one ([`Inner::install_certificate`]).
+    async fn tls_certificate(
+        &self,
+        job: &mut JobContext,
+        host_name: &str,
+        amt_version: &str,
+    ) -> Result<Vec<u8>, JobFailure> {
         // Only a resumed job can find a context of its own: a fresh intent means no
         // earlier attempt got past the credential change.
-        let has_context = intent.resumed
-            && session
+        let has_context = job.intent.resumed
+            && job
+                .session
                 .has_tls_credential_context()
                 .await
                 .map_err(JobFailure::at("read TLS credential context"))?;
-        let certificate =
-            match (&intent.certificate_der, has_context) {
-                // An earlier attempt installed our certificate and linked it; reuse it
-                // rather than piling up key pairs (AMT allows one credential context).
-                (Some(issued), true) => issued.clone(),
-                (None, true) => return Err(JobFailure {
-                    step: "read TLS credential context",
-                    error:
-                        "the device already has a TLS credential context that vprov did not create"
-                            .into(),
-                    severity: Severity::Error,
-                }),
-                (_, false) => {
-                    self.install_certificate(&mut session, intent.id, &host_name, &amt_version)
-                        .await?
-                }
-            };
-        session
+        match (&job.intent.certificate_der, has_context) {
+            (Some(issued), true) => Ok(issued.clone()),
+            (None, true) => Err(JobFailure {
+                step: "read TLS credential context",
+                error: "the device already has a TLS credential context that vprov did not create"
+                    .into(),
+                severity: Severity::Error,
+            }),
+            (_, false) => {
+                self.install_certificate(&mut job.session, job.intent.id, host_name, amt_version)
+                    .await
+            }
+        }
+    }
+
+    /// Enables TLS (and on the local interface if configured), records that the job
+    /// is committing, and commits.
+    async fn commit(&self, job: &mut JobContext) -> Result<(), JobFailure> {
+        job.session
             .enable_tls(self.settings.local_tls)
             .await
             .map_err(JobFailure::at("enable TLS"))?;
-
-        self.step(intent.id, "commit").await;
-        session
+        self.step(job.intent.id, JobStep::Commit).await;
+        job.session
             .commit_changes()
             .await
-            .map_err(JobFailure::at("CommitChanges"))?;
-        drop(session);
+            .map_err(JobFailure::at("CommitChanges"))
+    }
 
-        let record = ProvisionedDevice {
-            uuid,
-            host_name: Some(host_name),
-            address: hello.address.to_string(),
-            amt_version: Some(amt_version),
-            admin_user: ADMIN_USER.into(),
-            certificate_der: certificate,
-        };
+    /// Confirms the device over TLS pinned to `record`'s certificate with its new
+    /// credential, then records it (marking the PID used) and hands it to the
+    /// post-provision actions.
+    async fn confirm_and_record(
+        &self,
+        job: JobContext,
+        record: ProvisionedDevice,
+    ) -> Result<(), JobFailure> {
+        let JobContext {
+            hello_uuid,
+            device,
+            intent,
+            session,
+            ..
+        } = job;
+        drop(session);
         self.confirm_tls(
             device,
             &intent.new_password,
-            hello.uuid,
+            hello_uuid,
             &record.certificate_der,
         )
         .await
@@ -584,8 +706,8 @@ impl Inner {
                 s.clear_job_backoff(&uuid).map(drop)
             })
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?;
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
         self.provisioned(device);
         Ok(())
     }
@@ -793,7 +915,7 @@ impl Inner {
         }
     }
 
-    async fn step(&self, job: i64, step: &'static str) {
+    async fn step(&self, job: i64, step: JobStep) {
         let _ = self.store.call(move |s| s.set_job_step(job, step)).await;
     }
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use super::alerts::AlertLog;
-use super::store_thread::StoreHandle;
+use crate::alerts::AlertLog;
 use crate::device::{DeviceError, DeviceTimeouts};
 use crate::management::{CredentialSettled, DeviceLink, Reach};
 use crate::store::{DeviceFilter, DeviceState, NewAlert, Severity};
+use crate::store_thread::StoreHandle;
 
 /// Devices checked at once.
 const CONCURRENT_CHECKS: usize = 16;

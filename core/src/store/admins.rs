@@ -8,7 +8,7 @@ use super::records::audit;
 use super::{now_ms, Store, StoreError};
 
 /// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.

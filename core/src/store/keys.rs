@@ -15,9 +15,7 @@ use super::{now_ms, Store, StoreError};
 use crate::keys::{KeyGenerator, Pid, Pps};
 
 /// Life cycle of a provisioning key.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Available,

@@ -44,7 +44,7 @@ pub use alerts::{
 };
 pub use backoff::JobBackoff;
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
-pub use provisioning::{JobIntent, PidLookup, ProvisionedDevice};
+pub use provisioning::{JobIntent, JobStep, PidLookup, ProvisionedDevice};
 pub use records::{
     AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,
     PasswordStatus, Severity,

@@ -10,7 +10,8 @@
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
-use super::records::audit;
+use super::keys::KeyState;
+use super::records::{audit, parse_col};
 use super::{now_ms, Store, StoreError};
 use crate::keys::{Pid, Pps};
 
@@ -35,7 +36,7 @@ pub struct JobIntent {
     pub pid: Pid,
     pub device_uuid: String,
     pub address: String,
-    pub step: String,
+    pub step: JobStep,
     /// The admin password the job sets on the device (sealed in the store).
     pub new_password: zeroize::Zeroizing<String>,
     /// The certificate issued for the device, once the job got that far.
@@ -43,6 +44,39 @@ pub struct JobIntent {
     /// An earlier attempt left this intent (it crashed or failed after it may have
     /// changed the device), so the device may hold `new_password` already.
     pub resumed: bool,
+}
+
+/// How far a provisioning job got, as recorded with its intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStep {
+    /// The intent is recorded; the device may have the new credential.
+    Started,
+    /// CommitChanges was sent: the device may hold the new configuration, and only
+    /// the recorded intent finishes the job.
+    Commit,
+}
+
+impl JobStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStep::Started => "started",
+            JobStep::Commit => "commit",
+        }
+    }
+
+    fn parse(text: &str) -> Result<JobStep, StoreError> {
+        match text {
+            "started" => Ok(JobStep::Started),
+            "commit" => Ok(JobStep::Commit),
+            other => Err(StoreError::Corrupt(format!("job step {other:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for JobStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Everything recorded about a device once it is provisioned.
@@ -76,18 +110,20 @@ impl Store {
             .optional()?;
         Ok(match row {
             None => PidLookup::Unknown,
-            Some((state, _, _)) if state == "revoked" => PidLookup::Revoked,
-            Some((state, uuid, _)) if state == "used" => PidLookup::Used {
-                device_uuid: uuid.unwrap_or_default(),
+            Some((state, uuid, sealed)) => match parse_col::<KeyState>(0, state)? {
+                KeyState::Revoked => PidLookup::Revoked,
+                KeyState::Used => PidLookup::Used {
+                    device_uuid: uuid.unwrap_or_default(),
+                },
+                KeyState::Available => {
+                    let plain = self.key.open(&format!("pps:{}", pid.as_str()), &sealed)?;
+                    PidLookup::Available(Pps::from_stored(&plain).map_err(|_| {
+                        StoreError::Secret(crate::secrets::SecretError::Open {
+                            context: "pps".into(),
+                        })
+                    })?)
+                }
             },
-            Some((_, _, sealed)) => {
-                let plain = self.key.open(&format!("pps:{}", pid.as_str()), &sealed)?;
-                PidLookup::Available(Pps::from_stored(&plain).map_err(|_| {
-                    StoreError::Secret(crate::secrets::SecretError::Open {
-                        context: "pps".into(),
-                    })
-                })?)
-            }
         })
     }
 
@@ -148,10 +184,10 @@ impl Store {
     }
 
     /// Records how far a job got (for the log and for recovery).
-    pub fn set_job_step(&mut self, job: i64, step: &str) -> Result<(), StoreError> {
+    pub fn set_job_step(&mut self, job: i64, step: JobStep) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE provisioning_jobs SET step = ?2, updated_at = ?3 WHERE id = ?1",
-            params![job, step, now_ms()],
+            params![job, step.as_str(), now_ms()],
         )?;
         Ok(())
     }
@@ -208,7 +244,7 @@ impl Store {
                 pid,
                 device_uuid,
                 address,
-                step,
+                step: JobStep::parse(&step)?,
                 new_password,
                 certificate_der,
                 resumed: true,
@@ -381,11 +417,11 @@ mod tests {
         assert_eq!(again.id, job.id);
         assert_eq!(again.new_password.as_str(), "N3w!Password");
         let job = job.id;
-        store.set_job_step(job, "commit").unwrap();
+        store.set_job_step(job, JobStep::Commit).unwrap();
         store.set_job_certificate(job, b"cert").unwrap();
         let pending = store.pending_jobs().unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].step, "commit");
+        assert_eq!(pending[0].step, JobStep::Commit);
         assert_eq!(pending[0].new_password.as_str(), "N3w!Password");
         assert_eq!(pending[0].certificate_der.as_deref(), Some(&b"cert"[..]));
 

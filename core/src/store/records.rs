@@ -33,9 +33,7 @@ pub struct PasswordStatus {
 }
 
 /// Whether vprov manages a provisioned device yet.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceState {
     Unmanaged,
@@ -130,18 +128,20 @@ impl ManagementMode {
     }
 }
 
+impl FromStr for ManagementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "agentless" => Ok(ManagementMode::Agentless),
+            "agent" => Ok(ManagementMode::Agent),
+            other => Err(format!("unknown management mode {other:?}")),
+        }
+    }
+}
+
 /// Severity of an alert.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

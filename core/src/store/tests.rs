@@ -428,7 +428,9 @@ fn a_committed_intent_keeps_its_device_and_address() {
         .unwrap()
         .unwrap();
     assert_eq!((moved.id, moved.address.as_str()), (job.id, "127.0.0.6"));
-    store.set_job_step(job.id, "commit").unwrap();
+    store
+        .set_job_step(job.id, crate::store::JobStep::Commit)
+        .unwrap();
     let forged = store
         .begin_job(
             &pid,

@@ -6,24 +6,24 @@
 //!
 //! The store aggregates repeats (see [`crate::store::NewAlert`]): one row per cause
 //! with a count. An alert is written to the server log (control characters escaped,
-//! at most 50 a second) and offered to the alert-sink plugins ([`AlertSinks`], which
-//! never slow this path down) when it is new, and each repeat at most once per
+//! at most 50 a second) and offered to the alert sinks ([`AlertSinks`]: one bounded
+//! queue per sink, filled by this module and emptied by the plugin host, so a sink
+//! never slows this path down) when it is new, and each repeat at most once per
 //! `[alerts] repeat_notice_minutes`, saying how often it was seen. The writer also
 //! prunes the table to `[alerts] retention_days` and `max_rows`: after every
 //! [`PRUNE_EVERY_ROWS`] rows it touched and every [`PRUNE_INTERVAL`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use abi_stable::std_types::RString;
 use tokio::sync::mpsc;
+use vprov_sdk::abi::Severity as SdkSeverity;
 use vprov_sdk::AlertEvent;
 
-use super::store_thread::StoreHandle;
 use crate::config::AlertsConfig;
-use crate::plugins::services::sdk_severity;
-use crate::plugins::sinks::AlertSinks;
 use crate::store::{NewAlert, Severity, StoredAlert};
+use crate::store_thread::StoreHandle;
 use crate::text::escape_control;
 
 const QUEUE: usize = 8192;
@@ -236,7 +236,7 @@ impl Writer {
                 "{} (seen {} times since {})",
                 a.message,
                 row.count,
-                crate::api::keys::time(row.first_seen)
+                crate::views::time_ms(row.first_seen)
             ),
             _ => a.message.clone(),
         };
@@ -274,6 +274,76 @@ impl Writer {
             Err(_) => return false,
         }
         true
+    }
+}
+
+/// The router the alert writer publishes to. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AlertSinks {
+    queues: Arc<RwLock<Arc<Vec<SinkQueue>>>>,
+}
+
+/// The sending side of one sink's queue.
+#[derive(Clone)]
+pub struct SinkQueue {
+    /// Alerts raised by (or about) this instance are not sent back to it.
+    own_source: String,
+    tx: mpsc::Sender<AlertEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SinkQueue {
+    /// A queue of `capacity` alerts for the sink whose own alerts come from
+    /// `own_source`; the worker reads the receiver and reports the drop counter.
+    pub fn new(
+        own_source: String,
+        capacity: usize,
+    ) -> (SinkQueue, mpsc::Receiver<AlertEvent>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queue = SinkQueue {
+            own_source,
+            tx,
+            dropped: dropped.clone(),
+        };
+        (queue, rx, dropped)
+    }
+}
+
+impl AlertSinks {
+    /// Offers each alert to every sink; never waits.
+    pub fn publish(&self, events: &[AlertEvent]) {
+        let queues = self.queues.read().expect("sinks lock").clone();
+        for q in queues.iter() {
+            for event in events {
+                if event.source.as_str() == q.own_source {
+                    continue;
+                }
+                if q.tx.try_send(event.clone()).is_err() {
+                    q.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Replaces the set of sinks (on reload). Dropping a queue's sender lets its
+    /// worker drain what is queued, then shut the instance down.
+    pub fn set(&self, queues: Vec<SinkQueue>) {
+        *self.queues.write().expect("sinks lock") = Arc::new(queues);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.read().expect("sinks lock").is_empty()
+    }
+}
+
+/// A store severity as the SDK carries it to alert sinks.
+pub fn sdk_severity(s: Severity) -> SdkSeverity {
+    match s {
+        Severity::Info => SdkSeverity::INFO,
+        Severity::Warning => SdkSeverity::WARNING,
+        Severity::Error => SdkSeverity::ERROR,
+        Severity::Critical => SdkSeverity::CRITICAL,
     }
 }
 

@@ -1,0 +1,459 @@
+//! The composition root of `vprov serve`: turns the configuration (and the command
+//! line's overrides) into every component's settings, and wires the running server
+//! together — store thread, alert log, plugin host, provisioning jobs, reachability
+//! check, admin API, hello listener — and takes it down in order on shutdown.
+//!
+//! This is the one module that knows every other; nothing but the command line
+//! imports it. The device port and the device timeouts are derived here, once
+//! ([`reach`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vprov_sdk::PluginKinds;
+
+use crate::alerts::{AlertLog, AlertSinks};
+use crate::api::{ApiSettings, ApiState};
+use crate::ca::{CaError, CertificateAuthority};
+use crate::config::{AdminPasswordPolicy, AlertsConfig, Config};
+use crate::device::DeviceTimeouts;
+use crate::management::Reach;
+use crate::plugins::{HostSettings, PluginHost, ServerLink};
+use crate::server::hello_listener::{HelloLimits, HelloListener};
+use crate::server::jobs::{JobManager, JobSettings};
+use crate::server::lock::{ServeLock, ServeLockError};
+use crate::server::reachability::{self, ReachabilitySettings};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::store_thread::StoreHandle;
+
+/// What the command line may override of the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// Where hellos are received (else `hello.listen`).
+    pub hello_listen: Option<SocketAddr>,
+    /// The devices' TLS / TLS-PSK port (else `provisioning.device_port`).
+    pub device_port: Option<u16>,
+    /// `Some(None)` turns the admin API off, `Some(Some(addr))` moves it (else
+    /// `api.listen`).
+    pub api_listen: Option<Option<SocketAddr>>,
+}
+
+/// Everything the running server needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub hello: HelloLimits,
+    pub jobs: JobSettings,
+    /// How long shutdown waits for running jobs (abandoned safely after it) and for
+    /// admin API requests in progress (cut off after it).
+    pub shutdown_grace: Duration,
+    pub plugins: HostSettings,
+    /// The periodic reachability check of managed devices; `None` turns it off.
+    pub reachability: Option<ReachabilitySettings>,
+    /// The admin API and console; `None` turns it off.
+    pub api: Option<ApiSettings>,
+    /// Alert retention and how often repeats are passed on.
+    pub alerts: AlertsConfig,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] ServeLockError),
+    #[error("loading or creating vprov's certificate authority")]
+    Ca(#[source] CaError),
+    #[error("cannot listen for hellos on {addr}")]
+    BindHello {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen for the admin API on {addr}")]
+    BindApi {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot offer the admin API over TLS: {0}")]
+    ApiTls(#[from] crate::api::tls::ApiTlsError),
+}
+
+/// How vprov reaches a provisioned device: the one place the device port and the
+/// device timeouts come from the configuration.
+pub fn reach(config: &Config, device_port: Option<u16>) -> Reach {
+    let prov = &config.provisioning;
+    Reach {
+        device_port: device_port.unwrap_or(prov.device_port),
+        timeouts: DeviceTimeouts {
+            connect: prov.connect_timeout,
+            request: prov.step_timeout,
+        },
+    }
+}
+
+/// The plugin host's settings for `kinds` (a one-shot command's host; the server's
+/// also publishes its status).
+pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
+    HostSettings {
+        publishes_status: false,
+        plugin_dir: config.plugin_dir(),
+        config_path: config.plugin_config(),
+        data_dir: config.data_dir.clone(),
+        call_timeout: config.plugins.call_timeout,
+        max_calls_per_instance: config.plugins.max_calls_per_instance,
+        sink_queue: config.plugins.sink_queue,
+        kinds,
+    }
+}
+
+/// The server's settings from the configuration and the command line.
+pub fn server_settings(
+    config: &Config,
+    store_options: StoreOptions,
+    overrides: Overrides,
+) -> ServerSettings {
+    let hello = &config.hello;
+    let prov = &config.provisioning;
+    let reach = reach(config, overrides.device_port);
+    let api_on = overrides.api_listen.unwrap_or(config.api.listen).is_some();
+    ServerSettings {
+        hello: HelloLimits {
+            max_connections: hello.max_connections,
+            read_timeout: hello.read_timeout,
+            per_source_burst: hello.per_source_burst,
+            per_source_per_second: hello.per_source_per_second,
+        },
+        jobs: JobSettings {
+            device_port: reach.device_port,
+            max_concurrent: prov.max_concurrent_jobs,
+            timeouts: reach.timeouts,
+            commit_wait: prov.commit_wait,
+            confirm_timeout: prov.confirm_timeout,
+            keep_provisioning_password: prov.admin_password == AdminPasswordPolicy::Provisioning,
+            domain: prov.domain.clone(),
+            host_name_template: prov.host_name_template.clone(),
+            local_tls: prov.local_tls,
+            retry_backoff: prov.retry_backoff,
+            retry_backoff_max: prov.retry_backoff_max,
+        },
+        shutdown_grace: prov.shutdown_grace,
+        reachability: config
+            .management
+            .check_interval
+            .map(|interval| ReachabilitySettings {
+                interval,
+                device_port: reach.device_port,
+                timeouts: reach.timeouts,
+            }),
+        plugins: HostSettings {
+            publishes_status: true,
+            ..host_settings(
+                config,
+                PluginKinds::KEY_EXPORTER
+                    .union(PluginKinds::ALERT_SINK)
+                    .union(PluginKinds::POST_PROVISION)
+                    .union(PluginKinds::AGENT_DEPLOYER),
+            )
+        },
+        api: api_on.then(|| ApiSettings {
+            certificate: config.api.certificate.clone(),
+            names: config.api.names.clone(),
+            session_ttl: config.api.session_ttl,
+            event_streams_per_account: config.api.event_streams_per_account,
+            store_options,
+            reach,
+            export_server: (
+                config.export.server_address.clone(),
+                config
+                    .export
+                    .server_port
+                    .unwrap_or(config.hello.listen.port()),
+            ),
+        }),
+        alerts: config.alerts,
+    }
+}
+
+/// A server ready to bind: the store is open, the data directory locked to it and
+/// the CA exists (clients fetch it to trust the admin API as soon as it listens).
+pub struct App {
+    store: Store,
+    ca: CertificateAuthority,
+    settings: ServerSettings,
+    hello_listen: SocketAddr,
+    api_listen: Option<SocketAddr>,
+    /// Held until the server stops: one server per data directory.
+    _lock: ServeLock,
+    /// Whether no admin account exists yet (the command line says how to add one).
+    pub no_account: bool,
+}
+
+/// A server whose listeners are bound.
+pub struct Bound {
+    app: App,
+    hello: TcpListener,
+    api: Option<TcpListener>,
+}
+
+impl App {
+    /// Opens the store, locks the data directory and loads or creates the CA.
+    pub fn prepare(
+        config: &Config,
+        store_options: StoreOptions,
+        overrides: Overrides,
+    ) -> Result<App, AppError> {
+        let settings = server_settings(config, store_options.clone(), overrides);
+        let mut store = Store::open(&store_options)?;
+        let lock = ServeLock::acquire(&config.data_dir)?;
+        let ca = CertificateAuthority::load_or_create(&mut store).map_err(AppError::Ca)?;
+        let no_account = store.admins()?.is_empty();
+        if !store.password_status()?.set {
+            tracing::warn!(
+                "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
+            );
+        }
+        Ok(App {
+            store,
+            ca,
+            settings,
+            hello_listen: overrides.hello_listen.unwrap_or(config.hello.listen),
+            api_listen: overrides.api_listen.unwrap_or(config.api.listen),
+            _lock: lock,
+            no_account,
+        })
+    }
+
+    /// Binds the hello listener and, when the API is on, the API's.
+    pub async fn bind(self) -> Result<Bound, AppError> {
+        let addr = self.hello_listen;
+        let hello = crate::server::bind(addr)
+            .await
+            .map_err(|source| AppError::BindHello { addr, source })?;
+        let api = match self.api_listen {
+            Some(addr) => Some(
+                crate::server::bind(addr)
+                    .await
+                    .map_err(|source| AppError::BindApi { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Bound {
+            app: self,
+            hello,
+            api,
+        })
+    }
+}
+
+impl Bound {
+    /// Where hellos are received.
+    pub fn hello_addr(&self) -> std::io::Result<SocketAddr> {
+        self.hello.local_addr()
+    }
+
+    /// Where the admin API listens, when it is on.
+    pub fn api_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.api.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
+    /// Whether no admin account exists yet.
+    pub fn no_account(&self) -> bool {
+        self.app.no_account
+    }
+
+    /// Runs the server until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let Bound { app, hello, api } = self;
+        run(app.store, app.ca, hello, api, app.settings, shutdown).await
+    }
+}
+
+/// Runs the server on an already-bound hello listener (and admin API listener, when
+/// the API is on) until `shutdown` resolves.
+pub async fn run(
+    store: Store,
+    ca: CertificateAuthority,
+    listener: TcpListener,
+    api_listener: Option<TcpListener>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let ca = Arc::new(ca);
+    let api_tls = match (&settings.api, &api_listener) {
+        (Some(api), Some(l)) => Some(api_tls(api, &ca, l)?),
+        _ => None,
+    };
+    let ca_der: Arc<[u8]> = ca.cert_der().into();
+    let store = StoreHandle::spawn(store);
+    let sinks = AlertSinks::default();
+    let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone(), settings.alerts);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let plugins = start_plugins(&settings, &store, &alerts, sinks, &stop_rx).await;
+    let jobs = JobManager::new(
+        settings.jobs.clone(),
+        store.clone(),
+        alerts.clone(),
+        ca,
+        Some(plugins.host.clone()),
+    );
+    jobs.resume_pending().await;
+
+    let checking = settings.reachability.clone().map(|r| {
+        let (store, alerts, stop) = (store.clone(), alerts.clone(), stop_rx.clone());
+        tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
+    });
+    let api = match (settings.api.clone(), api_listener, api_tls) {
+        (Some(api_settings), Some(api_listener), Some(tls)) => {
+            let state = ApiState::new(
+                api_settings,
+                store.clone(),
+                alerts.clone(),
+                plugins.host.clone(),
+                stop_rx.clone(),
+            );
+            let grace = settings.shutdown_grace;
+            let serving =
+                crate::api::serve(api_listener, tls, Arc::new(state), stop_rx.clone(), grace);
+            Some(tokio::spawn(serving))
+        }
+        _ => None,
+    };
+    let hello = HelloListener::new(
+        listener,
+        settings.hello.clone(),
+        store,
+        alerts,
+        jobs.clone(),
+    );
+    let listening = tokio::spawn(hello.run(stop_rx));
+
+    shutdown.await;
+    tracing::info!(
+        "shutting down: no new hellos or API connections; waiting for running jobs and API requests"
+    );
+    let _ = stop_tx.send(true);
+    let _ = listening.await;
+    if let Some(checking) = checking {
+        let _ = checking.await;
+    }
+    // Both within the one grace period.
+    let api_done = async {
+        if let Some(api) = api {
+            let _ = api.await;
+        }
+    };
+    tokio::join!(api_done, jobs.shutdown(settings.shutdown_grace));
+    plugins.host.shutdown().await;
+    drop(plugins.watcher);
+    alert_writer.finish(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// The admin API's TLS configuration for the address `listener` is bound to.
+fn api_tls(
+    api: &ApiSettings,
+    ca: &CertificateAuthority,
+    listener: &TcpListener,
+) -> Result<Arc<rustls::ServerConfig>, AppError> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| crate::api::tls::ApiTlsError::Read {
+            path: "the API listener".into(),
+            source: e,
+        })?;
+    let certificate = api
+        .certificate
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()));
+    Ok(crate::api::tls::server_config(
+        certificate,
+        ca,
+        local,
+        &api.names,
+    )?)
+}
+
+/// The server's plugin host and the watcher that reloads it.
+struct Plugins {
+    host: PluginHost,
+    /// Kept alive until shutdown; without it plugins still work, only hot reload is
+    /// off.
+    watcher: Option<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>)>,
+}
+
+/// Creates the plugin host, loads the configured instances and starts hot reload.
+async fn start_plugins(
+    settings: &ServerSettings,
+    store: &StoreHandle,
+    alerts: &AlertLog,
+    sinks: AlertSinks,
+    stop: &watch::Receiver<bool>,
+) -> Plugins {
+    let host = PluginHost::new(
+        settings.plugins.clone(),
+        Some(ServerLink {
+            alerts: alerts.clone(),
+            store: store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        sinks,
+    );
+    settings.plugins.prepare_directories();
+    host.reload().await;
+    host.remove_stale_copies().await;
+    let watcher = match crate::plugins::watch::start(host.clone(), stop.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "plugin hot reload is off: cannot watch the plugin directory or configuration: {e}"
+            );
+            None
+        }
+    };
+    Plugins { host, watcher }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line's overrides win over the configuration, and every
+    /// component gets the same device port and timeouts.
+    #[test]
+    fn overrides_win_and_the_device_port_is_shared() {
+        let mut config = Config::default();
+        config.management.check_interval = Some(Duration::from_secs(60));
+        let options = StoreOptions {
+            data_dir: config.data_dir.clone(),
+            key: None,
+            busy_timeout: config.busy_timeout,
+        };
+        let plain = server_settings(&config, options.clone(), Overrides::default());
+        assert_eq!(plain.jobs.device_port, config.provisioning.device_port);
+        assert_eq!(plain.api.is_some(), config.api.listen.is_some());
+        let moved = server_settings(
+            &config,
+            options,
+            Overrides {
+                device_port: Some(1234),
+                api_listen: Some(None),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(moved.jobs.device_port, 1234);
+        assert_eq!(moved.reachability.as_ref().unwrap().device_port, 1234);
+        assert!(moved.api.is_none());
+        assert!(plain.plugins.publishes_status);
+        assert_eq!(
+            reach(&config, Some(1234)).timeouts.connect,
+            config.provisioning.connect_timeout
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The JSON shapes of store records that the admin API serves and `vprov … --json`
+//! prints (one definition, so the two never drift), and the RFC 3339 time formats
+//! both use. Records only: no credentials ever appear here.
+
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::store::{AlertRecord, AuditRecord, DeviceRecord};
+
+/// A store time stamp (Unix milliseconds) as RFC 3339 UTC with milliseconds, as the
+/// API and JSON output carry it.
+pub fn time_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A store time stamp as RFC 3339 UTC to the second, as tables show it (the number
+/// itself if it is out of range).
+pub fn time_s(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A device as the API shows it (no credentials).
+pub fn device_json(d: &DeviceRecord) -> Value {
+    json!({
+        "uuid": d.uuid,
+        "host_name": d.host_name,
+        "address": d.address,
+        "amt_version": d.amt_version,
+        "state": d.state,
+        "management_mode": d.management_mode,
+        "agent_profile": d.agent_profile,
+        "ssh_host_key": d.ssh_host_key,
+        "provisioned_pid": d.provisioned_pid,
+        "provisioned_at": time_ms(d.provisioned_at),
+        "last_contact_at": d.last_contact_at.map(time_ms),
+        "reachable": d.reachable,
+    })
+}
+
+pub fn alert_json(a: &AlertRecord) -> Value {
+    json!({
+        "id": a.id,
+        "at": time_ms(a.at),
+        "last_seen": time_ms(a.last_seen),
+        "count": a.count,
+        "severity": a.severity,
+        "source": a.source,
+        "message": a.message,
+        "pid": a.pid,
+        "device_uuid": a.device_uuid,
+        "address": a.address,
+        "acknowledged_at": a.acknowledged_at.map(time_ms),
+        "acknowledged_by": a.acknowledged_by,
+    })
+}
+
+pub fn audit_json(e: &AuditRecord) -> Value {
+    json!({
+        "id": e.id,
+        "at": time_ms(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "detail": e.detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(super::time_s(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time_s(1_764_000_000_999), "2025-11-24T16:00:00Z");
+        assert_eq!(
+            super::time_ms(1_764_000_000_999),
+            "2025-11-24T16:00:00.999Z"
+        );
+    }
+}
