@@ -192,6 +192,25 @@ const MIGRATIONS: &[&str] = &[
         retry_at        INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 8: provisioning certificate chains for PKI remote configuration (hello v3):
+    // the certificates (PEM, leaf first), the leaf's key (sealed, context
+    // `pki_chain_key:<name>`), and what selection and listings need without opening
+    // either: the leaf CN and its domain, the root's hashes, the earliest expiry.
+    r#"
+    CREATE TABLE provisioning_chains (
+        name         TEXT PRIMARY KEY,
+        common_name  TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        chain_pem    TEXT NOT NULL,
+        key_sealed   BLOB NOT NULL,
+        root_sha1    BLOB NOT NULL CHECK (length(root_sha1) = 20),
+        root_sha256  BLOB NOT NULL CHECK (length(root_sha256) = 32),
+        root_sha384  BLOB NOT NULL CHECK (length(root_sha384) = 48),
+        not_after    INTEGER NOT NULL,
+        imported_at  INTEGER NOT NULL,
+        imported_by  TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.
