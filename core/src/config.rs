@@ -63,6 +63,15 @@ struct ConfigFile {
     api: ApiSection,
     #[serde(default)]
     alerts: AlertsSection,
+    #[serde(default)]
+    pki: PkiSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PkiSection {
+    default_domain: Option<String>,
+    subnets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +291,8 @@ pub struct Config {
     pub management: ManagementConfig,
     pub api: ApiConfig,
     pub alerts: AlertsConfig,
+    /// `[pki]`: how a PKI (hello v3) device's DNS suffix is found, to pick its chain.
+    pub pki: crate::pki::select::DomainRules,
 }
 
 impl Config {
@@ -352,6 +363,7 @@ impl Default for Config {
                 event_streams_per_account: 4,
             },
             alerts: AlertsConfig::default(),
+            pki: crate::pki::select::DomainRules::default(),
         }
     }
 }
@@ -553,7 +565,28 @@ impl Config {
                 "must be 0 to 10080 (a week)".into(),
             ));
         }
+        let default_domain = match file.pki.default_domain.filter(|d| !d.is_empty()) {
+            Some(d) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                crate::pki::select::check_domain(&d)
+                    .map_err(|e| invalid("pki.default_domain", e))?;
+                Some(d)
+            }
+            None => None,
+        };
+        let subnets = file
+            .pki
+            .subnets
+            .unwrap_or_default()
+            .iter()
+            .map(|s| crate::pki::select::SubnetRule::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("pki.subnets", e))?;
         Ok(Config {
+            pki: crate::pki::select::DomainRules {
+                default_domain,
+                subnets,
+            },
             alerts,
             api,
             management,

@@ -90,6 +90,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             local_tls: prov.local_tls,
             retry_backoff: prov.retry_backoff,
             retry_backoff_max: prov.retry_backoff_max,
+            pki: ctx.config.pki.clone(),
         },
         shutdown_grace: prov.shutdown_grace,
         reachability: ctx

@@ -20,6 +20,10 @@ use tokio::sync::Semaphore;
 use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
+mod pki;
+
+pub use pki::AcceptedPkiHello;
+
 use super::alerts::AlertLog;
 use super::store_thread::StoreHandle;
 use crate::ca::CertificateAuthority;
@@ -59,6 +63,8 @@ pub struct JobSettings {
     /// doubles per repeated failure, up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// How a PKI device's DNS suffix is found, to pick its provisioning chain.
+    pub pki: crate::pki::select::DomainRules,
 }
 
 /// A hello whose PID is available: the device to provision.
@@ -158,6 +164,14 @@ impl JobFailure {
             severity: Severity::Error,
         }
     }
+}
+
+/// The intent a job records its steps in: a PSK job's (by PID) or a PKI job's (by
+/// device).
+#[derive(Debug, Clone, Copy)]
+enum JobRecord {
+    Psk(i64),
+    Pki(i64),
 }
 
 /// A just-provisioned device as post-provision actions see it.
@@ -542,8 +556,13 @@ impl Inner {
                     severity: Severity::Error,
                 }),
                 (_, false) => {
-                    self.install_certificate(&mut session, intent.id, &host_name, &amt_version)
-                        .await?
+                    self.install_certificate(
+                        &mut session,
+                        JobRecord::Psk(intent.id),
+                        &host_name,
+                        &amt_version,
+                    )
+                    .await?
                 }
             };
         session
@@ -609,7 +628,7 @@ impl Inner {
     async fn install_certificate(
         &self,
         session: &mut AmtSession,
-        job: i64,
+        job: JobRecord,
         host_name: &str,
         amt_version: &str,
     ) -> Result<Vec<u8>, JobFailure> {
@@ -652,7 +671,10 @@ impl Inner {
         let cert = certificate.clone();
         let _ = self
             .store
-            .call(move |s| s.set_job_certificate(job, &cert))
+            .call(move |s| match job {
+                JobRecord::Psk(id) => s.set_job_certificate(id, &cert),
+                JobRecord::Pki(id) => s.set_pki_job_certificate(id, &cert),
+            })
             .await;
         let cert_id = session
             .add_certificate(&certificate)

@@ -45,7 +45,7 @@ pub use alerts::{
 };
 pub use backoff::JobBackoff;
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
-pub use pki::{check_chain_name, ChainRecord};
+pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};
 pub use provisioning::{JobIntent, PidLookup, ProvisionedDevice};
 pub use records::{
     AuditRecord, DeviceAccess, DeviceFilter, DeviceRecord, DeviceState, ManagementMode,

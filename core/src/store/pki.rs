@@ -1,14 +1,20 @@
-//! Provisioning certificate chains (PKI remote configuration): import, list, look-up
-//! and removal. The leaf's private key is sealed (context `pki_chain_key:<name>`)
-//! before it reaches SQL; the certificates are public and kept as PEM. Listings and
-//! hello matching read only the plain columns and never open a key.
+//! PKI remote configuration in the store: provisioning certificate chains (import,
+//! list, look-up, removal) and PKI jobs in flight.
+//!
+//! A chain's leaf key is sealed (context `pki_chain_key:<name>`) before it reaches
+//! SQL; the certificates are public and kept as PEM. Listings and hello matching read
+//! only the plain columns and never open a key. A PKI job records its intent (device,
+//! address, chain, the new admin credential — sealed) before it changes the device,
+//! as PSK jobs do, keyed by the device since there is no PID; success records the
+//! device (control mode ACM, path PKI, chain, setup certificate fingerprint) and
+//! removes the intent in one transaction.
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::records::audit;
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, ProvisionedDevice, Store, StoreError};
 use crate::pki::{ProvisioningChain, RootHashes};
 
 /// A stored chain without its key.
@@ -175,6 +181,193 @@ impl Store {
         }
         tx.commit()?;
         Ok(removed > 0)
+    }
+}
+
+/// A PKI job recorded before it touches the device.
+#[derive(Debug, Clone)]
+pub struct PkiJobIntent {
+    pub id: i64,
+    pub device_uuid: String,
+    pub address: String,
+    pub chain_name: String,
+    pub step: String,
+    /// The admin password the job sets on the device (sealed in the store).
+    pub new_password: Zeroizing<String>,
+    /// The certificate issued for the device, once the job got that far.
+    pub certificate_der: Option<Vec<u8>>,
+    /// An earlier attempt left this intent, so the device may hold `new_password`.
+    pub resumed: bool,
+}
+
+/// How a PKI device was provisioned, beside its [`ProvisionedDevice`] record.
+#[derive(Debug, Clone)]
+pub struct PkiProvisioning {
+    pub chain_name: String,
+    /// SHA-256 of the certificate the device presented in setup mode.
+    pub setup_certificate_sha256: Vec<u8>,
+}
+
+fn pki_job_context(uuid: &str) -> String {
+    format!("pki_job_password:{uuid}")
+}
+
+impl Store {
+    /// Records a PKI job's intent, or returns the one an earlier attempt left for
+    /// this device (whose credential the device may hold already). An intent that
+    /// reached CommitChanges keeps its address and chain.
+    pub fn begin_pki_job(
+        &mut self,
+        device_uuid: &str,
+        address: &str,
+        chain_name: &str,
+        new_password: &str,
+    ) -> Result<PkiJobIntent, StoreError> {
+        let sealed = self
+            .key
+            .seal(&pki_job_context(device_uuid), new_password.as_bytes());
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let resumed = tx
+            .query_row(
+                "SELECT 1 FROM pki_jobs WHERE device_uuid = ?1",
+                [device_uuid],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        tx.execute(
+            "INSERT INTO pki_jobs (device_uuid, address, chain_name, new_password_sealed, step,
+                                   created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'started', ?5, ?5)
+             ON CONFLICT (device_uuid) DO UPDATE SET address = excluded.address,
+                 chain_name = excluded.chain_name, updated_at = excluded.updated_at
+             WHERE pki_jobs.step <> 'commit'",
+            params![device_uuid, address, chain_name, sealed, now],
+        )?;
+        tx.commit()?;
+        let (id, address, chain_name, step, sealed, certificate_der): (
+            i64,
+            String,
+            String,
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+        ) = self.conn.query_row(
+            "SELECT id, address, chain_name, step, new_password_sealed, certificate_der
+             FROM pki_jobs WHERE device_uuid = ?1",
+            [device_uuid],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
+        let plain = self.key.open(&pki_job_context(device_uuid), &sealed)?;
+        let new_password = Zeroizing::new(
+            String::from_utf8(plain.to_vec())
+                .map_err(|_| StoreError::Corrupt("a PKI job password is not UTF-8".into()))?,
+        );
+        Ok(PkiJobIntent {
+            id,
+            device_uuid: device_uuid.to_string(),
+            address,
+            chain_name,
+            step,
+            new_password,
+            certificate_der,
+            resumed,
+        })
+    }
+
+    /// Records the certificate a PKI job issued for its device.
+    pub fn set_pki_job_certificate(&mut self, job: i64, der: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE pki_jobs SET certificate_der = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job, der, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the step a PKI job reached.
+    pub fn set_pki_job_step(&mut self, job: i64, step: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE pki_jobs SET step = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job, step, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Drops a PKI job's intent if it never got past its start (so nothing changed
+    /// on the device); an intent past it keeps the credential the device may hold.
+    pub fn abandon_pki_job(&mut self, job: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM pki_jobs WHERE id = ?1 AND step = 'started'",
+            [job],
+        )?;
+        Ok(())
+    }
+
+    /// Records a device provisioned by PKI remote configuration (admin control mode)
+    /// and removes the job's intent, in one transaction; audited.
+    pub fn complete_pki_job(
+        &mut self,
+        job: i64,
+        device: &ProvisionedDevice,
+        pki: &PkiProvisioning,
+        admin_password: &str,
+    ) -> Result<(), StoreError> {
+        let sealed = self.key.seal(
+            &format!("device_password:{}", device.uuid),
+            admin_password.as_bytes(),
+        );
+        let tx = self.write_tx()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO devices (uuid, host_name, address, amt_version, state, admin_user,
+                                  admin_password_sealed, certificate_der, provisioned_pid,
+                                  provisioned_at, last_contact_at, control_mode,
+                                  provisioning_path, pki_chain, setup_certificate_sha256)
+             VALUES (?1, ?2, ?3, ?4, 'unmanaged', ?5, ?6, ?7, NULL, ?8, ?8, 'acm', 'pki', ?9, ?10)
+             ON CONFLICT (uuid) DO UPDATE SET
+                host_name = excluded.host_name, address = excluded.address,
+                amt_version = excluded.amt_version, state = 'unmanaged',
+                management_mode = NULL, admin_user = excluded.admin_user,
+                admin_password_sealed = excluded.admin_password_sealed,
+                pending_password_sealed = NULL,
+                certificate_der = excluded.certificate_der, provisioned_pid = NULL,
+                provisioned_at = excluded.provisioned_at,
+                last_contact_at = excluded.last_contact_at, control_mode = 'acm',
+                provisioning_path = 'pki', pki_chain = excluded.pki_chain,
+                setup_certificate_sha256 = excluded.setup_certificate_sha256",
+            params![
+                device.uuid,
+                device.host_name,
+                device.address,
+                device.amt_version,
+                device.admin_user,
+                sealed,
+                device.certificate_der,
+                now,
+                pki.chain_name,
+                pki.setup_certificate_sha256
+            ],
+        )?;
+        tx.execute("DELETE FROM pki_jobs WHERE id = ?1", [job])?;
+        audit(
+            &tx,
+            "provisioning",
+            "device.provisioned",
+            &json!({ "uuid": device.uuid, "path": "pki", "chain": pki.chain_name,
+                     "address": device.address }),
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -211,6 +211,31 @@ const MIGRATIONS: &[&str] = &[
         imported_by  TEXT NOT NULL
     ) STRICT;
     "#,
+    // 9: PKI provisioning: jobs in flight for devices without a PID (keyed by the
+    // device; the new admin credential sealed as `pki_job_password:<uuid>`), and on
+    // every device record its control mode, the path it was provisioned by (every
+    // device before this migration came by PSK remote configuration, which ends in
+    // admin control mode), the chain a PKI device was configured with and the SHA-256
+    // of the certificate it presented in setup mode.
+    r#"
+    CREATE TABLE pki_jobs (
+        id                  INTEGER PRIMARY KEY,
+        device_uuid         TEXT NOT NULL UNIQUE,
+        address             TEXT NOT NULL,
+        chain_name          TEXT NOT NULL,
+        new_password_sealed BLOB NOT NULL,
+        certificate_der     BLOB,
+        step                TEXT NOT NULL,
+        created_at          INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE devices ADD COLUMN control_mode TEXT NOT NULL DEFAULT 'acm'
+        CHECK (control_mode IN ('acm', 'ccm'));
+    ALTER TABLE devices ADD COLUMN provisioning_path TEXT NOT NULL DEFAULT 'psk'
+        CHECK (provisioning_path IN ('psk', 'pki'));
+    ALTER TABLE devices ADD COLUMN pki_chain TEXT;
+    ALTER TABLE devices ADD COLUMN setup_certificate_sha256 BLOB;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.
