@@ -72,6 +72,16 @@ struct ConfigFile {
 struct PkiSection {
     default_domain: Option<String>,
     subnets: Option<Vec<String>>,
+    expiry_warning_days: Option<u32>,
+}
+
+/// `[pki]`: PKI remote configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiConfig {
+    /// How a PKI (hello v3) device's DNS suffix is found, to pick its chain.
+    pub domains: crate::pki::select::DomainRules,
+    /// Days before a provisioning chain expires that it is warned about.
+    pub expiry_warning_days: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,8 +301,7 @@ pub struct Config {
     pub management: ManagementConfig,
     pub api: ApiConfig,
     pub alerts: AlertsConfig,
-    /// `[pki]`: how a PKI (hello v3) device's DNS suffix is found, to pick its chain.
-    pub pki: crate::pki::select::DomainRules,
+    pub pki: PkiConfig,
 }
 
 impl Config {
@@ -363,7 +372,10 @@ impl Default for Config {
                 event_streams_per_account: 4,
             },
             alerts: AlertsConfig::default(),
-            pki: crate::pki::select::DomainRules::default(),
+            pki: PkiConfig {
+                domains: crate::pki::select::DomainRules::default(),
+                expiry_warning_days: 30,
+            },
         }
     }
 }
@@ -583,9 +595,21 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("pki.subnets", e))?;
         Ok(Config {
-            pki: crate::pki::select::DomainRules {
-                default_domain,
-                subnets,
+            pki: PkiConfig {
+                domains: crate::pki::select::DomainRules {
+                    default_domain,
+                    subnets,
+                },
+                expiry_warning_days: match file.pki.expiry_warning_days {
+                    None => defaults.pki.expiry_warning_days,
+                    Some(d) if d <= 3650 => d,
+                    Some(_) => {
+                        return Err(invalid(
+                            "pki.expiry_warning_days",
+                            "must be 0 to 3650".into(),
+                        ))
+                    }
+                },
             },
             alerts,
             api,

@@ -7,115 +7,20 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage};
-use openssl::x509::{X509NameBuilder, X509};
+use openssl::x509::X509;
 use vprov_tests::eventually;
 use vprov_tests::rig::Rig;
-use vprov_tests::sim::pki::{PkiSetup, TrustedHash};
+use vprov_tests::sim::pki::{PkiSetup, TestChain, TrustedHash};
 use vprov_tests::sim::DeviceSpec;
 
-/// A root, an intermediate and a vPro provisioning leaf for `cn`, signed with `md`.
-struct Chain {
-    root: X509,
-    certs: Vec<X509>,
-    leaf_key: PKey<Private>,
+fn chain(cn: &str, md: MessageDigest) -> TestChain {
+    TestChain::new(cn, md).unwrap()
 }
 
-fn cert(
-    cn: &str,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    ca: bool,
-    md: MessageDigest,
-) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(
-        BigNum::from_u32(rand::random::<u32>() >> 1)
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap()
-            .as_ref(),
-    )
-    .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(Asn1Time::days_from_now(0).unwrap().as_ref())
-        .unwrap();
-    b.set_not_after(Asn1Time::days_from_now(365).unwrap().as_ref())
-        .unwrap();
-    if ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-    } else {
-        b.append_extension(
-            ExtendedKeyUsage::new()
-                .server_auth()
-                .other("2.16.840.1.113741.1.2.3")
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-    }
-    b.sign(issuer.map_or(key, |(_, k)| k), md).unwrap();
-    b.build()
-}
-
-fn rsa() -> PKey<Private> {
-    PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
-}
-
-fn chain(cn: &str, md: MessageDigest) -> Chain {
-    let (root_key, inter_key, leaf_key) = (rsa(), rsa(), rsa());
-    let root = cert(
-        "Throwaway Test Root",
-        &root_key,
-        None,
-        true,
-        MessageDigest::sha256(),
-    );
-    let inter = cert(
-        "Throwaway Issuing CA",
-        &inter_key,
-        Some((&root, &root_key)),
-        true,
-        MessageDigest::sha256(),
-    );
-    let leaf = cert(cn, &leaf_key, Some((&inter, &inter_key)), false, md);
-    Chain {
-        certs: vec![leaf, inter, root.clone()],
-        root,
-        leaf_key,
-    }
-}
-
-/// Writes the chain (root first, to show order does not matter) and the key; imports it.
-fn import(rig: &Rig, name: &str, chain: &Chain) -> vprov_tests::Run {
-    let dir = rig.s.dir.path();
-    let mut pem = Vec::new();
-    for c in chain.certs.iter().rev() {
-        pem.extend(c.to_pem().unwrap());
-    }
-    let (chain_file, key_file) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&chain_file, pem).unwrap();
-    std::fs::write(
-        &key_file,
-        chain.leaf_key.private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
+/// Imports the chain from PEM files (root first: order does not matter).
+fn import(rig: &Rig, name: &str, chain: &TestChain) -> vprov_tests::Run {
+    let (chain_file, key_file) = chain.write(rig.s.dir.path(), name).unwrap();
     rig.s.run(&[
         "pki",
         "import",
@@ -137,14 +42,9 @@ fn pki_device(root: &X509, suffix: &str, version: &str, address: Ipv4Addr) -> De
             active: true,
         },
         TrustedHash {
+            algorithm: 3,
+            hash: vec![0x5a; 48],
             active: false,
-            ..TrustedHash::sha256_of(&cert(
-                "Inactive",
-                &rsa(),
-                None,
-                true,
-                MessageDigest::sha256(),
-            ))
         },
         TrustedHash::sha256_of(root),
     ];
@@ -241,6 +141,18 @@ fn amt_11_15_19_reach_admin_control_mode_beside_psk_devices() {
     for r in &psk {
         assert_eq!((r.1.as_str(), r.3.as_deref()), ("acm", None));
         assert!(r.5.is_some());
+    }
+    // The device list shows mode, path and chain.
+    let listed = rig.devices();
+    let pki_listed: Vec<_> = listed
+        .iter()
+        .filter(|d| d["provisioning_path"] == "pki")
+        .collect();
+    assert_eq!(pki_listed.len(), 3, "{listed:?}");
+    for d in pki_listed {
+        assert_eq!(d["control_mode"], "acm");
+        assert_eq!(d["pki_chain"], "commercial");
+        assert!(d["amt_version"].as_str().is_some(), "{d}");
     }
     let errors: Vec<_> = rig
         .alerts()

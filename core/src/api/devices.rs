@@ -31,6 +31,9 @@ pub fn device_json(d: &DeviceRecord) -> Value {
         "provisioned_at": time(d.provisioned_at),
         "last_contact_at": d.last_contact_at.map(time),
         "reachable": d.reachable,
+        "control_mode": d.control_mode,
+        "provisioning_path": d.provisioning_path,
+        "pki_chain": d.pki_chain,
     })
 }
 

@@ -90,8 +90,9 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             local_tls: prov.local_tls,
             retry_backoff: prov.retry_backoff,
             retry_backoff_max: prov.retry_backoff_max,
-            pki: ctx.config.pki.clone(),
+            pki: ctx.config.pki.domains.clone(),
         },
+        pki_expiry_warning_days: ctx.config.pki.expiry_warning_days,
         shutdown_grace: prov.shutdown_grace,
         reachability: ctx
             .config

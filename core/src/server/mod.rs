@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod hello_listener;
 pub mod jobs;
 pub mod lock;
+pub mod pki_expiry;
 pub mod reachability;
 pub mod store_thread;
 
@@ -46,6 +47,8 @@ pub struct ServerSettings {
     pub api: Option<crate::api::ApiSettings>,
     /// Alert retention and how often repeats are passed on.
     pub alerts: crate::config::AlertsConfig,
+    /// Days before a provisioning chain's expiry it is warned about (`[pki]`).
+    pub pki_expiry_warning_days: u32,
 }
 
 /// Why the server could not start.
@@ -120,6 +123,12 @@ pub async fn run(
     );
     jobs.resume_pending().await;
 
+    let expiry = tokio::spawn(pki_expiry::run(
+        store.clone(),
+        alerts.clone(),
+        settings.pki_expiry_warning_days,
+        stop_rx.clone(),
+    ));
     let checking = settings.reachability.clone().map(|r| {
         tokio::spawn(reachability::run(
             store.clone(),
@@ -166,6 +175,7 @@ pub async fn run(
     );
     let _ = stop_tx.send(true);
     let _ = listening.await;
+    let _ = expiry.await;
     if let Some(checking) = checking {
         let _ = checking.await;
     }

@@ -325,6 +325,102 @@ pub fn is_strong(password: &str) -> bool {
         && !password.contains(['"', ',', ':'])
 }
 
+/// A throwaway provisioning chain in the shape of a commercial one — root, issuing
+/// CA, leaf with serverAuth and the Intel setup OID — for tests and load runs. Every
+/// key is RSA-2048; `md` signs the leaf.
+pub struct TestChain {
+    pub root: X509,
+    /// Leaf first.
+    pub certs: Vec<X509>,
+    pub leaf_key: PKey<Private>,
+}
+
+fn test_cert(
+    cn: &str,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    ca: bool,
+    md: MessageDigest,
+) -> anyhow::Result<X509> {
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", cn)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    b.set_serial_number(
+        BigNum::from_u32(rand::random::<u32>() >> 1)?
+            .to_asn1_integer()?
+            .as_ref(),
+    )?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))?;
+    b.set_pubkey(key)?;
+    b.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
+    b.set_not_after(Asn1Time::days_from_now(365)?.as_ref())?;
+    if ca {
+        b.append_extension(
+            openssl::x509::extension::BasicConstraints::new()
+                .critical()
+                .ca()
+                .build()?,
+        )?;
+    } else {
+        b.append_extension(
+            openssl::x509::extension::ExtendedKeyUsage::new()
+                .server_auth()
+                .other(INTEL_SETUP_OID)
+                .build()?,
+        )?;
+    }
+    b.sign(issuer.map_or(key, |(_, k)| k), md)?;
+    Ok(b.build())
+}
+
+impl TestChain {
+    /// A chain whose leaf CN is `cn`.
+    pub fn new(cn: &str, md: MessageDigest) -> anyhow::Result<TestChain> {
+        let rsa = || -> anyhow::Result<PKey<Private>> {
+            Ok(PKey::from_rsa(openssl::rsa::Rsa::generate(2048)?)?)
+        };
+        let (root_key, issuing_key, leaf_key) = (rsa()?, rsa()?, rsa()?);
+        let sha256 = MessageDigest::sha256();
+        let root = test_cert("Throwaway Test Root", &root_key, None, true, sha256)?;
+        let issuing = test_cert(
+            "Throwaway Issuing CA",
+            &issuing_key,
+            Some((&root, &root_key)),
+            true,
+            sha256,
+        )?;
+        let leaf = test_cert(cn, &leaf_key, Some((&issuing, &issuing_key)), false, md)?;
+        Ok(TestChain {
+            certs: vec![leaf, issuing, root.clone()],
+            root,
+            leaf_key,
+        })
+    }
+
+    /// Writes `<name>.pem` (the certificates root first: order must not matter) and
+    /// `<name>.key` into `dir`; returns both paths.
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let mut pem = Vec::new();
+        for c in self.certs.iter().rev() {
+            pem.extend(c.to_pem()?);
+        }
+        let (chain, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&chain, pem)?;
+        std::fs::write(&key, self.leaf_key.private_key_to_pem_pkcs8()?)?;
+        Ok((chain, key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
