@@ -256,3 +256,58 @@ fn a_sha1_chain_is_refused_at_import() {
     assert_eq!(listed[0]["root_sha256"], root_sha256);
     assert_eq!(listed[0]["certificates"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn vprovs_own_root_reaches_a_device_through_a_setup_bin() {
+    let rig = Rig::new(1, PKI_CONFIG);
+    let out = rig
+        .s
+        .run(&["pki", "create-root", "own", "--domain", "example.com"])
+        .ok();
+    assert!(out.contains("provisioning.example.com"), "{out}");
+    let file = rig.s.dir.path().join("setup.bin");
+    let server = rig.serve();
+    let hello = server.hello_addr;
+    let std::net::SocketAddr::V4(hello_v4) = hello else {
+        panic!("{hello}")
+    };
+    rig.s
+        .run(&[
+            "pki",
+            "setupbin",
+            "own",
+            "--output",
+            file.to_str().unwrap(),
+            "--server",
+            &hello_v4.ip().to_string(),
+            "--port",
+            &hello.port().to_string(),
+        ])
+        .ok();
+    let inspected = rig
+        .s
+        .run(&["keys", "inspect-setupbin", file.to_str().unwrap()])
+        .ok();
+    assert!(
+        inspected.contains("trusted root certificate hash"),
+        "{inspected}"
+    );
+    assert!(inspected.contains("PKI DNS suffix"), "{inspected}");
+    // The technician's USB touch: the factory device takes the record.
+    let bin = setupbin::SetupBin::decode(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(bin.version, 3);
+    let (setup, mebx) = PkiSetup::from_setup_bin(&bin.records[0]).unwrap();
+    assert_eq!(setup.dns_suffix, "example.com");
+    let mut spec = DeviceSpec::new_pki(setup, "19.0.5", Ipv4Addr::new(127, 66, 0, 1));
+    spec.mebx_password = mebx;
+    let sim = rig.simulate(&server, vec![spec], 0.001);
+    let report = rig.wait_all(&sim, Duration::from_secs(60)).remove(0);
+    assert!(report.committed && report.confirmed, "{report:?}");
+    assert_eq!(report.control_mode, Some("acm"));
+    let device = eventually(Duration::from_secs(20), "device record", || {
+        rig.devices().into_iter().next()
+    });
+    assert_eq!(device["pki_chain"], "own");
+    assert_eq!(device["control_mode"], "acm");
+    assert_eq!(server.stop(), 0);
+}

@@ -54,6 +54,37 @@ pub enum PkiCommand {
     },
     /// Remove a chain and its key
     Remove { name: String },
+    /// Create vprov's own provisioning root and leaf for a DNS suffix (no commercial
+    /// certificate needed: devices are made to trust the root with `vprov pki setupbin`)
+    CreateRoot {
+        /// Name of the chain in vprov
+        name: String,
+        /// The devices' DNS suffix (their PKI DNS suffix); the leaf is
+        /// provisioning.<DOMAIN>
+        #[arg(long)]
+        domain: String,
+    },
+    /// Write a USB setup.bin that makes a device trust a chain's root
+    ///
+    /// One record (version 3): the MEBx password (factory `admin` → the provisioning
+    /// password), the root's SHA-256 (2.8), the chain's domain as PKI DNS suffix (2.3),
+    /// vprov's address and hello port (2.17, 2.18) and 2.28 = 1. The file holds the
+    /// provisioning password: it is written with mode 0600.
+    Setupbin {
+        name: String,
+        /// Where to write it (the root of a FAT USB key, named setup.bin)
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// vprov's IPv4 address as devices reach it [default: [export] server_address]
+        #[arg(long)]
+        server: Option<std::net::Ipv4Addr>,
+        /// vprov's hello port [default: [export] server_port, else the hello listener's]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Replace an existing file
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn now_seconds() -> i64 {
@@ -190,6 +221,71 @@ pub fn run(cmd: PkiCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     )?;
                 }
             }
+        }
+        PkiCommand::CreateRoot { name, domain } => {
+            vprov_core::store::check_chain_name(&name)?;
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            vprov_core::pki::select::check_domain(&domain).map_err(anyhow::Error::msg)?;
+            let chain = vprov_core::pki::own_root::create(&domain, now_seconds())?;
+            let rec = ctx
+                .store()?
+                .add_provisioning_chain(&name, &chain, &actor())?;
+            outln!(
+                "created chain {} (leaf CN {}, expires {}); root SHA-256 {}\n\
+                 write the setup.bin that makes devices trust it: vprov pki setupbin {} --output setup.bin",
+                rec.name,
+                rec.common_name,
+                output::time(rec.not_after * 1000),
+                hex::encode(&rec.root.sha256),
+                rec.name
+            )?;
+        }
+        PkiCommand::Setupbin {
+            name,
+            output: out,
+            server,
+            port,
+            force,
+        } => {
+            let store = ctx.store()?;
+            let chain = store
+                .provisioning_chain(&name)?
+                .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
+            let password = store.provisioning_password()?.context(
+                "no provisioning password is set (vprov password set): setup.bin makes it the MEBx password",
+            )?;
+            let export = &ctx.config.export;
+            let server = match server {
+                Some(s) => s,
+                None => export.server_address.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "give vprov's IPv4 address with --server (or set [export] server_address)"
+                    )
+                })?,
+            };
+            let port = port
+                .or(export.server_port)
+                .unwrap_or(ctx.config.hello.listen.port());
+            let bytes = vprov_core::pki::own_root::setup_bin(
+                &chain.root.sha256,
+                &chain.domain,
+                password.expose(),
+                server,
+                port,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let mut file = output::PrivateFile::create(&out, force)
+                .with_context(|| format!("writing {}", out.display()))?;
+            io::Write::write_all(&mut file, &bytes)?;
+            file.commit()
+                .with_context(|| format!("writing {}", out.display()))?;
+            outln!(
+                "wrote {}: devices it touches trust chain {} (root SHA-256 {}), PKI DNS suffix {}, hellos to {server}:{port}",
+                out.display(),
+                chain.name,
+                hex::encode(&chain.root.sha256),
+                chain.domain
+            )?;
         }
         PkiCommand::Remove { name } => {
             if !ctx.store()?.remove_provisioning_chain(&name, &actor())? {

@@ -77,6 +77,47 @@ pub struct PkiSetup {
     pub dns_suffix: String,
 }
 
+impl PkiSetup {
+    /// What one setup.bin record does to a factory device touched with the USB key
+    /// (amt-pki.md §3.3): 2.8 adds an active trusted hash (algorithm u8 ‖ hash ‖ name
+    /// length u8 ‖ name), 2.3 sets the PKI DNS suffix, 1.2 the new MEBx password.
+    /// Returns the setup and the MEBx password, or why the record cannot be applied.
+    pub fn from_setup_bin(record: &setupbin::Record) -> Result<(PkiSetup, String), String> {
+        let value = |key: (u16, u16)| {
+            record
+                .entries
+                .iter()
+                .find(|e| (e.module, e.variable) == key)
+                .map(|e| e.value.as_slice())
+        };
+        let hash = value((2, 8)).ok_or("no 2.8 trusted root hash")?;
+        let (&algorithm, rest) = hash.split_first().ok_or("empty 2.8")?;
+        let len = match algorithm {
+            1 => 20,
+            2 => 32,
+            3 => 48,
+            other => return Err(format!("2.8 hash algorithm {other}")),
+        };
+        let name_len = *rest.get(len).ok_or("2.8 is truncated")? as usize;
+        if rest.len() != len + 1 + name_len || name_len > 32 {
+            return Err("2.8 has a wrong length".into());
+        }
+        let suffix = value((2, 3)).ok_or("no 2.3 PKI DNS suffix")?;
+        let password = value(setupbin::var::NEW_MEBX_PASSWORD).ok_or("no 1.2 MEBx password")?;
+        Ok((
+            PkiSetup {
+                trusted: vec![TrustedHash {
+                    algorithm,
+                    hash: rest[..len].to_vec(),
+                    active: true,
+                }],
+                dns_suffix: String::from_utf8_lossy(suffix).into_owned(),
+            },
+            String::from_utf8_lossy(password).into_owned(),
+        ))
+    }
+}
+
 /// The v3 hello: the v2 header with version 3, then the active hashes.
 pub fn encode_hello(retry: u32, uuid: &[u8; 16], trusted: &[TrustedHash]) -> Vec<u8> {
     let active: Vec<&TrustedHash> = trusted.iter().filter(|t| t.active).take(255).collect();
