@@ -311,3 +311,104 @@ fn vprovs_own_root_reaches_a_device_through_a_setup_bin() {
     assert_eq!(device["control_mode"], "acm");
     assert_eq!(server.stop(), 0);
 }
+
+#[test]
+fn a_pki_job_killed_after_commit_is_finished_on_restart() {
+    // A long commit wait: the server is killed after the device committed (it sends
+    // no more hellos) but before the job recorded it.
+    let rig = Rig::new(1, &format!("commit_wait_ms = 4000\n{PKI_CONFIG}"));
+    let commercial = chain("provisioning.example.com", MessageDigest::sha256());
+    import(&rig, "commercial", &commercial).ok();
+    let server = rig.serve();
+    let spec = pki_device(
+        &commercial.root,
+        "example.com",
+        "15.0.35",
+        Ipv4Addr::new(127, 67, 0, 1),
+    );
+    let sim = rig.simulate(&server, vec![spec], 0.001);
+    eventually(Duration::from_secs(60), "the commit", || {
+        sim.reports()[0].committed.then_some(())
+    });
+    let hello_addr = server.hello_addr.to_string();
+    server.kill();
+    assert!(rig.devices().is_empty());
+    let server = rig.serve_on(&hello_addr);
+    let device = eventually(Duration::from_secs(40), "the resumed job", || {
+        rig.devices().into_iter().next()
+    });
+    assert_eq!(device["provisioning_path"], "pki");
+    assert_eq!(device["pki_chain"], "commercial");
+    let fingerprint: usize = rig
+        .s
+        .sqlite()
+        .query_row(
+            "SELECT length(setup_certificate_sha256) FROM devices",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(fingerprint, 32);
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn chains_over_the_api_with_roles_and_refusals() {
+    use vprov_tests::api::ApiClient;
+    let rig = Rig::new(1, "");
+    rig.s.add_admin("ann", "admin", "ann-the-admin-pw");
+    rig.s.add_admin("olaf", "operator", "olaf-operates-pw");
+    let server = rig.serve();
+    let client = ApiClient::new(&rig.s, server.api_addr.expect("the API is on"));
+    let ann = client.sign_in("ann", "ann-the-admin-pw");
+    let olaf = client.sign_in("olaf", "olaf-operates-pw");
+    let good = chain("provisioning.example.com", MessageDigest::sha256());
+    let pem: String = good
+        .certs
+        .iter()
+        .map(|c| String::from_utf8(c.to_pem().unwrap()).unwrap())
+        .collect();
+    let key_pem = String::from_utf8(good.leaf_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let body = serde_json::json!({ "name": "corp", "pem": pem, "key_pem": key_pem });
+    assert_eq!(olaf.post("/api/v1/pki/chains", body.clone()).status, 403);
+    let created = ann.post("/api/v1/pki/chains", body);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json["domain"], "example.com");
+    let sha1 = chain("provisioning.example.com", MessageDigest::sha1());
+    let sha1_pem: String = sha1
+        .certs
+        .iter()
+        .map(|c| String::from_utf8(c.to_pem().unwrap()).unwrap())
+        .collect();
+    let refused = ann.post(
+        "/api/v1/pki/chains",
+        serde_json::json!({
+            "name": "old",
+            "pem": sha1_pem,
+            "key_pem": String::from_utf8(sha1.leaf_key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        }),
+    );
+    assert_eq!(refused.status, 422);
+    assert!(refused.error().contains("SHA-1"), "{refused:?}");
+    let listed = olaf.get("/api/v1/pki/chains");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json.as_array().unwrap().len(), 1);
+    assert_eq!(
+        olaf.send("DELETE", "/api/v1/pki/chains/corp", None).status,
+        403
+    );
+    assert_eq!(
+        ann.send("DELETE", "/api/v1/pki/chains/corp", None).status,
+        204
+    );
+    assert_eq!(
+        ann.send("DELETE", "/api/v1/pki/chains/corp", None).status,
+        404
+    );
+    let audit = rig.s.run(&["audit", "list", "--format", "json"]).ok();
+    assert!(
+        audit.contains("pki.chain_imported") && audit.contains("pki.chain_removed"),
+        "{audit}"
+    );
+    assert_eq!(server.stop(), 0);
+}

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod devices;
 pub mod events;
 pub mod keys;
+pub mod pki;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -260,6 +261,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/alerts", get(devices::alerts))
         .route("/alerts/{id}/acknowledge", post(devices::acknowledge))
         .route("/plugins", get(devices::plugins))
+        .route("/pki/chains", get(pki::list).post(pki::import))
+        .route("/pki/chains/{name}", axum::routing::delete(pki::remove))
         .route("/audit", get(devices::audit))
         .route("/events", get(events::stream));
     Router::new()

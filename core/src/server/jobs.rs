@@ -280,6 +280,7 @@ impl JobManager {
     /// (it no longer sends hellos). Jobs that had not reached CommitChanges wait for
     /// the device's next hello, which reuses their recorded credential.
     pub async fn resume_pending(&self) {
+        self.resume_pending_pki().await;
         let pending = match self.inner.store.call(|s| s.pending_jobs()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {

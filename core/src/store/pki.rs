@@ -196,6 +196,8 @@ pub struct PkiJobIntent {
     pub new_password: Zeroizing<String>,
     /// The certificate issued for the device, once the job got that far.
     pub certificate_der: Option<Vec<u8>>,
+    /// SHA-256 of the certificate the device presented in setup mode, once seen.
+    pub setup_certificate_sha256: Option<Vec<u8>>,
     /// An earlier attempt left this intent, so the device may hold `new_password`.
     pub resumed: bool,
 }
@@ -246,18 +248,40 @@ impl Store {
             params![device_uuid, address, chain_name, sealed, now],
         )?;
         tx.commit()?;
-        let (id, address, chain_name, step, sealed, certificate_der): (
+        let intent = self
+            .pki_jobs_where("device_uuid = ?1", &[&device_uuid])?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a PKI job vanished".into()))?;
+        Ok(PkiJobIntent { resumed, ..intent })
+    }
+
+    /// Every PKI job in flight (after a restart: those past CommitChanges are finished).
+    pub fn pending_pki_jobs(&self) -> Result<Vec<PkiJobIntent>, StoreError> {
+        self.pki_jobs_where("1 = 1", &[])
+    }
+
+    fn pki_jobs_where(
+        &self,
+        condition: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<PkiJobIntent>, StoreError> {
+        type Row = (
             i64,
+            String,
             String,
             String,
             String,
             Vec<u8>,
             Option<Vec<u8>>,
-        ) = self.conn.query_row(
-            "SELECT id, address, chain_name, step, new_password_sealed, certificate_der
-             FROM pki_jobs WHERE device_uuid = ?1",
-            [device_uuid],
-            |r| {
+            Option<Vec<u8>>,
+        );
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, device_uuid, address, chain_name, step, new_password_sealed,
+                    certificate_der, setup_certificate_sha256
+             FROM pki_jobs WHERE {condition} ORDER BY id"
+        ))?;
+        let rows: Vec<Row> = stmt
+            .query_map(args, |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -265,24 +289,42 @@ impl Store {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
-            },
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(
+                |(id, device_uuid, address, chain_name, step, sealed, cert, fp)| {
+                    let plain = self.key.open(&pki_job_context(&device_uuid), &sealed)?;
+                    let new_password =
+                        Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| {
+                            StoreError::Corrupt("a PKI job password is not UTF-8".into())
+                        })?);
+                    Ok(PkiJobIntent {
+                        id,
+                        device_uuid,
+                        address,
+                        chain_name,
+                        step,
+                        new_password,
+                        certificate_der: cert,
+                        setup_certificate_sha256: fp,
+                        resumed: true,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Records the SHA-256 of the certificate the device presented in setup mode.
+    pub fn set_pki_job_fingerprint(&mut self, job: i64, sha256: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE pki_jobs SET setup_certificate_sha256 = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job, sha256, now_ms()],
         )?;
-        let plain = self.key.open(&pki_job_context(device_uuid), &sealed)?;
-        let new_password = Zeroizing::new(
-            String::from_utf8(plain.to_vec())
-                .map_err(|_| StoreError::Corrupt("a PKI job password is not UTF-8".into()))?,
-        );
-        Ok(PkiJobIntent {
-            id,
-            device_uuid: device_uuid.to_string(),
-            address,
-            chain_name,
-            step,
-            new_password,
-            certificate_der,
-            resumed,
-        })
+        Ok(())
     }
 
     /// Records the certificate a PKI job issued for its device.

@@ -225,6 +225,7 @@ const MIGRATIONS: &[&str] = &[
         chain_name          TEXT NOT NULL,
         new_password_sealed BLOB NOT NULL,
         certificate_der     BLOB,
+        setup_certificate_sha256 BLOB,
         step                TEXT NOT NULL,
         created_at          INTEGER NOT NULL,
         updated_at          INTEGER NOT NULL

@@ -88,9 +88,10 @@ struct Args {
     #[arg(long, default_value_t = 16993)]
     device_port: u16,
 
-    /// MEBx password set on every device (the server's provisioning password).
+    /// MEBx password set on every PSK device (the server's provisioning password);
+    /// needed unless --devices is 0.
     #[arg(long, env = "AMTSIM_MEBX_PASSWORD", hide_env_values = true)]
-    mebx_password: String,
+    mebx_password: Option<String>,
 
     /// Multiplies the hello schedule: 1 = real time, 0.01 = 100 times faster.
     #[arg(long, default_value_t = 1.0)]
@@ -288,7 +289,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (i, (pid, pps)) in (0u32..).zip(keys) {
         let address = address_for(i, args.base_address)
             .with_context(|| format!("device {} would be outside 127.0.0.0/8", i + 1))?;
-        let mut spec = DeviceSpec::new(pid, pps, &args.mebx_password, address);
+        let mebx = args
+            .mebx_password
+            .as_deref()
+            .context("--mebx-password is needed for PSK devices")?;
+        let mut spec = DeviceSpec::new(pid, pps, mebx, address);
         spec.amt_version = args.amt_version.clone();
         spec.behaviour = args.behaviour();
         if args.host_names {

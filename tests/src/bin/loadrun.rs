@@ -297,14 +297,17 @@ fn main() -> anyhow::Result<()> {
     let data = dir.path().join("data");
     let n = args.devices;
 
-    run_ok(
-        {
-            let mut c = vprov(&data)?;
-            c.args(["keys", "generate", "--count", &n.to_string()]);
-            c
-        },
-        None,
-    )?;
+    // `--devices 0 --pki N` is a PKI-only run: no keys.
+    if n > 0 {
+        run_ok(
+            {
+                let mut c = vprov(&data)?;
+                c.args(["keys", "generate", "--count", &n.to_string()]);
+                c
+            },
+            None,
+        )?;
+    }
     run_ok(
         {
             let mut c = vprov(&data)?;

@@ -12,7 +12,9 @@
 //!    then the provisioning password (a USB setup.bin sets it), then the intent's
 //!    credential (an earlier attempt set it).
 //! 4. AMT version and `GetUuid` (must be the hello's), `SetMEBxPassword` (the
-//!    provisioning password: CommitChanges refuses a factory MEBx password),
+//!    device's new admin credential, random per device unless `admin_password =
+//!    "provisioning"`: CommitChanges refuses a factory MEBx password, and the device
+//!    is not authenticated, so the provisioning password is never sent),
 //!    `SetAdminAclEntryEx`, then the PSK job's common steps: host name, clock, key
 //!    pair and certificate from vprov's CA, TLS, `CommitChanges`, and confirmation over
 //!    TLS pinned to the issued certificate with the new credential.
@@ -41,6 +43,19 @@ pub struct AcceptedPkiHello {
     pub hashes: Vec<CertificateHash>,
 }
 
+/// A just-provisioned PKI device as post-provision actions see it (no PID).
+fn pki_view(record: &ProvisionedDevice) -> DeviceInfo {
+    DeviceInfo {
+        uuid: record.uuid.as_str().into(),
+        host_name: record.host_name.as_deref().map(Into::into).into(),
+        address: record.address.as_str().into(),
+        amt_version: record.amt_version.as_deref().map(Into::into).into(),
+        pid: "".into(),
+        state: "unmanaged".into(),
+        management_mode: None.into(),
+    }
+}
+
 fn failure(step: &'static str, severity: Severity, error: String) -> JobFailure {
     JobFailure {
         step,
@@ -49,21 +64,48 @@ fn failure(step: &'static str, severity: Severity, error: String) -> JobFailure 
     }
 }
 
+/// What a PKI job claims: its device at the hello's address (also against PSK jobs).
+fn pki_keys(uuid: &str, address: IpAddr) -> JobKeys {
+    JobKeys {
+        pid: format!("pki {uuid}"),
+        keys: [
+            format!("pki device {uuid} @{address}"),
+            format!("device {uuid} @{address}"),
+        ],
+    }
+}
+
 impl JobManager {
+    /// After a restart: finishes every PKI job whose device committed (it sends no
+    /// more hellos); earlier ones wait for the device's next hello, which reuses their
+    /// recorded credential.
+    pub(super) async fn resume_pending_pki(&self) {
+        let Ok(Ok(pending)) = self.inner.store.call(|s| s.pending_pki_jobs()).await else {
+            return;
+        };
+        for intent in pending.into_iter().filter(|i| i.step == "commit") {
+            let Ok(address) = intent.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let keys = pki_keys(&intent.device_uuid, address);
+            if !self.inner.claim(&keys) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                inner.resume_pki(intent, address).await;
+                inner.release(&keys);
+            });
+        }
+    }
+
     /// Starts a PKI job for `hello` unless one is queued or running for the device at
     /// that address (repeated hellos are absorbed).
     pub fn submit_pki(&self, hello: AcceptedPkiHello) {
         if self.inner.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let uuid = hello.uuid.to_string();
-        let keys = JobKeys {
-            pid: format!("pki {uuid}"),
-            keys: [
-                format!("pki device {uuid} @{}", hello.address),
-                format!("device {uuid} @{}", hello.address),
-            ],
-        };
+        let keys = pki_keys(&hello.uuid.to_string(), hello.address);
         if !self.inner.claim(&keys) {
             return;
         }
@@ -157,18 +199,17 @@ impl Inner {
             .call(|s| s.provisioning_password())
             .await
             .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?
-            .ok_or_else(|| {
-                failure(
+            .map_err(|e| store_failure(e.to_string()))?;
+        let new_password = match (&provisioning_password, self.settings.keep_provisioning_password) {
+            (_, false) => Zeroizing::new(crate::password::generate().expose().to_string()),
+            (Some(p), true) => Zeroizing::new(p.expose().to_string()),
+            (None, true) => {
+                return Err(failure(
                     "provisioning password",
                     Severity::Error,
-                    "no provisioning password is set (vprov password set): it becomes the device's MEBx password".into(),
-                )
-            })?;
-        let new_password = if self.settings.keep_provisioning_password {
-            Zeroizing::new(provisioning_password.expose().to_string())
-        } else {
-            Zeroizing::new(crate::password::generate().expose().to_string())
+                    "admin_password = \"provisioning\" but no provisioning password is set (vprov password set)".into(),
+                ))
+            }
         };
 
         // 2. Intent first.
@@ -200,7 +241,7 @@ impl Inner {
                 &chain,
                 &chosen.name,
                 dialer,
-                &provisioning_password,
+                provisioning_password.as_ref(),
                 &intent,
             )
             .await;
@@ -218,7 +259,7 @@ impl Inner {
         chain: &ProvisioningChain,
         chain_name: &str,
         dialer: Arc<ChainDialer>,
-        provisioning_password: &crate::password::ProvisioningPassword,
+        provisioning_password: Option<&crate::password::ProvisioningPassword>,
         intent: &PkiJobIntent,
     ) -> Result<(), JobFailure> {
         let device = SocketAddr::new(hello.address, self.settings.device_port);
@@ -243,13 +284,15 @@ impl Inner {
             e => JobFailure::at("connect")(e),
         })?;
 
-        // Factory password, then the provisioning password, then our own credential.
+        // Factory password, then the provisioning password (a vprov setup.bin sets it),
+        // then our own credential (an earlier attempt may have set it).
         let mut settings = None;
-        for password in [
-            FACTORY_PASSWORD,
-            provisioning_password.expose(),
-            intent.new_password.as_str(),
-        ] {
+        let candidates = [
+            Some(FACTORY_PASSWORD),
+            provisioning_password.map(|p| p.expose()),
+            Some(intent.new_password.as_str()),
+        ];
+        for password in candidates.into_iter().flatten() {
             session.set_password(password);
             match session.general_settings().await {
                 Ok(s) => {
@@ -267,11 +310,18 @@ impl Inner {
                 Err(e) => return Err(JobFailure::at("read general settings")(e)),
             }
         }
+        if let Some(fp) = dialer.device_certificate_sha256() {
+            let job = intent.id;
+            let _ = self
+                .store
+                .call(move |s| s.set_pki_job_fingerprint(job, &fp))
+                .await;
+        }
         let settings = settings.ok_or_else(|| {
             failure(
                 "login",
                 Severity::Error,
-                "the device refused the factory MEBx password, the provisioning password and the job's credential".into(),
+                "the device refused the factory MEBx password, the provisioning password and the job's credential: set its MEBx password back or unprovision it".into(),
             )
         })?;
         let amt_version = session
@@ -294,11 +344,15 @@ impl Inner {
             ));
         }
 
+        // From here on the device may hold the intent's credential: keep the intent.
+        self.pki_step(intent.id, "credential").await;
+        // The MEBx password becomes the device's own credential, not the provisioning
+        // password: the device is not authenticated (its certificate is self-signed),
+        // so whoever answers at the hello's address learns what is sent here.
         session
-            .set_mebx_password(provisioning_password.expose())
+            .set_mebx_password(&intent.new_password)
             .await
             .map_err(JobFailure::at("SetMEBxPassword"))?;
-        self.pki_step(intent.id, "credential").await;
         session
             .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
             .await
@@ -371,15 +425,7 @@ impl Inner {
             chain_name: chain_name.to_string(),
             setup_certificate_sha256: dialer.device_certificate_sha256().unwrap_or_default(),
         };
-        let view = DeviceInfo {
-            uuid: record.uuid.as_str().into(),
-            host_name: record.host_name.as_deref().map(Into::into).into(),
-            address: record.address.as_str().into(),
-            amt_version: record.amt_version.as_deref().map(Into::into).into(),
-            pid: "".into(),
-            state: "unmanaged".into(),
-            management_mode: None.into(),
-        };
+        let view = pki_view(&record);
         let (id, pw) = (intent.id, intent.new_password.clone());
         self.store
             .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
@@ -388,6 +434,66 @@ impl Inner {
             .map_err(|e| failure("store", Severity::Critical, e.to_string()))?;
         self.provisioned(view);
         Ok(())
+    }
+
+    /// Confirms a device whose job committed before a restart and records it.
+    async fn resume_pki(&self, intent: PkiJobIntent, address: IpAddr) {
+        let device = SocketAddr::new(address, self.settings.device_port);
+        let reached = async {
+            let (mut s, uuid) = self
+                .reach_after_restart(
+                    device,
+                    &intent.new_password,
+                    intent.certificate_der.as_deref(),
+                )
+                .await?;
+            let version = s.amt_version().await.ok();
+            let host = s.general_settings().await.ok().map(|g| g.host_name);
+            Ok::<_, DeviceError>((uuid, version, host))
+        }
+        .await;
+        match reached {
+            Ok((uuid, version, host)) if uuid.to_string() == intent.device_uuid => {
+                let record = ProvisionedDevice {
+                    uuid: intent.device_uuid.clone(),
+                    host_name: host.filter(|h| !h.is_empty()),
+                    address: intent.address.clone(),
+                    amt_version: version,
+                    admin_user: ADMIN_USER.into(),
+                    certificate_der: intent.certificate_der.clone().unwrap_or_default(),
+                };
+                let pki = PkiProvisioning {
+                    chain_name: intent.chain_name.clone(),
+                    setup_certificate_sha256: intent
+                        .setup_certificate_sha256
+                        .clone()
+                        .unwrap_or_default(),
+                };
+                let view = pki_view(&record);
+                let (id, pw) = (intent.id, intent.new_password.clone());
+                match self
+                    .store
+                    .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!(device = %intent.device_uuid,
+                            "interrupted PKI job finished: the device had committed");
+                        self.provisioned(view);
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot record resumed PKI device: {e}"),
+                    Err(_) => {}
+                }
+            }
+            Ok((uuid, _, _)) => self.pki_alert(
+                Severity::Error,
+                format!("resuming an interrupted PKI job: the device at this address is {uuid}, not the expected one"),
+                &intent.device_uuid,
+                address,
+            ),
+            Err(e) => tracing::info!(device = %intent.device_uuid,
+                "interrupted PKI job: device not reachable over TLS yet ({e})"),
+        }
     }
 
     async fn pki_step(&self, job: i64, step: &'static str) {
