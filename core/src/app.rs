@@ -26,6 +26,7 @@ use crate::plugins::{HostSettings, PluginHost, ServerLink};
 use crate::server::hello_listener::{HelloLimits, HelloListener};
 use crate::server::jobs::{JobManager, JobSettings};
 use crate::server::lock::{ServeLock, ServeLockError};
+use crate::server::pki_expiry;
 use crate::server::reachability::{self, ReachabilitySettings};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::store_thread::StoreHandle;
@@ -57,6 +58,8 @@ pub struct ServerSettings {
     pub api: Option<ApiSettings>,
     /// Alert retention and how often repeats are passed on.
     pub alerts: AlertsConfig,
+    /// Days before a provisioning chain's expiry it is warned about (`[pki]`).
+    pub pki_expiry_warning_days: u32,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -141,6 +144,7 @@ pub fn server_settings(
             local_tls: prov.local_tls,
             retry_backoff: prov.retry_backoff,
             retry_backoff_max: prov.retry_backoff_max,
+            pki: config.pki.domains.clone(),
         },
         shutdown_grace: prov.shutdown_grace,
         reachability: config
@@ -177,6 +181,7 @@ pub fn server_settings(
             ),
         }),
         alerts: config.alerts,
+        pki_expiry_warning_days: config.pki.expiry_warning_days,
     }
 }
 
@@ -305,6 +310,12 @@ pub async fn run(
     );
     jobs.resume_pending().await;
 
+    let expiry = tokio::spawn(pki_expiry::run(
+        store.clone(),
+        alerts.clone(),
+        settings.pki_expiry_warning_days,
+        stop_rx.clone(),
+    ));
     let checking = settings.reachability.clone().map(|r| {
         let (store, alerts, stop) = (store.clone(), alerts.clone(), stop_rx.clone());
         tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
@@ -340,6 +351,7 @@ pub async fn run(
     );
     let _ = stop_tx.send(true);
     let _ = listening.await;
+    let _ = expiry.await;
     if let Some(checking) = checking {
         let _ = checking.await;
     }

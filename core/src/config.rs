@@ -63,6 +63,25 @@ struct ConfigFile {
     api: ApiSection,
     #[serde(default)]
     alerts: AlertsSection,
+    #[serde(default)]
+    pki: PkiSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PkiSection {
+    default_domain: Option<String>,
+    subnets: Option<Vec<String>>,
+    expiry_warning_days: Option<u32>,
+}
+
+/// `[pki]`: PKI remote configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiConfig {
+    /// How a PKI (hello v3) device's DNS suffix is found, to pick its chain.
+    pub domains: crate::pki::select::DomainRules,
+    /// Days before a provisioning chain expires that it is warned about.
+    pub expiry_warning_days: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +301,7 @@ pub struct Config {
     pub management: ManagementConfig,
     pub api: ApiConfig,
     pub alerts: AlertsConfig,
+    pub pki: PkiConfig,
 }
 
 impl Config {
@@ -352,6 +372,10 @@ impl Default for Config {
                 event_streams_per_account: 4,
             },
             alerts: AlertsConfig::default(),
+            pki: PkiConfig {
+                domains: crate::pki::select::DomainRules::default(),
+                expiry_warning_days: 30,
+            },
         }
     }
 }
@@ -409,7 +433,9 @@ impl Config {
         };
         let api = api_section(file.api, defaults.api, &invalid)?;
         let alerts = alerts_section(file.alerts, defaults.alerts, &invalid)?;
+        let pki = pki_section(file.pki, defaults.pki, &invalid)?;
         Ok(Config {
+            pki,
             alerts,
             api,
             management,
@@ -610,6 +636,46 @@ fn alerts_section(
         ));
     }
     Ok(alerts)
+}
+
+/// The `[pki]` section over its defaults, checked.
+fn pki_section(
+    p: PkiSection,
+    pd: PkiConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<PkiConfig, ConfigError> {
+    let default_domain = match p.default_domain.filter(|d| !d.is_empty()) {
+        Some(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            crate::pki::select::check_domain(&d).map_err(|e| invalid("pki.default_domain", e))?;
+            Some(d)
+        }
+        None => None,
+    };
+    let subnets = p
+        .subnets
+        .unwrap_or_default()
+        .iter()
+        .map(|s| crate::pki::select::SubnetRule::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("pki.subnets", e))?;
+    let expiry_warning_days = match p.expiry_warning_days {
+        None => pd.expiry_warning_days,
+        Some(d) if d <= 3650 => d,
+        Some(_) => {
+            return Err(invalid(
+                "pki.expiry_warning_days",
+                "must be 0 to 3650".into(),
+            ))
+        }
+    };
+    Ok(PkiConfig {
+        domains: crate::pki::select::DomainRules {
+            default_domain,
+            subnets,
+        },
+        expiry_warning_days,
+    })
 }
 
 #[cfg(test)]

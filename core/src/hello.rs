@@ -1,6 +1,6 @@
 //! Setup-mode "hello" messages: what a device in setup mode sends to TCP port 9971.
 //!
-//! Owns the wire formats (`../shared/docs/amt-protocol.md` §1, all little-endian):
+//! Owns the wire formats (`docs/protocol-notes.md`; all little-endian):
 //! - **v2 (PSK)**: exactly 32 bytes: `u16` admin-credentials-set (0/1), `u16` version
 //!   = 2, `u32` retry count, 16 UUID bytes, 8 ASCII PID characters (no dash);
 //! - **v3 (PKI)**: the same 24-byte header with version 3, then a hash count `N` and

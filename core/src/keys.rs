@@ -5,7 +5,7 @@
 //! generation from the operating system's CSPRNG without modulo bias.
 //!
 //! Format (Intel AMT Implementation and Reference Guide, "PID-PPS Checksum";
-//! `../shared/docs/amt-protocol.md` §2): both values use `A–Z0–9`. The PID is 8
+//! `docs/protocol-notes.md`): both values use `A–Z0–9`. The PID is 8
 //! characters whose 8th is the check character of the first 7; the PPS is 32
 //! characters in 8 groups of 4, the 4th of each group being the check character of
 //! that group's first 3. A check character is the sum of the ASCII codes mod 36,

@@ -1,7 +1,7 @@
 //! The layering of the crate's modules, checked against the source: every top-level
 //! module sits on one layer and may name (`crate::…`) only modules on lower layers,
 //! so the module graph has no cycles and reads bottom-up:
-//! foundations → store → store thread, views → alerts → {plugins, management} →
+//! foundations → pki chains → store → store thread, views → alerts → {plugins, management} →
 //! {server, api} → app → the command line. `ARCHITECTURE.md` states the same rules.
 
 use std::collections::BTreeMap;
@@ -18,25 +18,27 @@ const LAYERS: &[(&str, u8)] = &[
     ("secrets", 0),
     ("hello", 0),
     ("accounts", 0),
+    // Provisioning certificate chains (PKI): formats only, no store.
+    ("pki", 1),
     // The store and the host-name rule (on the hello's UUID); then what needs them
     // or only the wire: the CA (kept in the store), the configuration (alert
     // retention is a store type), the device connector.
-    ("store", 1),
-    ("host_name", 1),
-    ("ca", 2),
-    ("config", 2),
-    ("device", 2),
-    ("store_thread", 3),
-    ("views", 3),
-    ("alerts", 4),
-    ("plugins", 5),
-    ("management", 5),
-    ("server", 6),
-    ("api", 6),
-    ("app", 7),
+    ("store", 2),
+    ("host_name", 2),
+    ("ca", 3),
+    ("config", 3),
+    ("device", 3),
+    ("store_thread", 4),
+    ("views", 4),
+    ("alerts", 5),
+    ("plugins", 6),
+    ("management", 6),
+    ("server", 7),
+    ("api", 7),
+    ("app", 8),
     // Entry points of the fuzz targets (feature `fuzzing`), and this check.
-    ("fuzzing", 8),
-    ("layering", 8),
+    ("fuzzing", 9),
+    ("layering", 9),
 ];
 
 /// Library modules the command line (`main.rs`, `cli/`) may not use: it runs the

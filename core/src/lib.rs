@@ -9,6 +9,7 @@
 //! - [`config`]: the configuration file and its embedded defaults;
 //! - [`hello`]: the setup-mode hello messages devices send to port 9971;
 //! - [`ca`]: vprov's certificate authority for device TLS certificates;
+//! - [`pki`]: provisioning certificate chains for PKI (hello v3) remote configuration;
 //! - [`device`]: the device connector (TLS-PSK, legacy TLS, Digest, WS-Management);
 //! - [`management`]: agentless management of one device (power, inventory);
 //! - [`store_thread`]: the store's single owner while the server runs;
@@ -47,6 +48,7 @@ pub mod keys;
 mod layering;
 pub mod management;
 pub mod password;
+pub mod pki;
 pub mod plugins;
 pub mod secrets;
 pub mod server;

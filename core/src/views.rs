@@ -41,6 +41,9 @@ pub fn device_json(d: &DeviceRecord) -> Value {
         "provisioned_at": time_ms(d.provisioned_at),
         "last_contact_at": d.last_contact_at.map(time_ms),
         "reachable": d.reachable,
+        "control_mode": d.control_mode,
+        "provisioning_path": d.provisioning_path,
+        "pki_chain": d.pki_chain,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod devices;
 pub mod events;
 pub mod keys;
+pub mod pki;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -281,6 +282,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/alerts", get(devices::alerts))
         .route("/alerts/{id}/acknowledge", post(devices::acknowledge))
         .route("/plugins", get(devices::plugins))
+        .route("/pki/chains", get(pki::list).post(pki::import))
+        .route("/pki/chains/{name}", delete(pki::remove))
         .route("/audit", get(devices::audit))
         .route("/events", get(events::stream));
     Router::new()

@@ -5,6 +5,7 @@ mod choices;
 mod input;
 mod keys;
 mod output;
+mod pki;
 mod plugins;
 mod records;
 mod serve;
@@ -89,6 +90,9 @@ enum Command {
     /// vprov's certificate authority
     #[command(subcommand)]
     Ca(admin::CaCommand),
+    /// Provisioning certificate chains for PKI remote configuration (AMT 11+ hellos)
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
 }
 
 /// Everything a subcommand needs to open the store.
@@ -155,5 +159,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(cmd) => plugins::run(cmd, &ctx),
         Command::Admin(cmd) => admin::admin(cmd, &ctx),
         Command::Ca(cmd) => admin::ca(cmd, &ctx),
+        Command::Pki(cmd) => pki::run(cmd, &ctx),
     }
 }

@@ -631,6 +631,18 @@ impl AmtSession {
         Ok(())
     }
 
+    /// `SetMEBxPassword(Password)`: a PKI-configured device needs it before
+    /// `CommitChanges` while its MEBx password is the factory one (amt-pki.md §1.5).
+    pub async fn set_mebx_password(&mut self, password: &str) -> Result<(), DeviceError> {
+        self.invoke(
+            &amt_uri(SETUP_SERVICE),
+            "SetMEBxPassword",
+            &[("Password", password)],
+        )
+        .await
+        .map(drop)
+    }
+
     /// `CommitChanges`; the device then restarts its network stack.
     pub async fn commit_changes(&mut self) -> Result<(), DeviceError> {
         self.invoke(&amt_uri(SETUP_SERVICE), "CommitChanges", &[])

@@ -1,10 +1,11 @@
 //! The device connector: every connection vprov opens to an Intel AMT device.
 //!
 //! Owns the whole client side of the provisioning tunnel (wire reference:
-//! `../shared/docs/amt-protocol.md` §3, §4.2, §4.3, §6, §8):
+//! `docs/protocol-notes.md`):
 //! - [`tls`]: TCP connect and the TLS handshake, both the legacy TLS-PSK handshake of
 //!   one-touch provisioning (PID = identity, PPS = key) and certificate-verified TLS
 //!   once the device has its own certificate. The only place legacy TLS settings live.
+//! - [`pki_tls`]: TLS to a device in PKI setup mode, presenting a provisioning chain.
 //! - `http`: one keep-alive HTTP/1.1 connection per session, `POST /wsman`, HTTP Digest.
 //! - `wsman`: WS-Management SOAP 1.2 envelopes and namespace-aware reply parsing.
 //! - `amt`: the typed AMT calls an SCS makes ([`AmtSession`] methods).
@@ -15,6 +16,7 @@
 mod amt;
 // `pub(crate)` for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod http;
+pub mod pki_tls;
 pub mod tls;
 pub(crate) mod wsman;
 
@@ -59,6 +61,9 @@ pub enum DeviceError {
     /// Any other TLS failure.
     #[error("TLS failure: {0}")]
     Tls(String),
+    /// A device in PKI setup mode refused the provisioning chain (certificate alert).
+    #[error("the device refused the provisioning certificate chain: {0}")]
+    ChainRefused(String),
     /// The device's certificate does not chain to vprov's CA.
     #[error("device certificate rejected: {0}")]
     CertificateRejected(String),
@@ -133,6 +138,18 @@ impl AmtSession {
             pinned: pinned.map(Into::into),
         };
         Self::open(dialer, addr, user, password, t).await
+    }
+
+    /// Opens TLS to a device in PKI setup mode presenting `chain`'s provisioning chain
+    /// (see [`pki_tls`]), then prepares Digest authentication as `user` / `password`.
+    pub async fn connect_with_chain(
+        addr: SocketAddr,
+        chain: std::sync::Arc<pki_tls::ChainDialer>,
+        user: &str,
+        password: &str,
+        t: DeviceTimeouts,
+    ) -> Result<Self, DeviceError> {
+        Self::open(tls::Dialer::Chain(chain), addr, user, password, t).await
     }
 
     async fn open(

@@ -269,6 +269,8 @@ pub(crate) enum Dialer {
         ca_der: Arc<[u8]>,
         pinned: Option<Arc<[u8]>>,
     },
+    /// PKI setup mode: a provisioning chain as client certificate.
+    Chain(Arc<super::pki_tls::ChainDialer>),
 }
 
 impl Dialer {
@@ -284,6 +286,7 @@ impl Dialer {
             Dialer::Verified { ca_der, pinned } => {
                 connect_tls(addr, ca_der, pinned.as_deref(), timeout, versions).await
             }
+            Dialer::Chain(chain) => chain.dial(addr, timeout, versions).await,
         }
     }
 }

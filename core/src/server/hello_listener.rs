@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::jobs::{AcceptedHello, JobManager};
+use super::jobs::{AcceptedHello, AcceptedPkiHello, JobManager};
 use crate::alerts::AlertLog;
 use crate::hello::{self, Hello};
 use crate::keys::Pid;
@@ -353,20 +353,11 @@ impl HandlerContext {
         let pid_bytes = match hello {
             Hello::Psk { pid, .. } => pid,
             Hello::Pki { hashes, .. } => {
-                let mut alert = self.alert(
-                    Severity::Warning,
-                    format!(
-                        "PKI hello (remote configuration, {} certificate hashes{}): PKI remote configuration is not supported yet",
-                        hashes.len(),
-                        hashes
-                            .first()
-                            .map(|h| format!(", first {} {}", h.algorithm.name(), hex::encode(&h.hash)))
-                            .unwrap_or_default()
-                    ),
-                    ip,
-                );
-                alert.device_uuid = Some(uuid.to_string());
-                self.alerts.raise(alert);
+                self.jobs.submit_pki(AcceptedPkiHello {
+                    uuid,
+                    address: ip,
+                    hashes,
+                });
                 return;
             }
         };

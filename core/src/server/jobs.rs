@@ -21,6 +21,10 @@ use tokio::sync::Semaphore;
 use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
+mod pki;
+
+pub use pki::AcceptedPkiHello;
+
 use crate::alerts::AlertLog;
 use crate::ca::CertificateAuthority;
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts, GeneralSettings};
@@ -61,6 +65,8 @@ pub struct JobSettings {
     /// doubles per repeated failure, up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// How a PKI device's DNS suffix is found, to pick its provisioning chain.
+    pub pki: crate::pki::select::DomainRules,
 }
 
 /// A hello whose PID is available: the device to provision.
@@ -160,6 +166,14 @@ impl JobFailure {
             severity: Severity::Error,
         }
     }
+}
+
+/// The intent a job records its steps in: a PSK job's (by PID) or a PKI job's (by
+/// device).
+#[derive(Debug, Clone, Copy)]
+enum JobRecord {
+    Psk(i64),
+    Pki(i64),
 }
 
 /// A store failure: the job cannot go on, and the admin must look.
@@ -296,6 +310,7 @@ impl JobManager {
     /// (it no longer sends hellos). Jobs that had not reached CommitChanges wait for
     /// the device's next hello, which reuses their recorded credential.
     pub async fn resume_pending(&self) {
+        self.resume_pending_pki().await;
         let pending = match self.inner.store.call(|s| s.pending_jobs()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -652,8 +667,13 @@ impl Inner {
                 severity: Severity::Error,
             }),
             (_, false) => {
-                self.install_certificate(&mut job.session, job.intent.id, host_name, amt_version)
-                    .await
+                self.install_certificate(
+                    &mut job.session,
+                    JobRecord::Psk(job.intent.id),
+                    host_name,
+                    amt_version,
+                )
+                .await
             }
         }
     }
@@ -731,7 +751,7 @@ impl Inner {
     async fn install_certificate(
         &self,
         session: &mut AmtSession,
-        job: i64,
+        job: JobRecord,
         host_name: &str,
         amt_version: &str,
     ) -> Result<Vec<u8>, JobFailure> {
@@ -774,7 +794,10 @@ impl Inner {
         let cert = certificate.clone();
         let _ = self
             .store
-            .call(move |s| s.set_job_certificate(job, &cert))
+            .call(move |s| match job {
+                JobRecord::Psk(id) => s.set_job_certificate(id, &cert),
+                JobRecord::Pki(id) => s.set_pki_job_certificate(id, &cert),
+            })
             .await;
         let cert_id = session
             .add_certificate(&certificate)

@@ -10,6 +10,7 @@
 pub mod hello_listener;
 pub mod jobs;
 pub mod lock;
+pub mod pki_expiry;
 pub mod reachability;
 
 use std::net::SocketAddr;

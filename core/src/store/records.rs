@@ -84,6 +84,12 @@ pub struct DeviceRecord {
     pub last_contact_at: Option<i64>,
     /// The last reachability check's result (managed devices), if any ran.
     pub reachable: Option<bool>,
+    /// `acm` (Admin Control Mode) or `ccm`.
+    pub control_mode: String,
+    /// `psk` (one-touch, PID/PPS) or `pki` (remote configuration, hello v3).
+    pub provisioning_path: String,
+    /// The provisioning chain a PKI device was configured with.
+    pub pki_chain: Option<String>,
 }
 
 /// How to reach a device (see [`Store::device_access`]). `Debug` hides the password.
@@ -281,7 +287,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
                     provisioned_pid, provisioned_at, last_contact_at, reachable,
-                    agent_profile, k.fingerprint
+                    agent_profile, k.fingerprint, control_mode, provisioning_path, pki_chain
              FROM devices LEFT JOIN device_host_keys k ON k.device_uuid = uuid
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
@@ -300,6 +306,9 @@ impl Store {
                 reachable: r.get(9)?,
                 agent_profile: r.get(10)?,
                 ssh_host_key: r.get(11)?,
+                control_mode: r.get(12)?,
+                provisioning_path: r.get(13)?,
+                pki_chain: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -192,6 +192,51 @@ const MIGRATIONS: &[&str] = &[
         retry_at        INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 8: provisioning certificate chains for PKI remote configuration (hello v3):
+    // the certificates (PEM, leaf first), the leaf's key (sealed, context
+    // `pki_chain_key:<name>`), and what selection and listings need without opening
+    // either: the leaf CN and its domain, the root's hashes, the earliest expiry.
+    r#"
+    CREATE TABLE provisioning_chains (
+        name         TEXT PRIMARY KEY,
+        common_name  TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        chain_pem    TEXT NOT NULL,
+        key_sealed   BLOB NOT NULL,
+        root_sha1    BLOB NOT NULL CHECK (length(root_sha1) = 20),
+        root_sha256  BLOB NOT NULL CHECK (length(root_sha256) = 32),
+        root_sha384  BLOB NOT NULL CHECK (length(root_sha384) = 48),
+        not_after    INTEGER NOT NULL,
+        imported_at  INTEGER NOT NULL,
+        imported_by  TEXT NOT NULL
+    ) STRICT;
+    "#,
+    // 9: PKI provisioning: jobs in flight for devices without a PID (keyed by the
+    // device; the new admin credential sealed as `pki_job_password:<uuid>`), and on
+    // every device record its control mode, the path it was provisioned by (every
+    // device before this migration came by PSK remote configuration, which ends in
+    // admin control mode), the chain a PKI device was configured with and the SHA-256
+    // of the certificate it presented in setup mode.
+    r#"
+    CREATE TABLE pki_jobs (
+        id                  INTEGER PRIMARY KEY,
+        device_uuid         TEXT NOT NULL UNIQUE,
+        address             TEXT NOT NULL,
+        chain_name          TEXT NOT NULL,
+        new_password_sealed BLOB NOT NULL,
+        certificate_der     BLOB,
+        setup_certificate_sha256 BLOB,
+        step                TEXT NOT NULL,
+        created_at          INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE devices ADD COLUMN control_mode TEXT NOT NULL DEFAULT 'acm'
+        CHECK (control_mode IN ('acm', 'ccm'));
+    ALTER TABLE devices ADD COLUMN provisioning_path TEXT NOT NULL DEFAULT 'psk'
+        CHECK (provisioning_path IN ('psk', 'pki'));
+    ALTER TABLE devices ADD COLUMN pki_chain TEXT;
+    ALTER TABLE devices ADD COLUMN setup_certificate_sha256 BLOB;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

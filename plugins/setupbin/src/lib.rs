@@ -154,6 +154,10 @@ pub fn describe(module: u16, variable: u16) -> Option<(&'static str, Kind)> {
         (2, 3) => ("PKI DNS suffix", Text),
         (2, 4) => ("configuration server FQDN", Text),
         (2, 5) => ("remote configuration enabled", Number),
+        (2, 8) => (
+            "trusted root certificate hash (algorithm, hash, name)",
+            Bytes,
+        ),
         (2, 6) => ("pre-installed certificates enabled", Number),
         (2, 10) => ("SOL/IDER redirection", Number),
         (2, 11) => ("host name", Text),

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use vprov_core::keys::{Pid, Pps};
+use vprov_tests::sim::pki::{PkiSetup, TrustedHash};
 use vprov_tests::sim::{
     address_for, AmtVersion, Behaviour, DeviceReport, DeviceSpec, Fault, KeyPool, Outcome,
     SimConfig, Simulator, TlsAlert, DEFAULT_AMT_VERSION, DEFAULT_CLOCK_OFFSET_S,
     DEFAULT_REPLY_CHUNK_SIZE,
 };
 
-/// Simulate Intel AMT devices doing one-touch (PID/PPS, TLS-PSK) provisioning.
+/// Simulate Intel AMT devices doing one-touch (PID/PPS, TLS-PSK) provisioning, and
+/// with --pki AMT 11+ devices doing PKI remote configuration (hello v3).
 ///
 /// Each device gets its own loopback address (base, base+1, …, skipping host octets
 /// .0 and .255), sends v2 PSK hellos to --server on the 5×1 min / 5×10 min / 5×1 h
@@ -50,9 +52,29 @@ struct Args {
     server: SocketAddr,
 
     /// JSON key file as printed by `vprov keys list --state available --reveal --format json`
-    /// (objects with "pid" and "pps"); the first N pairs are used.
+    /// (objects with "pid" and "pps"); the first N pairs are used. Needed unless
+    /// --devices is 0.
     #[arg(long)]
-    keys: PathBuf,
+    keys: Option<PathBuf>,
+
+    /// PKI devices (hello v3, AMT 11+ remote configuration into Admin Control Mode) to
+    /// run after the PSK ones, on the next addresses. They trust the root in
+    /// --pki-root (SHA-256, active) and have --pki-dns-suffix as PKI DNS suffix.
+    #[arg(long, default_value_t = 0, requires = "pki_root")]
+    pki: u32,
+
+    /// PEM file of the root certificate PKI devices trust (the root of the chain
+    /// imported with `vprov pki import`).
+    #[arg(long, value_name = "FILE")]
+    pki_root: Option<PathBuf>,
+
+    /// PKI DNS suffix of the PKI devices (the provisioning leaf CN must be in it).
+    #[arg(long, default_value = "example.com")]
+    pki_dns_suffix: String,
+
+    /// Firmware versions PKI devices cycle through: the AMT 11.8, 15 and 19 profiles.
+    #[arg(long, value_delimiter = ',', default_value = "11.8.55,15.0.35,19.0.5", value_parser = parse_version)]
+    pki_amt_versions: Vec<String>,
 
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
@@ -66,9 +88,10 @@ struct Args {
     #[arg(long, default_value_t = 16993)]
     device_port: u16,
 
-    /// MEBx password set on every device (the server's provisioning password).
+    /// MEBx password set on every PSK device (the server's provisioning password);
+    /// needed unless --devices is 0.
     #[arg(long, env = "AMTSIM_MEBX_PASSWORD", hide_env_values = true)]
-    mebx_password: String,
+    mebx_password: Option<String>,
 
     /// Multiplies the hello schedule: 1 = real time, 0.01 = 100 times faster.
     #[arg(long, default_value_t = 1.0)]
@@ -253,7 +276,11 @@ fn read_keys(path: &PathBuf, n: usize) -> anyhow::Result<Vec<(Pid, Pps)>> {
 async fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let n = usize::try_from(args.devices)?;
-    let keys = read_keys(&args.keys, n)?;
+    let keys = match (&args.keys, n) {
+        (_, 0) => Vec::new(),
+        (Some(path), n) => read_keys(path, n)?,
+        (None, _) => anyhow::bail!("--keys is needed for PSK devices (or use --devices 0)"),
+    };
     let pool = match &args.key_cache {
         Some(path) => KeyPool::load_or_generate(path, args.key_pool)?,
         None => KeyPool::generate(args.key_pool)?,
@@ -262,7 +289,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (i, (pid, pps)) in (0u32..).zip(keys) {
         let address = address_for(i, args.base_address)
             .with_context(|| format!("device {} would be outside 127.0.0.0/8", i + 1))?;
-        let mut spec = DeviceSpec::new(pid, pps, &args.mebx_password, address);
+        let mebx = args
+            .mebx_password
+            .as_deref()
+            .context("--mebx-password is needed for PSK devices")?;
+        let mut spec = DeviceSpec::new(pid, pps, mebx, address);
         spec.amt_version = args.amt_version.clone();
         spec.behaviour = args.behaviour();
         if args.host_names {
@@ -275,6 +306,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         };
         specs.push(spec);
     }
+    if let Some(root) = &args.pki_root {
+        let pem = std::fs::read(root).with_context(|| format!("cannot read {}", root.display()))?;
+        let root = openssl::x509::X509::from_pem(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", root.display()))?;
+        for i in 0..args.pki {
+            let index = args.devices + i;
+            let address = address_for(index, args.base_address)
+                .with_context(|| format!("device {} would be outside 127.0.0.0/8", index + 1))?;
+            let version = &args.pki_amt_versions[i as usize % args.pki_amt_versions.len()];
+            let setup = PkiSetup {
+                trusted: vec![TrustedHash::sha256_of(&root)],
+                dns_suffix: args.pki_dns_suffix.clone(),
+            };
+            let mut spec = DeviceSpec::new_pki(setup, version, address);
+            spec.behaviour = args.behaviour();
+            specs.push(spec);
+        }
+    }
+    let n = specs.len();
     let mut config = SimConfig::new(args.server, Arc::new(pool));
     config.device_port = args.device_port;
     config.time_scale = args.time_scale;

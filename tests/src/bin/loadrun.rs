@@ -53,6 +53,67 @@ struct Args {
     /// while it provisions (restarting it each time), then check the invariants
     #[arg(long, default_value_t = 0)]
     kill: u32,
+    /// PKI devices (hello v3, AMT 11.8/15/19 profiles in turn) provisioned into Admin
+    /// Control Mode in the same run, with a throwaway provisioning chain; their figures
+    /// are printed beside the PSK ones
+    #[arg(long, default_value_t = 0)]
+    pki: u32,
+}
+
+/// `--pki N`: imports a throwaway chain for `example.com` into the store; returns the
+/// `[pki]` configuration and the N device specifications (on 127.41.x.y).
+fn pki_setup(data: &Path, dir: &Path, n: u32) -> anyhow::Result<(String, Vec<DeviceSpec>)> {
+    use vprov_tests::sim::pki::{PkiSetup, TestChain, TrustedHash};
+    if n == 0 {
+        return Ok((String::new(), Vec::new()));
+    }
+    let chain = TestChain::new(
+        "provisioning.example.com",
+        openssl::hash::MessageDigest::sha256(),
+    )?;
+    let (pem, key) = chain.write(dir, "load-chain")?;
+    let mut c = vprov(data)?;
+    c.args(["pki", "import", "load", "--pem"])
+        .arg(&pem)
+        .arg("--key")
+        .arg(&key);
+    run_ok(c, None)?;
+    let versions = ["11.8.55", "15.0.35", "19.0.5"];
+    let specs = (0..n)
+        .map(|i| {
+            let address = address_for(i, Ipv4Addr::new(127, 41, 0, 1)).context("address")?;
+            let setup = PkiSetup {
+                trusted: vec![TrustedHash::sha256_of(&chain.root)],
+                dns_suffix: "example.com".into(),
+            };
+            Ok(DeviceSpec::new_pki(
+                setup,
+                versions[i as usize % 3],
+                address,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(("[pki]\ndefault_domain = \"example.com\"\n".into(), specs))
+}
+
+/// `(recorded in s, devices/s, p50 ms, p99 ms)` of the reports `of` selects.
+fn figures(
+    reports: &[vprov_tests::sim::DeviceReport],
+    of: impl Fn(&vprov_tests::sim::DeviceReport) -> bool,
+    seconds: f64,
+) -> (usize, f64, u64, u64) {
+    let mut times: Vec<u64> = reports
+        .iter()
+        .filter(|r| of(r))
+        .filter_map(|r| r.committed_after_ms)
+        .collect();
+    times.sort_unstable();
+    (
+        times.len(),
+        times.len() as f64 / seconds,
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+    )
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -229,18 +290,24 @@ impl Drop for ServerProcess {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.pki > 0 && args.kill > 0 {
+        bail!("--kill checks PSK invariants (every device has its used PID): run it without --pki");
+    }
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let n = args.devices;
 
-    run_ok(
-        {
-            let mut c = vprov(&data)?;
-            c.args(["keys", "generate", "--count", &n.to_string()]);
-            c
-        },
-        None,
-    )?;
+    // `--devices 0 --pki N` is a PKI-only run: no keys.
+    if n > 0 {
+        run_ok(
+            {
+                let mut c = vprov(&data)?;
+                c.args(["keys", "generate", "--count", &n.to_string()]);
+                c
+            },
+            None,
+        )?;
+    }
     run_ok(
         {
             let mut c = vprov(&data)?;
@@ -269,6 +336,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
+    let (pki_config, pki_specs) = pki_setup(&data, dir.path(), args.pki)?;
     let device_port = vprov_tests::sim::free_device_port();
     let config = dir.path().join("load.toml");
     std::fs::write(
@@ -277,7 +345,9 @@ fn main() -> anyhow::Result<()> {
             "[alerts]\nmax_rows = 10000000\n\
              [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
              [provisioning]\nmax_concurrent_jobs = {n}\ncommit_wait_ms = 200\n\
-             confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n"
+             confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n\
+             {pki_config}",
+            n = n + args.pki
         ),
     )?;
     let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
@@ -295,6 +365,7 @@ fn main() -> anyhow::Result<()> {
             let addr = address_for(i as u32, Ipv4Addr::new(127, 40, 0, 1)).context("address")?;
             Ok(DeviceSpec::new(pid, pps, MEBX_PASSWORD, addr))
         })
+        .chain(pki_specs.into_iter().map(Ok))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut sim_config = SimConfig::new(hello_addr, pool);
     sim_config.device_port = device_port;
@@ -312,7 +383,7 @@ fn main() -> anyhow::Result<()> {
     loop {
         let recorded = count(&db, "SELECT count(*) FROM devices");
         peak_rss = peak_rss.max(rss_mib(server_pid).0);
-        if recorded >= u64::from(n) && kills_left == 0 {
+        if recorded >= u64::from(n + args.pki) && kills_left == 0 {
             break;
         }
         if kills_left > 0 && Instant::now() >= next_kill {
@@ -354,13 +425,24 @@ fn main() -> anyhow::Result<()> {
         .collect();
     times.sort_unstable();
     println!(
-        "provisioning: {n} devices recorded in {:.2} s = {:.1} devices/s; job time (hello → commit) p50 {} ms, p99 {} ms, max {} ms",
+        "provisioning: {} devices recorded in {:.2} s = {:.1} devices/s; job time (hello → commit) p50 {} ms, p99 {} ms, max {} ms",
+        n + args.pki,
         elapsed.as_secs_f64(),
-        f64::from(n) / elapsed.as_secs_f64(),
+        f64::from(n + args.pki) / elapsed.as_secs_f64(),
         percentile(&times, 0.5),
         percentile(&times, 0.99),
         times.last().copied().unwrap_or(0)
     );
+    if args.pki > 0 {
+        let secs = elapsed.as_secs_f64();
+        for (label, pki) in [("PSK", false), ("PKI", true)] {
+            let (count, rate, p50, p99) =
+                figures(&reports, |r| r.control_mode.is_some() == pki, secs);
+            println!(
+                "  {label}: {count} devices committed, {rate:.1} devices/s over the run; job time p50 {p50} ms, p99 {p99} ms"
+            );
+        }
+    }
     println!("server peak RSS after provisioning: {peak_rss:.1} MiB");
     if args.kill > 0 {
         let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vprov_core::keys::{KeyGenerator, Pps};
 
-use super::{digest, hello, http, tls, AmtVersion, DeviceSpec, Fault, KeyPool, SimConfig};
+use super::{digest, hello, http, pki, tls, AmtVersion, DeviceSpec, Fault, KeyPool, SimConfig};
 
 /// The admin account name in setup mode.
 pub const ADMIN_USER: &str = "admin";
@@ -80,6 +80,15 @@ pub struct DeviceReport {
     pub expected_outcome: Outcome,
     /// Why the device could not run (e.g. its address could not be bound).
     pub error: Option<String>,
+    /// PKI devices: `acm` once committed (remote configuration ends in Admin Control
+    /// Mode); `None` for PSK devices and before the commit.
+    pub control_mode: Option<&'static str>,
+    /// PKI devices: why the last client chain was refused.
+    pub pki_refusal: Option<String>,
+    /// PKI devices: the leaf CN of the last accepted client chain.
+    pub pki_client_cn: Option<String>,
+    /// `SetMEBxPassword` succeeded.
+    pub mebx_password_changed: bool,
 }
 
 /// A key pair held by the device.
@@ -148,6 +157,12 @@ pub struct State {
     pub error: Option<String>,
     /// The host's CIM power state: 2 on, 8 off (soft).
     pub power_state: u16,
+    /// `SetMEBxPassword` succeeded.
+    pub mebx_password_changed: bool,
+    /// PKI: the leaf CN of the last accepted client chain.
+    pub pki_client_cn: Option<String>,
+    /// PKI: why the last client chain was refused.
+    pub pki_refusal: Option<String>,
 }
 
 impl State {
@@ -304,6 +319,9 @@ impl Device {
             committed_at: None,
             error: None,
             power_state: power::ON,
+            mebx_password_changed: false,
+            pki_client_cn: None,
+            pki_refusal: None,
         };
         Ok(Device {
             spec,
@@ -407,6 +425,10 @@ impl Device {
             },
             expected_outcome: self.expected_outcome(),
             error: st.error.clone(),
+            control_mode: (self.spec.pki.is_some() && committed).then_some("acm"),
+            pki_refusal: st.pki_refusal.clone(),
+            pki_client_cn: st.pki_client_cn.clone(),
+            mebx_password_changed: st.mebx_password_changed,
         }
     }
 
@@ -438,6 +460,16 @@ impl Device {
                 dev.state().psk_identity = Some(shown.into_owned());
             }
         })
+    }
+
+    /// The setup-mode context: TLS-PSK, or for a PKI device its own certificate and
+    /// the client-chain check.
+    fn setup_context(self: &Arc<Self>) -> anyhow::Result<SslContext> {
+        if self.spec.pki.is_none() {
+            return self.psk_context();
+        }
+        let (cert, key) = pki::device_certificate(self.version, &self.key_pool.take())?;
+        pki::setup_context(Arc::downgrade(self), self.version, &cert, &key)
     }
 
     fn cert_context(&self) -> anyhow::Result<SslContext> {
@@ -476,9 +508,9 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
         Ok(a) => a.port(),
         Err(e) => return dev.record_error(format!("listener address: {e}")),
     };
-    let psk = match dev.psk_context() {
+    let psk = match dev.setup_context() {
         Ok(ctx) => ctx,
-        Err(e) => return dev.record_error(format!("TLS-PSK setup: {e}")),
+        Err(e) => return dev.record_error(format!("setup-mode TLS: {e}")),
     };
     let psk_server = tokio::spawn(serve(
         listener,
@@ -582,7 +614,10 @@ async fn hellos(dev: Arc<Device>, config: Arc<SimConfig>) {
             return;
         }
         dev.state().first_hello.get_or_insert_with(Instant::now);
-        let message = hello::encode(retry, &dev.spec.uuid, &pid);
+        let message = match &dev.spec.pki {
+            Some(p) => pki::encode_hello(retry, &dev.spec.uuid, &p.trusted),
+            None => hello::encode(retry, &dev.spec.uuid, &pid).to_vec(),
+        };
         if hello::send(dev.spec.address, config.server, &message)
             .await
             .is_ok()

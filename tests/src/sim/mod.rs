@@ -3,6 +3,9 @@
 //! provisioning the way PSK-era firmware does (`../shared/docs/amt-protocol.md` §1, §3,
 //! §4, §6, §8).
 //!
+//! PKI devices (hello v3, AMT 11+ remote configuration into Admin Control Mode) are
+//! described in [`pki`].
+//!
 //! amtsim is written by us, so a test that passes against it proves only that two pieces
 //! of our code agree. Every device behaviour is therefore taken from a source (named
 //! where it is implemented), and the **strictest** documented behaviour is the
@@ -58,6 +61,7 @@ pub mod digest;
 pub mod hello;
 pub mod http;
 pub mod keypool;
+pub mod pki;
 pub mod simulator;
 pub mod tls;
 pub mod wsman;
@@ -330,6 +334,9 @@ pub struct DeviceSpec {
     pub address: Ipv4Addr,
     pub fault: Option<Fault>,
     pub behaviour: Behaviour,
+    /// A PKI (hello v3) device: AMT 11+ waiting for remote configuration with a
+    /// provisioning certificate ([`pki`]); `pid` and `pps` are then unused.
+    pub pki: Option<pki::PkiSetup>,
 }
 
 impl DeviceSpec {
@@ -347,6 +354,19 @@ impl DeviceSpec {
             address,
             fault: None,
             behaviour: Behaviour::default(),
+            pki: None,
+        }
+    }
+
+    /// A factory PKI device (hello v3) of firmware `amt_version`: trusted hashes, PKI
+    /// DNS suffix, MEBx password still the factory `admin`.
+    pub fn new_pki(pki: pki::PkiSetup, amt_version: &str, address: Ipv4Addr) -> DeviceSpec {
+        let mut generator = vprov_core::keys::KeyGenerator::default();
+        let (pid, pps) = (generator.pid(), generator.pps());
+        DeviceSpec {
+            amt_version: amt_version.to_string(),
+            pki: Some(pki),
+            ..DeviceSpec::new(pid, pps, pki::FACTORY_PASSWORD, address)
         }
     }
 

@@ -65,6 +65,7 @@ pub mod rv {
     pub const INTERNAL_ERROR: u32 = 1;
     pub const INVALID_PARAMETER: u32 = 36;
     pub const MAX_LIMIT_REACHED: u32 = 23;
+    pub const INVALID_PASSWORD: u32 = 2054;
     pub const DATA_MISSING: u32 = 2057;
     pub const DUPLICATE: u32 = 2058;
     pub const INVALID_KEY: u32 = 2062;
@@ -265,6 +266,7 @@ impl Op<'_> {
 const METHODS: &[(&str, &str)] = &[
     ("AMT_SetupAndConfigurationService", "GetUuid"),
     ("AMT_SetupAndConfigurationService", "CommitChanges"),
+    ("AMT_SetupAndConfigurationService", "SetMEBxPassword"),
     ("AMT_AuthorizationService", "SetAdminAclEntryEx"),
     ("AMT_TimeSynchronizationService", "GetLowAccuracyTimeSynch"),
     ("AMT_TimeSynchronizationService", "SetHighAccuracyTimeSynch"),
@@ -1037,13 +1039,23 @@ fn call(
     match method {
         "GetUuid" => (rv::SUCCESS, out("UUID", &B64.encode(dev.reported_uuid))),
         "CommitChanges" => {
-            if st.ready_to_commit(dev.spec.behaviour.commit_requires_host_name) {
+            // A PKI device commits only once its MEBx password is no longer the
+            // factory one (amt-pki.md §1.5 row 4, §5.5).
+            let mebx_ok = dev.spec.pki.is_none() || st.mebx_password_changed;
+            if mebx_ok && st.ready_to_commit(dev.spec.behaviour.commit_requires_host_name) {
                 dev.mark_committed(st);
                 (rv::SUCCESS, String::new())
             } else {
                 (rv::DATA_MISSING, String::new())
             }
         }
+        "SetMEBxPassword" => match param("Password") {
+            Some(p) if super::pki::is_strong(&p) => {
+                st.mebx_password_changed = true;
+                (rv::SUCCESS, String::new())
+            }
+            _ => (rv::INVALID_PASSWORD, String::new()),
+        },
         "SetAdminAclEntryEx" => {
             let user = param("Username").unwrap_or_default();
             let digest = param("DigestPassword")

@@ -1,0 +1,505 @@
+//! The PKI provisioning job: from a v3 hello (AMT 11+) to a device record in Admin
+//! Control Mode (`docs/protocol-notes.md`).
+//!
+//! 1. Pick the chain (`crate::pki::select`: a root hash of the hello, the device's DNS
+//!    suffix from `[pki]`), open its sealed key and check the chain again (it may have
+//!    expired since import).
+//! 2. Record the intent (device, address, chain, new admin credential — sealed) before
+//!    anything changes on the device.
+//! 3. TLS to the device's port presenting the chain (`device::pki_tls`), recording
+//!    the fingerprint of the certificate the device presents; Digest as `admin` with
+//!    the factory MEBx password `admin` (Intel's `Enter-AmtRemoteConfiguration`; Q1),
+//!    then the provisioning password (a USB setup.bin sets it), then the intent's
+//!    credential (an earlier attempt set it).
+//! 4. AMT version and `GetUuid` (must be the hello's), `SetMEBxPassword` (the
+//!    device's new admin credential, random per device unless `admin_password =
+//!    "provisioning"`: CommitChanges refuses a factory MEBx password, and the device
+//!    is not authenticated, so the provisioning password is never sent),
+//!    `SetAdminAclEntryEx`, then the PSK job's common steps: host name, clock, key
+//!    pair and certificate from vprov's CA, TLS, `CommitChanges`, and confirmation over
+//!    TLS pinned to the issued certificate with the new credential.
+//! 5. The device record: control mode ACM, path PKI, the chain, the setup certificate
+//!    fingerprint.
+//!
+//! Every failure is an alert of source `provisioning` whose text is the same for the
+//! same cause, so repeated hellos of a failing device aggregate into one alert.
+
+use super::*;
+use crate::device::pki_tls::ChainDialer;
+use crate::hello::CertificateHash;
+use crate::pki::select::{select, SelectError};
+use crate::pki::ProvisioningChain;
+use crate::store::{PkiJobIntent, PkiProvisioning};
+
+/// The factory MEBx password: the Digest credential of the setup session until the
+/// job changes it (amt-pki.md §1.3, VPRO-PS).
+const FACTORY_PASSWORD: &str = "admin";
+
+/// A v3 hello: the device to configure.
+#[derive(Debug)]
+pub struct AcceptedPkiHello {
+    pub uuid: DeviceUuid,
+    pub address: IpAddr,
+    pub hashes: Vec<CertificateHash>,
+}
+
+/// A just-provisioned PKI device as post-provision actions see it (no PID).
+fn pki_view(record: &ProvisionedDevice) -> DeviceInfo {
+    DeviceInfo {
+        uuid: record.uuid.as_str().into(),
+        host_name: record.host_name.as_deref().map(Into::into).into(),
+        address: record.address.as_str().into(),
+        amt_version: record.amt_version.as_deref().map(Into::into).into(),
+        pid: "".into(),
+        state: "unmanaged".into(),
+        management_mode: None.into(),
+    }
+}
+
+fn failure(step: &'static str, severity: Severity, error: String) -> JobFailure {
+    JobFailure {
+        step,
+        error,
+        severity,
+    }
+}
+
+/// What a PKI job claims: its device at the hello's address (also against PSK jobs).
+fn pki_keys(uuid: &str, address: IpAddr) -> JobKeys {
+    JobKeys {
+        pid: format!("pki {uuid}"),
+        keys: [
+            format!("pki device {uuid} @{address}"),
+            format!("device {uuid} @{address}"),
+        ],
+    }
+}
+
+impl JobManager {
+    /// After a restart: finishes every PKI job whose device committed (it sends no
+    /// more hellos); earlier ones wait for the device's next hello, which reuses their
+    /// recorded credential.
+    pub(super) async fn resume_pending_pki(&self) {
+        let Ok(Ok(pending)) = self.inner.store.call(|s| s.pending_pki_jobs()).await else {
+            return;
+        };
+        for intent in pending.into_iter().filter(|i| i.step == "commit") {
+            let Ok(address) = intent.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let keys = pki_keys(&intent.device_uuid, address);
+            if !self.inner.claim(&keys) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                inner.resume_pki(intent, address).await;
+                inner.release(&keys);
+            });
+        }
+    }
+
+    /// Starts a PKI job for `hello` unless one is queued or running for the device at
+    /// that address (repeated hellos are absorbed).
+    pub fn submit_pki(&self, hello: AcceptedPkiHello) {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let keys = pki_keys(&hello.uuid.to_string(), hello.address);
+        if !self.inner.claim(&keys) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                if !inner.stopping.load(Ordering::Relaxed) {
+                    inner.run_pki(hello).await;
+                }
+            }
+            inner.release(&keys);
+        });
+    }
+}
+
+impl Inner {
+    fn pki_alert(&self, severity: Severity, message: String, uuid: &str, address: IpAddr) {
+        self.alerts.raise(NewAlert {
+            severity,
+            source: "provisioning".into(),
+            message,
+            pid: None,
+            device_uuid: Some(uuid.to_string()),
+            address: Some(address.to_string()),
+        });
+    }
+
+    async fn run_pki(&self, hello: AcceptedPkiHello) {
+        let uuid = hello.uuid.to_string();
+        let address = hello.address;
+        tracing::info!(device = %uuid, %address, "PKI provisioning job started");
+        match self.provision_pki(hello).await {
+            Ok(chain) => {
+                tracing::info!(device = %uuid, %address, %chain, "device provisioned (PKI, admin control mode)")
+            }
+            Err(f) => self.pki_alert(
+                f.severity,
+                format!("PKI provisioning failed at step {}: {}", f.step, f.error),
+                &uuid,
+                address,
+            ),
+        }
+    }
+
+    /// Runs the job; returns the name of the chain used.
+    async fn provision_pki(&self, hello: AcceptedPkiHello) -> Result<String, JobFailure> {
+        let store_failure = |e: String| failure("store", Severity::Critical, e);
+        let uuid = hello.uuid.to_string();
+
+        // 1. The chain.
+        let rules = self.settings.pki.clone();
+        let (hashes, address) = (hello.hashes.clone(), hello.address);
+        let chosen = self
+            .store
+            .call(move |s| {
+                let chains = s.provisioning_chains()?;
+                Ok::<_, crate::store::StoreError>(
+                    select(&chains, &hashes, address, &rules).cloned(),
+                )
+            })
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| {
+                let severity = match e {
+                    SelectError::NoHashMatch { .. } => Severity::Warning,
+                    _ => Severity::Error,
+                };
+                failure("choose provisioning chain", severity, e.to_string())
+            })?;
+        let name = chosen.name.clone();
+        let key = self
+            .store
+            .call(move |s| s.provisioning_chain_key(&name))
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?;
+        let now = crate::store::now_ms() / 1000;
+        let chain = ProvisioningChain::from_stored(&chosen.chain_pem, &key, now).map_err(|e| {
+            failure(
+                "provisioning chain",
+                Severity::Error,
+                format!("chain {} is no longer usable: {e}", chosen.name),
+            )
+        })?;
+        drop(key);
+        let dialer = Arc::new(ChainDialer::new(&chain).map_err(JobFailure::at("TLS setup"))?);
+
+        let provisioning_password = self
+            .store
+            .call(|s| s.provisioning_password())
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?;
+        let new_password = match (&provisioning_password, self.settings.keep_provisioning_password) {
+            (_, false) => Zeroizing::new(crate::password::generate().expose().to_string()),
+            (Some(p), true) => Zeroizing::new(p.expose().to_string()),
+            (None, true) => {
+                return Err(failure(
+                    "provisioning password",
+                    Severity::Error,
+                    "admin_password = \"provisioning\" but no provisioning password is set (vprov password set)".into(),
+                ))
+            }
+        };
+
+        // 2. Intent first.
+        let (u, a, c, pw) = (
+            uuid.clone(),
+            address.to_string(),
+            chosen.name.clone(),
+            new_password.clone(),
+        );
+        let intent: PkiJobIntent = self
+            .store
+            .call(move |s| s.begin_pki_job(&u, &a, &c, &pw))
+            .await
+            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(|e| store_failure(e.to_string()))?;
+        if intent.step == "commit" {
+            return Err(failure(
+                "start",
+                Severity::Warning,
+                format!(
+                    "an earlier job for this device committed at {} with chain {}; a hello after a commit is unexpected",
+                    intent.address, intent.chain_name
+                ),
+            ));
+        }
+        let result = self
+            .configure_pki(
+                &hello,
+                &chain,
+                &chosen.name,
+                dialer,
+                provisioning_password.as_ref(),
+                &intent,
+            )
+            .await;
+        if result.is_err() && !intent.resumed {
+            // A fresh intent that never reached the credential step changed nothing.
+            let job = intent.id;
+            let _ = self.store.call(move |s| s.abandon_pki_job(job)).await;
+        }
+        result.map(|()| chosen.name)
+    }
+
+    async fn configure_pki(
+        &self,
+        hello: &AcceptedPkiHello,
+        chain: &ProvisioningChain,
+        chain_name: &str,
+        dialer: Arc<ChainDialer>,
+        provisioning_password: Option<&crate::password::ProvisioningPassword>,
+        intent: &PkiJobIntent,
+    ) -> Result<(), JobFailure> {
+        let device = SocketAddr::new(hello.address, self.settings.device_port);
+        let t = self.settings.timeouts;
+        let mut session = AmtSession::connect_with_chain(
+            device,
+            Arc::clone(&dialer),
+            ADMIN_USER,
+            FACTORY_PASSWORD,
+            t,
+        )
+        .await
+        .map_err(|e| match e {
+            DeviceError::ChainRefused(alert) => failure(
+                "TLS handshake",
+                Severity::Error,
+                format!(
+                    "the device refused the provisioning chain (CN {}): {alert}; check its trusted hashes and PKI DNS suffix",
+                    chain.summary().common_name
+                ),
+            ),
+            e => JobFailure::at("connect")(e),
+        })?;
+
+        // Factory password, then the provisioning password (a vprov setup.bin sets it),
+        // then our own credential (an earlier attempt may have set it).
+        let mut settings = None;
+        let candidates = [
+            Some(FACTORY_PASSWORD),
+            provisioning_password.map(|p| p.expose()),
+            Some(intent.new_password.as_str()),
+        ];
+        for password in candidates.into_iter().flatten() {
+            session.set_password(password);
+            match session.general_settings().await {
+                Ok(s) => {
+                    settings = Some(s);
+                    break;
+                }
+                Err(DeviceError::Unauthorized) => continue,
+                Err(DeviceError::ChainRefused(alert)) => {
+                    return Err(failure(
+                        "TLS handshake",
+                        Severity::Error,
+                        format!("the device refused the provisioning chain: {alert}"),
+                    ))
+                }
+                Err(e) => return Err(JobFailure::at("read general settings")(e)),
+            }
+        }
+        if let Some(fp) = dialer.device_certificate_sha256() {
+            let job = intent.id;
+            let _ = self
+                .store
+                .call(move |s| s.set_pki_job_fingerprint(job, &fp))
+                .await;
+        }
+        let settings = settings.ok_or_else(|| {
+            failure(
+                "login",
+                Severity::Error,
+                "the device refused the factory MEBx password, the provisioning password and the job's credential: set its MEBx password back or unprovision it".into(),
+            )
+        })?;
+        let amt_version = session
+            .amt_version()
+            .await
+            .map_err(JobFailure::at("read AMT version"))?;
+        let device_uuid = session
+            .get_uuid()
+            .await
+            .map_err(JobFailure::at("GetUuid"))?;
+        if DeviceUuid(device_uuid) != hello.uuid {
+            return Err(failure(
+                "GetUuid",
+                Severity::Error,
+                format!(
+                    "UUID mismatch: the hello said {}, the device says {}",
+                    hello.uuid,
+                    DeviceUuid(device_uuid)
+                ),
+            ));
+        }
+
+        // From here on the device may hold the intent's credential: keep the intent.
+        self.pki_step(intent.id, "credential").await;
+        // The MEBx password becomes the device's own credential, not the provisioning
+        // password: the device is not authenticated (its certificate is self-signed),
+        // so whoever answers at the hello's address learns what is sent here.
+        session
+            .set_mebx_password(&intent.new_password)
+            .await
+            .map_err(JobFailure::at("SetMEBxPassword"))?;
+        session
+            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
+            .await
+            .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
+        session.set_password(&intent.new_password);
+
+        let host_name = if settings.host_name.is_empty() {
+            self.settings
+                .host_name_template
+                .render(hello.uuid, hello.address)
+        } else {
+            settings.host_name.clone()
+        };
+        if host_name != settings.host_name || self.settings.domain.is_some() {
+            let domain = self
+                .settings
+                .domain
+                .as_deref()
+                .unwrap_or(&settings.domain_name);
+            session
+                .set_host_name(&host_name, domain)
+                .await
+                .map_err(JobFailure::at("set host name"))?;
+        }
+        let ta0 = session
+            .low_accuracy_time()
+            .await
+            .map_err(JobFailure::at("GetLowAccuracyTimeSynch"))?;
+        let now = unix_seconds();
+        session
+            .set_high_accuracy_time(ta0, now, now)
+            .await
+            .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
+        let certificate = self
+            .install_certificate(
+                &mut session,
+                JobRecord::Pki(intent.id),
+                &host_name,
+                &amt_version,
+            )
+            .await?;
+        session
+            .enable_tls(self.settings.local_tls)
+            .await
+            .map_err(JobFailure::at("enable TLS"))?;
+        self.pki_step(intent.id, "commit").await;
+        session
+            .commit_changes()
+            .await
+            .map_err(JobFailure::at("CommitChanges"))?;
+        drop(session);
+
+        let record = ProvisionedDevice {
+            uuid: hello.uuid.to_string(),
+            host_name: Some(host_name),
+            address: hello.address.to_string(),
+            amt_version: Some(amt_version),
+            admin_user: ADMIN_USER.into(),
+            certificate_der: certificate,
+        };
+        self.confirm_tls(
+            device,
+            &intent.new_password,
+            hello.uuid,
+            &record.certificate_der,
+        )
+        .await
+        .map_err(JobFailure::at("confirm TLS mode"))?;
+        let pki = PkiProvisioning {
+            chain_name: chain_name.to_string(),
+            setup_certificate_sha256: dialer.device_certificate_sha256().unwrap_or_default(),
+        };
+        let view = pki_view(&record);
+        let (id, pw) = (intent.id, intent.new_password.clone());
+        self.store
+            .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
+            .await
+            .map_err(|e| failure("store", Severity::Critical, e.to_string()))?
+            .map_err(|e| failure("store", Severity::Critical, e.to_string()))?;
+        self.provisioned(view);
+        Ok(())
+    }
+
+    /// Confirms a device whose job committed before a restart and records it.
+    async fn resume_pki(&self, intent: PkiJobIntent, address: IpAddr) {
+        let device = SocketAddr::new(address, self.settings.device_port);
+        let reached = async {
+            let (mut s, uuid) = self
+                .reach_after_restart(
+                    device,
+                    &intent.new_password,
+                    intent.certificate_der.as_deref(),
+                )
+                .await?;
+            let version = s.amt_version().await.ok();
+            let host = s.general_settings().await.ok().map(|g| g.host_name);
+            Ok::<_, DeviceError>((uuid, version, host))
+        }
+        .await;
+        match reached {
+            Ok((uuid, version, host)) if uuid.to_string() == intent.device_uuid => {
+                let record = ProvisionedDevice {
+                    uuid: intent.device_uuid.clone(),
+                    host_name: host.filter(|h| !h.is_empty()),
+                    address: intent.address.clone(),
+                    amt_version: version,
+                    admin_user: ADMIN_USER.into(),
+                    certificate_der: intent.certificate_der.clone().unwrap_or_default(),
+                };
+                let pki = PkiProvisioning {
+                    chain_name: intent.chain_name.clone(),
+                    setup_certificate_sha256: intent
+                        .setup_certificate_sha256
+                        .clone()
+                        .unwrap_or_default(),
+                };
+                let view = pki_view(&record);
+                let (id, pw) = (intent.id, intent.new_password.clone());
+                match self
+                    .store
+                    .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!(device = %intent.device_uuid,
+                            "interrupted PKI job finished: the device had committed");
+                        self.provisioned(view);
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot record resumed PKI device: {e}"),
+                    Err(_) => {}
+                }
+            }
+            Ok((uuid, _, _)) => self.pki_alert(
+                Severity::Error,
+                format!("resuming an interrupted PKI job: the device at this address is {uuid}, not the expected one"),
+                &intent.device_uuid,
+                address,
+            ),
+            Err(e) => tracing::info!(device = %intent.device_uuid,
+                "interrupted PKI job: device not reachable over TLS yet ({e})"),
+        }
+    }
+
+    async fn pki_step(&self, job: i64, step: &'static str) {
+        let _ = self
+            .store
+            .call(move |s| s.set_pki_job_step(job, step))
+            .await;
+    }
+}
