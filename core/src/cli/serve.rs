@@ -18,7 +18,6 @@ use vprov_core::server::reachability::ReachabilitySettings;
 use vprov_core::server::{self, ServerSettings};
 use vprov_sdk::PluginKinds;
 
-use super::output::outln;
 use super::Context;
 
 /// Options of `vprov serve`.
@@ -165,11 +164,14 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             None => None,
         };
         // One line on stdout each, for scripts and tests that bind port 0.
-        outln!("listening for hellos on {local}")?;
+        let mut lines = vec![format!("listening for hellos on {local}")];
         if let Some(api) = &api_listener {
-            outln!("admin API and console on https://{}", api.local_addr()?)?;
+            lines.push(format!(
+                "admin API and console on https://{}",
+                api.local_addr()?
+            ));
         }
-        std::io::stdout().flush()?;
+        announce(&lines);
         if let (true, Some(api)) = (no_account, &api_listener) {
             // On stderr with the log: the two lines above are what scripts parse.
             tracing::warn!(
@@ -195,6 +197,23 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     // wait for it (dropping the runtime would).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// Prints the listening lines on stdout. A reader that closed stdout once it had the
+/// line it wanted (or never opened it) must not stop a server that is already
+/// listening: that would end provisioning silently. The lines go to the log instead.
+fn announce(lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    let printed = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    if let Err(e) = printed {
+        tracing::warn!(
+            "cannot print the listening lines on stdout ({e}); serving anyway: {}",
+            lines.join("; ")
+        );
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
