@@ -234,7 +234,7 @@ fn diagnose_stall(
             let (state, _) = cpu_state(pid).unwrap_or(('?', 0.0));
             let used = cpu.total(pid) - last.cpu;
             format!(
-                "server pid {pid} alive (state {state}), {used:.1} CPU s in the last {quiet:.0} s                  ({})",
+                "server pid {pid} alive (state {state}), {used:.1} CPU s in the last {quiet:.0} s ({})",
                 if used > quiet * 0.1 { "busy" } else { "idle" }
             )
         }
@@ -515,6 +515,7 @@ fn main() -> anyhow::Result<()> {
     let mut cpu = CpuMeter { earlier: 0.0 };
     let cpu_at_start = cpu.total(server_pid);
     let rss_at_start = rss_mib(server_pid).1;
+    let own_cpu_at_start = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s);
     let started = Instant::now();
     let sim = rt.block_on(Simulator::start(sim_config, specs))?;
     let deadline = started + Duration::from_secs(args.timeout);
@@ -609,9 +610,12 @@ fn main() -> anyhow::Result<()> {
         percentile(&times, 0.99),
         times.last().copied().unwrap_or(0)
     );
+    let own_cpu = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s) - own_cpu_at_start;
     println!(
-        "server CPU: {cpu_used:.1} s for {n} devices = {:.2} ms per device",
-        cpu_used * 1000.0 / f64::from(n)
+        "server CPU: {cpu_used:.1} s for {n} devices = {:.2} ms per device \
+         (the simulated devices and this tool: {:.2} ms per device)",
+        cpu_used * 1000.0 / f64::from(n),
+        own_cpu * 1000.0 / f64::from(n)
     );
     if args.kill > 0 {
         let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;
