@@ -857,6 +857,38 @@ async fn hello_is_32_bytes_from_the_device_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_hellos_are_counted_with_their_error() {
+    // Nothing listens on this port any more: every hello is refused (what loadrun's
+    // stall diagnosis reports).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = quiet_config();
+    config.server = closed;
+    config.send_hellos = true;
+    config.time_scale = 0.001;
+    let sim = Simulator::start(config, vec![spec("127.31.0.2")])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.reports()[0].hellos_failed < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = &sim.reports()[0];
+    assert!(report.hellos_failed >= 2, "{report:?}");
+    assert_eq!(report.hellos_sent, 0);
+    assert!(
+        report
+            .last_hello_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{report:?}"
+    );
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psk_digest_enumerate_and_get_uuid() {
     let spec = spec("127.32.0.1");
     let sim = Simulator::start(quiet_config(), vec![spec.clone()])

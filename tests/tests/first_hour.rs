@@ -367,6 +367,55 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
 }
 
 #[test]
+fn serve_keeps_serving_when_its_output_pipe_is_closed() {
+    // A supervisor that reads the listening line and closes the pipe (loadrun did)
+    // must not stop the server: it exited at its next line, quietly, with status 0,
+    // and a whole load run provisioned nothing.
+    let s = Sandbox::default();
+    generate(&s, 1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut server = s
+        .serve_command(&format!("127.0.0.1:{port}"), &[])
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    eventually(
+        Duration::from_secs(20),
+        "the listening lines in the log",
+        || {
+            log.lock()
+                .unwrap()
+                .contains(&format!("listening for hellos on 127.0.0.1:{port}"))
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "vprov serve exited: {}",
+        log.lock().unwrap()
+    );
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the hello port still listens");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
 fn keys_export_help_lists_each_formats_options() {
     let help = Sandbox::default().run(&["keys", "export", "--help"]).ok();
     for option in [

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::Args;
 use vprov_core::app::{App, Overrides};
 
-use super::output::outln;
 use super::Context;
 
 /// Options of `vprov serve`.
@@ -62,12 +61,12 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async move {
         let server = app.bind().await?;
         // One line on stdout each, for scripts and tests that bind port 0.
-        outln!("listening for hellos on {}", server.hello_addr()?)?;
+        let mut lines = vec![format!("listening for hellos on {}", server.hello_addr()?)];
         let api = server.api_addr()?;
         if let Some(api) = api {
-            outln!("admin API and console on https://{api}")?;
+            lines.push(format!("admin API and console on https://{api}"));
         }
-        std::io::stdout().flush()?;
+        announce(&lines);
         if let (true, Some(api)) = (server.no_account(), api) {
             // On stderr with the log: the two lines above are what scripts parse.
             tracing::warn!(
@@ -84,6 +83,23 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     // wait for it (dropping the runtime would).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// Prints the listening lines on stdout. A reader that closed stdout once it had the
+/// line it wanted (or never opened it) must not stop a server that is already
+/// listening: that would end provisioning silently. The lines go to the log instead.
+fn announce(lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    let printed = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    if let Err(e) = printed {
+        tracing::warn!(
+            "cannot print the listening lines on stdout ({e}); serving anyway: {}",
+            lines.join("; ")
+        );
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

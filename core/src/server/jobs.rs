@@ -298,7 +298,10 @@ impl JobManager {
             if !inner.backing_off(&hello).await {
                 if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
                     if !inner.stopping.load(Ordering::Relaxed) {
-                        inner.run(hello).await;
+                        // Boxed: a job's state (several KiB) is allocated once it has
+                        // a slot, not inline in every hello waiting for one, so memory
+                        // follows the jobs in flight, not the hellos queued.
+                        Box::pin(inner.run(hello)).await;
                     }
                 }
             }

@@ -3,7 +3,14 @@
 //! - devices provisioned per second end to end, and p50/p99 job time (first hello →
 //!   CommitChanges, as the device saw it) for N simulated devices;
 //! - well-formed hellos with unknown PIDs absorbed per second;
-//! - the server's peak RSS (VmHWM) with N jobs in flight;
+//! - the server's CPU seconds (user + system, from `/proc/<pid>/stat`) per
+//!   provisioned device, which wall-clock noise on a shared machine does not blur;
+//! - the server's RSS when it started, its peak (VmHWM) while it provisions with at
+//!   most `--max-jobs` jobs in flight, and its RSS once the run is over;
+//! - a stall: when no device is recorded for `--stall` seconds, the run stops with a
+//!   STALL diagnosis (server alive and busy? hellos delivered or failing? jobs in
+//!   flight, by step? sockets by state, the hello port's accept queue) and exits
+//!   non-zero, so a run that measures nothing never passes for a slow one;
 //! - with `--kill K`, a fault run: the server is killed with SIGKILL K times at
 //!   random moments while it provisions, and restarted; then the store's invariants
 //!   are checked (no used PID without its device, no device without its used PID,
@@ -27,6 +34,9 @@ use vprov_core::keys::{Pid, Pps};
 use vprov_tests::sim::{address_for, DeviceSpec, KeyPool, SimConfig, Simulator};
 
 const MEBX_PASSWORD: &str = "Load!Run2026";
+/// How long the server is left idle after provisioning before "RSS after the run"
+/// (its allocator returns freed pages about ten seconds after they are freed).
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// Load run of vprov serve against simulated AMT devices.
 #[derive(Debug, Parser)]
@@ -49,6 +59,13 @@ struct Args {
     /// Give up after this many seconds
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Jobs the server runs at once (`[provisioning] max_concurrent_jobs`; 256 is its
+    /// default)
+    #[arg(long, default_value_t = 256)]
+    max_jobs: usize,
+    /// Stop with a STALL diagnosis when no device is recorded for this many seconds
+    #[arg(long, default_value_t = 60)]
+    stall: u64,
     /// Fault run: kill the server with SIGKILL this many times at random moments
     /// while it provisions (restarting it each time), then check the invariants
     #[arg(long, default_value_t = 0)]
@@ -166,6 +183,178 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on
+/// every Linux we run on).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// A process's scheduler state letter and CPU time used (user + system), in seconds.
+fn cpu_state(pid: u32) -> Option<(char, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((state, ticks / clock_ticks()))
+}
+
+/// CPU seconds the server used: the current process's plus those of servers the
+/// fault run killed.
+struct CpuMeter {
+    earlier: f64,
+}
+
+impl CpuMeter {
+    fn total(&self, pid: u32) -> f64 {
+        self.earlier + cpu_state(pid).map_or(0.0, |(_, s)| s)
+    }
+}
+
+/// TCP sockets on this machine by state, and the accept queue of the listener on
+/// `port` (from `/proc/net/tcp`).
+fn socket_summary(port: u16) -> String {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut states = std::collections::BTreeMap::<&str, usize>::new();
+    let mut backlog = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(st), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let name = match *st {
+            "01" => "ESTABLISHED",
+            "02" => "SYN_SENT",
+            "03" => "SYN_RECV",
+            "04" => "FIN_WAIT1",
+            "05" => "FIN_WAIT2",
+            "06" => "TIME_WAIT",
+            "07" => "CLOSE",
+            "08" => "CLOSE_WAIT",
+            "09" => "LAST_ACK",
+            "0A" => "LISTEN",
+            "0B" => "CLOSING",
+            _ => "other",
+        };
+        *states.entry(name).or_default() += 1;
+        let local_port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if name == "LISTEN" && local_port == Some(port) {
+            // For a listener, rx_queue is the accept queue's length.
+            backlog = queues
+                .split(':')
+                .nth(1)
+                .and_then(|q| usize::from_str_radix(q, 16).ok());
+        }
+    }
+    let states: Vec<String> = states.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(
+        "sockets: {}; hello port {port}: {}",
+        states.join(", "),
+        backlog.map_or("no listener".into(), |b| format!(
+            "listening, {b} connections waiting to be accepted"
+        ))
+    )
+}
+
+/// What the run saw when progress last changed, for the stall diagnosis.
+struct Progress {
+    recorded: u64,
+    committed: usize,
+    hellos_sent: u64,
+    cpu: f64,
+    at: Instant,
+}
+
+/// The STALL diagnosis: what the server, the devices, the store and the sockets
+/// show after `--stall` seconds without a device recorded.
+fn diagnose_stall(
+    server: &mut ServerProcess,
+    sim: &Simulator,
+    db: &Path,
+    hello_addr: SocketAddr,
+    cpu: &CpuMeter,
+    last: &Progress,
+) -> String {
+    let pid = server.0.id();
+    let quiet = last.at.elapsed().as_secs_f64();
+    let server_line = match server.0.try_wait() {
+        Ok(Some(status)) => format!("server pid {pid} has EXITED ({status})"),
+        _ => {
+            let (state, _) = cpu_state(pid).unwrap_or(('?', 0.0));
+            let used = cpu.total(pid) - last.cpu;
+            format!(
+                "server pid {pid} alive (state {state}), {used:.1} CPU s in the last {quiet:.0} s ({})",
+                if used > quiet * 0.1 { "busy" } else { "idle" }
+            )
+        }
+    };
+    let reports = sim.reports();
+    let sent: u64 = reports.iter().map(|r| u64::from(r.hellos_sent)).sum();
+    let failed: u64 = reports.iter().map(|r| u64::from(r.hellos_failed)).sum();
+    let never = reports.iter().filter(|r| r.hellos_sent == 0).count();
+    let committed = reports.iter().filter(|r| r.committed).count();
+    let mut errors = std::collections::BTreeMap::<&str, usize>::new();
+    for e in reports.iter().filter_map(|r| r.last_hello_error.as_deref()) {
+        *errors.entry(e).or_default() += 1;
+    }
+    let errors: Vec<String> = errors.iter().map(|(e, n)| format!("{n}× {e}")).collect();
+    let jobs = query_rows(
+        db,
+        "SELECT step || ' ' || count(*) FROM provisioning_jobs GROUP BY step",
+    );
+    let backing_off = count(
+        db,
+        "SELECT count(*) FROM job_backoff WHERE retry_at > unixepoch() * 1000",
+    );
+    let alerts = query_rows(
+        db,
+        "SELECT count || '× ' || substr(message, 1, 160) FROM alerts ORDER BY last_seen DESC, id DESC LIMIT 3",
+    );
+    format!(
+        "STALL: no device recorded for {quiet:.0} s ({} of {} recorded)\n  \
+         {server_line}\n  \
+         hellos: {sent} delivered ({} since the last progress), {failed} failed{}; \
+         {never} devices never got one through\n  \
+         devices: {committed} committed ({} since the last progress)\n  \
+         jobs in flight (store intents by step): {}; \
+         {backing_off} devices backing off after a failure\n  \
+         latest alerts: {}\n  \
+         {}",
+        last.recorded,
+        reports.len(),
+        sent - last.hellos_sent.min(sent),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (last errors: {})", errors.join("; "))
+        },
+        committed.saturating_sub(last.committed),
+        if jobs.is_empty() {
+            "none".into()
+        } else {
+            jobs.join(", ")
+        },
+        if alerts.is_empty() {
+            "none".into()
+        } else {
+            alerts.join(" | ")
+        },
+        socket_summary(hello_addr.port()),
+    )
+}
+
 /// Starts `vprov serve` with the load configuration; returns it and its hello address.
 fn start_server(
     data: &Path,
@@ -197,7 +386,11 @@ fn start_server(
         })
         .spawn()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    stdout.read_line(&mut line)?;
+    // Whatever else the server prints (the API line) is read until it exits: it
+    // must never write into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let hello_addr: SocketAddr = line
         .trim()
         .strip_prefix("listening for hellos on ")
@@ -271,6 +464,18 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
+/// The first column of every row `sql` returns, as text (empty on any error).
+fn query_rows(db: &Path, sql: &str) -> Vec<String> {
+    let rows = || -> rusqlite::Result<Vec<String>> {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    };
+    rows().unwrap_or_default()
+}
+
 fn count(db: &Path, sql: &str) -> u64 {
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
@@ -283,6 +488,7 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let _ = self.0.wait();
     }
@@ -344,10 +550,10 @@ fn main() -> anyhow::Result<()> {
         format!(
             "[alerts]\nmax_rows = 10000000\n\
              [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
-             [provisioning]\nmax_concurrent_jobs = {n}\ncommit_wait_ms = 200\n\
+             [provisioning]\nmax_concurrent_jobs = {max_jobs}\ncommit_wait_ms = 200\n\
              confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n\
              {pki_config}",
-            n = n + args.pki
+            max_jobs = args.max_jobs
         ),
     )?;
     let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
@@ -356,7 +562,10 @@ fn main() -> anyhow::Result<()> {
     let db = data.join("vprov.db");
 
     let rt = tokio::runtime::Runtime::new()?;
-    println!("vprov load run: {n} devices, server pid {server_pid}, hellos on {hello_addr}");
+    println!(
+        "vprov load run: {n} devices, at most {} jobs at once, server pid {server_pid}, hellos on {hello_addr}",
+        args.max_jobs
+    );
     let pool = Arc::new(KeyPool::generate(args.key_pool)?);
     let specs = keys
         .into_iter()
@@ -373,6 +582,10 @@ fn main() -> anyhow::Result<()> {
     sim_config.restart_delay = Duration::from_millis(100);
 
     // Phase 1: provisioning.
+    let mut cpu = CpuMeter { earlier: 0.0 };
+    let cpu_at_start = cpu.total(server_pid);
+    let rss_at_start = rss_mib(server_pid).1;
+    let own_cpu_at_start = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s);
     let started = Instant::now();
     let sim = rt.block_on(Simulator::start(sim_config, specs))?;
     let deadline = started + Duration::from_secs(args.timeout);
@@ -380,6 +593,13 @@ fn main() -> anyhow::Result<()> {
     let mut last_report = Instant::now();
     let mut kills_left = args.kill;
     let mut next_kill = Instant::now() + random_pause();
+    let mut progress = Progress {
+        recorded: 0,
+        committed: 0,
+        hellos_sent: 0,
+        cpu: cpu_at_start,
+        at: Instant::now(),
+    };
     loop {
         let recorded = count(&db, "SELECT count(*) FROM devices");
         peak_rss = peak_rss.max(rss_mib(server_pid).0);
@@ -389,6 +609,7 @@ fn main() -> anyhow::Result<()> {
         if kills_left > 0 && Instant::now() >= next_kill {
             kills_left -= 1;
             let mut old = server;
+            cpu.earlier = cpu.total(server_pid);
             let _ = old.0.kill();
             let _ = old.0.wait();
             std::mem::forget(old);
@@ -404,20 +625,47 @@ fn main() -> anyhow::Result<()> {
             );
             next_kill = Instant::now() + random_pause();
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            let committed = sim.reports().iter().filter(|r| r.committed).count();
-            eprintln!(
-                "  {:.0} s: {committed} devices committed, {recorded} recorded",
-                started.elapsed().as_secs_f64()
+        let reporting = last_report.elapsed() >= Duration::from_secs(5);
+        if reporting || progress.at.elapsed() >= Duration::from_secs(args.stall) {
+            let reports = sim.reports();
+            let committed = reports.iter().filter(|r| r.committed).count();
+            if recorded != progress.recorded || committed != progress.committed {
+                progress = Progress {
+                    recorded,
+                    committed,
+                    hellos_sent: reports.iter().map(|r| u64::from(r.hellos_sent)).sum(),
+                    cpu: cpu.total(server_pid),
+                    at: Instant::now(),
+                };
+            }
+            if reporting {
+                last_report = Instant::now();
+                eprintln!(
+                    "  {:.0} s: {committed} devices committed, {recorded} recorded; server {:.1} CPU s, RSS {:.1} MiB",
+                    started.elapsed().as_secs_f64(),
+                    cpu.total(server_pid) - cpu_at_start,
+                    rss_mib(server_pid).1
+                );
+            }
+        }
+        if progress.at.elapsed() >= Duration::from_secs(args.stall) {
+            println!(
+                "{}",
+                diagnose_stall(&mut server, &sim, &db, hello_addr, &cpu, &progress)
             );
+            bail!("stalled: no device recorded for {} s", args.stall);
         }
         if Instant::now() > deadline {
+            println!(
+                "{}",
+                diagnose_stall(&mut server, &sim, &db, hello_addr, &cpu, &progress)
+            );
             bail!("timed out: {recorded} of {n} devices recorded");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = started.elapsed();
+    let cpu_used = cpu.total(server_pid) - cpu_at_start;
     let reports = sim.reports();
     let mut times: Vec<u64> = reports
         .iter()
@@ -444,6 +692,14 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("server peak RSS after provisioning: {peak_rss:.1} MiB");
+    let total = n + args.pki;
+    let own_cpu = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s) - own_cpu_at_start;
+    println!(
+        "server CPU: {cpu_used:.1} s for {total} devices = {:.2} ms per device \
+         (the simulated devices and this tool: {:.2} ms per device)",
+        cpu_used * 1000.0 / f64::from(total),
+        own_cpu * 1000.0 / f64::from(total)
+    );
     if args.kill > 0 {
         let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;
         println!(
@@ -454,6 +710,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     drop(sim);
+    // The run is over once the devices are gone; give the server time to finish what
+    // is left (alerts, returning freed memory) before reading what it keeps.
+    std::thread::sleep(SETTLE);
+    println!(
+        "server RSS: {rss_at_start:.1} MiB at start, peak {peak_rss:.1} MiB while provisioning, \
+         {:.1} MiB {} s after the run",
+        rss_mib(server_pid).1,
+        SETTLE.as_secs()
+    );
 
     // Phase 2: unknown PIDs, from many source addresses at once. A hello counts as
     // absorbed once its alert is stored, so the rate covers the server's whole path
@@ -487,7 +752,7 @@ fn main() -> anyhow::Result<()> {
         stored as f64 / absorbed_secs
     );
     let (hwm, rss) = rss_mib(server_pid);
-    println!("server RSS: peak {hwm:.1} MiB, now {rss:.1} MiB");
+    println!("server RSS after the hello flood: peak {hwm:.1} MiB, now {rss:.1} MiB");
     drop(server);
     Ok(())
 }

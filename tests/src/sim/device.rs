@@ -52,6 +52,10 @@ pub struct DeviceReport {
     pub fault: Option<String>,
     /// Hellos delivered to the server (connection accepted, 32 bytes written).
     pub hellos_sent: u32,
+    /// Hellos that could not be delivered (connect refused or timed out, write failed).
+    pub hellos_failed: u32,
+    /// Why the last undelivered hello failed.
+    pub last_hello_error: Option<String>,
     /// The last PSK identity a client sent (lossy UTF-8).
     pub psk_identity_seen: Option<String>,
     /// `SetAdminAclEntryEx` succeeded.
@@ -151,6 +155,8 @@ pub struct State {
     pub next_message: u64,
     pub nonces: VecDeque<String>,
     pub hellos_sent: u32,
+    pub hellos_failed: u32,
+    pub last_hello_error: Option<String>,
     pub first_hello: Option<Instant>,
     pub psk_identity: Option<String>,
     pub committed_at: Option<Instant>,
@@ -314,6 +320,8 @@ impl Device {
             next_message: 0,
             nonces: VecDeque::new(),
             hellos_sent: 0,
+            hellos_failed: 0,
+            last_hello_error: None,
             first_hello: None,
             psk_identity: None,
             committed_at: None,
@@ -405,6 +413,8 @@ impl Device {
             pid: self.spec.pid.dashed(),
             fault: self.spec.fault.as_ref().map(Fault::describe),
             hellos_sent: st.hellos_sent,
+            hellos_failed: st.hellos_failed,
+            last_hello_error: st.last_hello_error.clone(),
             psk_identity_seen: st.psk_identity.clone(),
             admin_password_changed: st.admin_password_changed,
             host_name: st.host_name.clone(),
@@ -618,11 +628,13 @@ async fn hellos(dev: Arc<Device>, config: Arc<SimConfig>) {
             Some(p) => pki::encode_hello(retry, &dev.spec.uuid, &p.trusted),
             None => hello::encode(retry, &dev.spec.uuid, &pid).to_vec(),
         };
-        if hello::send(dev.spec.address, config.server, &message)
-            .await
-            .is_ok()
-        {
-            dev.state().hellos_sent += 1;
+        match hello::send(dev.spec.address, config.server, &message).await {
+            Ok(()) => dev.state().hellos_sent += 1,
+            Err(e) => {
+                let mut st = dev.state();
+                st.hellos_failed += 1;
+                st.last_hello_error = Some(e.to_string());
+            }
         }
         if retry == hello::MAX_RETRY {
             return;
