@@ -8,12 +8,17 @@ use time::OffsetDateTime;
 
 use crate::store::{AlertRecord, AuditRecord, DeviceRecord};
 
-/// A store time stamp (Unix milliseconds) as RFC 3339 UTC with milliseconds, as the
-/// API and JSON output carry it.
+/// A store time stamp (Unix milliseconds) as RFC 3339 UTC with exactly three
+/// fractional digits, as the API and JSON output carry it: fixed width, so the
+/// strings sort as the times do (`…:01.100Z` before `…:01.120Z`; the well-known
+/// RFC 3339 form drops trailing zeros and would sort `…:01.1Z` after `…:01.12Z`).
 pub fn time_ms(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -76,6 +81,20 @@ pub fn audit_json(e: &AuditRecord) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_times_have_fixed_width_and_sort_as_the_times_do() {
+        let times = [
+            1_765_000_000_000,
+            1_765_000_000_100,
+            1_765_000_000_120,
+            1_765_000_001_000,
+        ];
+        let shown: Vec<String> = times.iter().map(|&t| super::time_ms(t)).collect();
+        assert_eq!(shown[0], "2025-12-06T05:46:40.000Z");
+        assert!(shown.iter().all(|s| s.len() == shown[0].len()), "{shown:?}");
+        assert!(shown.windows(2).all(|w| w[0] < w[1]), "{shown:?}");
+    }
+
     #[test]
     fn times_are_rfc3339_utc() {
         assert_eq!(super::time_s(0), "1970-01-01T00:00:00Z");
