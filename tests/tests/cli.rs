@@ -482,7 +482,7 @@ fn devices_and_alerts_are_listed_from_the_store() {
         .json();
     assert_eq!(unmanaged.as_array().unwrap().len(), 1);
     assert_eq!(unmanaged[0]["host_name"], "pc-042");
-    assert_eq!(unmanaged[0]["provisioned_at"], "2025-11-24T16:00:00Z");
+    assert_eq!(unmanaged[0]["provisioned_at"], "2025-11-24T16:00:00.000Z");
     let table = s.run(&["devices", "list"]).ok();
     assert!(
         table.contains("pc-042") && table.contains("agentless"),
