@@ -496,7 +496,7 @@ impl Inner {
         }
     }
 
-    async fn pki_step(&self, job: i64, step: &'static str) {
+    pub(super) async fn pki_step(&self, job: i64, step: &'static str) {
         let _ = self
             .store
             .call(move |s| s.set_pki_job_step(job, step))
