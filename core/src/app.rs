@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use vprov_sdk::PluginKinds;
 
-use crate::alerts::{AlertLog, AlertSinks};
+use crate::alerts::{AlertLog, AlertSinks, AlertWriter};
 use crate::api::{ApiSettings, ApiState};
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::{AdminPasswordPolicy, AlertsConfig, Config};
@@ -320,22 +321,15 @@ pub async fn run(
         let (store, alerts, stop) = (store.clone(), alerts.clone(), stop_rx.clone());
         tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
     });
-    let api = match (settings.api.clone(), api_listener, api_tls) {
-        (Some(api_settings), Some(api_listener), Some(tls)) => {
-            let state = ApiState::new(
-                api_settings,
-                store.clone(),
-                alerts.clone(),
-                plugins.host.clone(),
-                stop_rx.clone(),
-            );
-            let grace = settings.shutdown_grace;
-            let serving =
-                crate::api::serve(api_listener, tls, Arc::new(state), stop_rx.clone(), grace);
-            Some(tokio::spawn(serving))
-        }
-        _ => None,
-    };
+    let api = spawn_api(
+        &settings,
+        api_listener,
+        api_tls,
+        &store,
+        &alerts,
+        &plugins.host,
+        &stop_rx,
+    );
     let hello = HelloListener::new(
         listener,
         settings.hello.clone(),
@@ -346,26 +340,84 @@ pub async fn run(
     let listening = tokio::spawn(hello.run(stop_rx));
 
     shutdown.await;
-    tracing::info!(
-        "shutting down: no new hellos or API connections; waiting for running jobs and API requests"
-    );
-    let _ = stop_tx.send(true);
-    let _ = listening.await;
-    let _ = expiry.await;
-    if let Some(checking) = checking {
-        let _ = checking.await;
+    Running {
+        stop: stop_tx,
+        listening,
+        expiry,
+        checking,
+        api,
+        jobs,
+        plugins,
+        alert_writer,
     }
-    // Both within the one grace period.
-    let api_done = async {
-        if let Some(api) = api {
-            let _ = api.await;
-        }
-    };
-    tokio::join!(api_done, jobs.shutdown(settings.shutdown_grace));
-    plugins.host.shutdown().await;
-    drop(plugins.watcher);
-    alert_writer.finish(Duration::from_secs(5)).await;
+    .stop(settings.shutdown_grace)
+    .await;
     Ok(())
+}
+
+/// Starts serving the admin API when it is on (settings, listener and TLS).
+fn spawn_api(
+    settings: &ServerSettings,
+    api_listener: Option<TcpListener>,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
+    store: &StoreHandle,
+    alerts: &AlertLog,
+    plugins: &PluginHost,
+    stop: &watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let (Some(api_settings), Some(api_listener), Some(tls)) =
+        (settings.api.clone(), api_listener, api_tls)
+    else {
+        return None;
+    };
+    let state = ApiState::new(
+        api_settings,
+        store.clone(),
+        alerts.clone(),
+        plugins.clone(),
+        stop.clone(),
+    );
+    let grace = settings.shutdown_grace;
+    let serving = crate::api::serve(api_listener, tls, Arc::new(state), stop.clone(), grace);
+    Some(tokio::spawn(serving))
+}
+
+/// The running server's parts, taken down in order by [`Running::stop`].
+struct Running {
+    stop: watch::Sender<bool>,
+    listening: JoinHandle<()>,
+    expiry: JoinHandle<()>,
+    checking: Option<JoinHandle<()>>,
+    api: Option<JoinHandle<()>>,
+    jobs: JobManager,
+    plugins: Plugins,
+    alert_writer: AlertWriter,
+}
+
+impl Running {
+    /// Stops accepting hellos and API connections, waits up to `grace` for running
+    /// jobs and API requests, then stops the plugins and flushes the alert log.
+    async fn stop(self, grace: Duration) {
+        tracing::info!(
+            "shutting down: no new hellos or API connections; waiting for running jobs and API requests"
+        );
+        let _ = self.stop.send(true);
+        let _ = self.listening.await;
+        let _ = self.expiry.await;
+        if let Some(checking) = self.checking {
+            let _ = checking.await;
+        }
+        // Both within the one grace period.
+        let api_done = async {
+            if let Some(api) = self.api {
+                let _ = api.await;
+            }
+        };
+        tokio::join!(api_done, self.jobs.shutdown(grace));
+        self.plugins.host.shutdown().await;
+        drop(self.plugins.watcher);
+        self.alert_writer.finish(Duration::from_secs(5)).await;
+    }
 }
 
 /// The admin API's TLS configuration for the address `listener` is bound to.

@@ -3,7 +3,7 @@
 //! and remove. Import refuses, with the reason, a chain AMT firmware would refuse.
 
 use std::io::{self, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
@@ -136,163 +136,203 @@ pub fn run(cmd: PkiCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             key,
             pfx,
             stdin,
-        } => {
-            vprov_core::store::check_chain_name(&name)?;
-            let chain = match (pem, pfx) {
-                (Some(pem), None) => {
-                    let certs = read(&pem)?;
-                    let key_pem = key.as_ref().map(read).transpose()?;
-                    let key_text = key_pem.as_deref().unwrap_or(&certs);
-                    let encrypted = String::from_utf8_lossy(key_text).contains("ENCRYPTED");
-                    let pass = password(stdin, encrypted)?;
-                    ProvisioningChain::from_pem(
-                        &certs,
-                        key_pem.as_deref().map(|k| k.as_slice()),
-                        pass.as_bytes(),
-                        now_seconds(),
-                    )
-                }
-                (None, Some(pfx)) => {
-                    let der = read(&pfx)?;
-                    let pass = password(stdin, true)?;
-                    ProvisioningChain::from_pfx(&der, &pass, now_seconds())
-                }
-                _ => bail!("give either --pem or --pfx"),
-            }
-            .context("the chain was refused; nothing was imported")?;
-            let rec = ctx
-                .store()?
-                .add_provisioning_chain(&name, &chain, &actor())?;
-            outln!(
-                "imported chain {} (CN {}, domain {}, {} certificates, expires {}); root SHA-256 {}",
-                rec.name,
-                rec.common_name,
-                rec.domain,
-                chain.certificates().len(),
-                output::time(rec.not_after * 1000),
-                hex::encode(&rec.root.sha256)
-            )?;
-        }
-        PkiCommand::List { format } => {
-            let chains = ctx.store()?.provisioning_chains()?;
-            match format {
-                ListFormat::Json => output::json(&serde_json::Value::Array(
-                    chains.iter().map(to_json).collect(),
-                ))?,
-                ListFormat::Table => output::table(
-                    &["NAME", "DOMAIN", "COMMON NAME", "EXPIRES", "ROOT SHA-256"],
-                    &chains
-                        .iter()
-                        .map(|c| {
-                            vec![
-                                c.name.clone(),
-                                c.domain.clone(),
-                                c.common_name.clone(),
-                                output::time(c.not_after * 1000),
-                                hex::encode(&c.root.sha256),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                )?,
-            }
-        }
-        PkiCommand::Show { name, format } => {
-            let c = ctx
-                .store()?
-                .provisioning_chain(&name)?
-                .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
-            match format {
-                ListFormat::Json => output::json(&to_json(&c))?,
-                ListFormat::Table => {
-                    outln!("name:         {}", c.name)?;
-                    outln!("common name:  {}", c.common_name)?;
-                    outln!("domain:       {}", c.domain)?;
-                    outln!("expires:      {}", output::time(c.not_after * 1000))?;
-                    for (i, s) in subjects_of_pem(&c.chain_pem).iter().enumerate() {
-                        outln!("certificate {}: {s}", i + 1)?;
-                    }
-                    outln!("root SHA-1:   {}", hex::encode(&c.root.sha1))?;
-                    outln!("root SHA-256: {}", hex::encode(&c.root.sha256))?;
-                    outln!("root SHA-384: {}", hex::encode(&c.root.sha384))?;
-                    outln!(
-                        "imported:     {} by {}",
-                        output::time(c.imported_at),
-                        c.imported_by
-                    )?;
-                }
-            }
-        }
-        PkiCommand::CreateRoot { name, domain } => {
-            vprov_core::store::check_chain_name(&name)?;
-            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-            vprov_core::pki::select::check_domain(&domain).map_err(anyhow::Error::msg)?;
-            let chain = vprov_core::pki::own_root::create(&domain, now_seconds())?;
-            let rec = ctx
-                .store()?
-                .add_provisioning_chain(&name, &chain, &actor())?;
-            outln!(
-                "created chain {} (leaf CN {}, expires {}); root SHA-256 {}\n\
-                 write the setup.bin that makes devices trust it: vprov pki setupbin {} --output setup.bin",
-                rec.name,
-                rec.common_name,
-                output::time(rec.not_after * 1000),
-                hex::encode(&rec.root.sha256),
-                rec.name
-            )?;
-        }
+        } => import(ctx, &name, pem, key, pfx, stdin)?,
+        PkiCommand::List { format } => list(ctx, format)?,
+        PkiCommand::Show { name, format } => show(ctx, &name, format)?,
+        PkiCommand::CreateRoot { name, domain } => create_root(ctx, &name, &domain)?,
         PkiCommand::Setupbin {
             name,
             output: out,
             server,
             port,
             force,
-        } => {
-            let store = ctx.store()?;
-            let chain = store
-                .provisioning_chain(&name)?
-                .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
-            let password = store.provisioning_password()?.context(
-                "no provisioning password is set (vprov password set): setup.bin makes it the MEBx password",
-            )?;
-            let export = &ctx.config.export;
-            let server = match server {
-                Some(s) => s,
-                None => export.server_address.parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "give vprov's IPv4 address with --server (or set [export] server_address)"
-                    )
-                })?,
-            };
-            let port = port
-                .or(export.server_port)
-                .unwrap_or(ctx.config.hello.listen.port());
-            let bytes = vprov_core::pki::own_root::setup_bin(
-                &chain.root.sha256,
-                &chain.domain,
-                password.expose(),
-                server,
-                port,
-            )
-            .map_err(anyhow::Error::msg)?;
-            let mut file = output::PrivateFile::create(&out, force)
-                .with_context(|| format!("writing {}", out.display()))?;
-            io::Write::write_all(&mut file, &bytes)?;
-            file.commit()
-                .with_context(|| format!("writing {}", out.display()))?;
-            outln!(
-                "wrote {}: devices it touches trust chain {} (root SHA-256 {}), PKI DNS suffix {}, hellos to {server}:{port}",
-                out.display(),
-                chain.name,
-                hex::encode(&chain.root.sha256),
-                chain.domain
-            )?;
-        }
-        PkiCommand::Remove { name } => {
-            if !ctx.store()?.remove_provisioning_chain(&name, &actor())? {
-                bail!("no chain named {name} (see `vprov pki list`)");
-            }
-            outln!("removed chain {name}")?;
-        }
+        } => setupbin(ctx, &name, &out, server, port, force)?,
+        PkiCommand::Remove { name } => remove(ctx, &name)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vprov pki import`: checks the chain as AMT firmware would, then seals it in the
+/// store.
+fn import(
+    ctx: &Context,
+    name: &str,
+    pem: Option<PathBuf>,
+    key: Option<PathBuf>,
+    pfx: Option<PathBuf>,
+    stdin: bool,
+) -> anyhow::Result<()> {
+    vprov_core::store::check_chain_name(name)?;
+    let chain = match (pem, pfx) {
+        (Some(pem), None) => {
+            let certs = read(&pem)?;
+            let key_pem = key.as_ref().map(read).transpose()?;
+            let key_text = key_pem.as_deref().unwrap_or(&certs);
+            let encrypted = String::from_utf8_lossy(key_text).contains("ENCRYPTED");
+            let pass = password(stdin, encrypted)?;
+            ProvisioningChain::from_pem(
+                &certs,
+                key_pem.as_deref().map(|k| k.as_slice()),
+                pass.as_bytes(),
+                now_seconds(),
+            )
+        }
+        (None, Some(pfx)) => {
+            let der = read(&pfx)?;
+            let pass = password(stdin, true)?;
+            ProvisioningChain::from_pfx(&der, &pass, now_seconds())
+        }
+        _ => bail!("give either --pem or --pfx"),
+    }
+    .context("the chain was refused; nothing was imported")?;
+    let rec = ctx
+        .store()?
+        .add_provisioning_chain(name, &chain, &actor())?;
+    outln!(
+        "imported chain {} (CN {}, domain {}, {} certificates, expires {}); root SHA-256 {}",
+        rec.name,
+        rec.common_name,
+        rec.domain,
+        chain.certificates().len(),
+        output::time(rec.not_after * 1000),
+        hex::encode(&rec.root.sha256)
+    )?;
+    Ok(())
+}
+
+/// `vprov pki list`.
+fn list(ctx: &Context, format: ListFormat) -> anyhow::Result<()> {
+    let chains = ctx.store()?.provisioning_chains()?;
+    match format {
+        ListFormat::Json => output::json(&serde_json::Value::Array(
+            chains.iter().map(to_json).collect(),
+        ))?,
+        ListFormat::Table => output::table(
+            &["NAME", "DOMAIN", "COMMON NAME", "EXPIRES", "ROOT SHA-256"],
+            &chains
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.domain.clone(),
+                        c.common_name.clone(),
+                        output::time(c.not_after * 1000),
+                        hex::encode(&c.root.sha256),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )?,
+    }
+    Ok(())
+}
+
+/// `vprov pki show`.
+fn show(ctx: &Context, name: &str, format: ListFormat) -> anyhow::Result<()> {
+    let c = ctx
+        .store()?
+        .provisioning_chain(name)?
+        .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
+    match format {
+        ListFormat::Json => output::json(&to_json(&c))?,
+        ListFormat::Table => {
+            outln!("name:         {}", c.name)?;
+            outln!("common name:  {}", c.common_name)?;
+            outln!("domain:       {}", c.domain)?;
+            outln!("expires:      {}", output::time(c.not_after * 1000))?;
+            for (i, s) in subjects_of_pem(&c.chain_pem).iter().enumerate() {
+                outln!("certificate {}: {s}", i + 1)?;
+            }
+            outln!("root SHA-1:   {}", hex::encode(&c.root.sha1))?;
+            outln!("root SHA-256: {}", hex::encode(&c.root.sha256))?;
+            outln!("root SHA-384: {}", hex::encode(&c.root.sha384))?;
+            outln!(
+                "imported:     {} by {}",
+                output::time(c.imported_at),
+                c.imported_by
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `vprov pki create-root`: vprov's own root and leaf for a DNS suffix.
+fn create_root(ctx: &Context, name: &str, domain: &str) -> anyhow::Result<()> {
+    vprov_core::store::check_chain_name(name)?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    vprov_core::pki::select::check_domain(&domain).map_err(anyhow::Error::msg)?;
+    let chain = vprov_core::pki::own_root::create(&domain, now_seconds())?;
+    let rec = ctx
+        .store()?
+        .add_provisioning_chain(name, &chain, &actor())?;
+    outln!(
+        "created chain {} (leaf CN {}, expires {}); root SHA-256 {}\n\
+         write the setup.bin that makes devices trust it: vprov pki setupbin {} --output setup.bin",
+        rec.name,
+        rec.common_name,
+        output::time(rec.not_after * 1000),
+        hex::encode(&rec.root.sha256),
+        rec.name
+    )?;
+    Ok(())
+}
+
+/// `vprov pki setupbin`: a USB setup.bin (mode 0600: it holds the provisioning
+/// password) that makes devices trust a chain's root.
+fn setupbin(
+    ctx: &Context,
+    name: &str,
+    out: &Path,
+    server: Option<std::net::Ipv4Addr>,
+    port: Option<u16>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let chain = store
+        .provisioning_chain(name)?
+        .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
+    let password = store.provisioning_password()?.context(
+        "no provisioning password is set (vprov password set): setup.bin makes it the MEBx password",
+    )?;
+    let export = &ctx.config.export;
+    let server = match server {
+        Some(s) => s,
+        None => export.server_address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "give vprov's IPv4 address with --server (or set [export] server_address)"
+            )
+        })?,
+    };
+    let port = port
+        .or(export.server_port)
+        .unwrap_or(ctx.config.hello.listen.port());
+    let bytes = vprov_core::pki::own_root::setup_bin(
+        &chain.root.sha256,
+        &chain.domain,
+        password.expose(),
+        server,
+        port,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut file = output::PrivateFile::create(out, force)
+        .with_context(|| format!("writing {}", out.display()))?;
+    io::Write::write_all(&mut file, &bytes)?;
+    file.commit()
+        .with_context(|| format!("writing {}", out.display()))?;
+    outln!(
+        "wrote {}: devices it touches trust chain {} (root SHA-256 {}), PKI DNS suffix {}, hellos to {server}:{port}",
+        out.display(),
+        chain.name,
+        hex::encode(&chain.root.sha256),
+        chain.domain
+    )?;
+    Ok(())
+}
+
+/// `vprov pki remove`.
+fn remove(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    if !ctx.store()?.remove_provisioning_chain(name, &actor())? {
+        bail!("no chain named {name} (see `vprov pki list`)");
+    }
+    outln!("removed chain {name}")?;
+    Ok(())
 }

@@ -4,8 +4,8 @@
 //! [`JobManager`] absorbs repeated hellos (one job per PID and per device at a time)
 //! and caps how many jobs run at once. Each job runs the provisioning steps
 //! (`docs/protocol-notes.md`) through the device connector, each under a timeout, as
-//! small steps sharing one `JobContext`: every path (TLS-PSK today) reuses the steps
-//! after its login. Before it changes anything on the device it records its intent (PID,
+//! small steps sharing one `JobContext`: every path (TLS-PSK, PKI in [`pki`]) reuses
+//! the steps after its login. Before it changes anything on the device it records its intent (PID,
 //! device, the new admin credential — sealed) in the store; a failure or crash keeps
 //! that intent so the next attempt (or [`JobManager::resume_pending`] after a restart)
 //! can log in with whichever credential the device now holds. The PID is marked used
@@ -176,6 +176,34 @@ enum JobRecord {
     Pki(i64),
 }
 
+/// What the shared steps need of a job's recorded intent, whichever way it logged in.
+trait RecordedIntent {
+    /// The admin credential the job gives the device.
+    fn new_password(&self) -> &str;
+    /// Where the job's steps are recorded.
+    fn record(&self) -> JobRecord;
+}
+
+impl RecordedIntent for JobIntent {
+    fn new_password(&self) -> &str {
+        &self.new_password
+    }
+
+    fn record(&self) -> JobRecord {
+        JobRecord::Psk(self.id)
+    }
+}
+
+impl RecordedIntent for crate::store::PkiJobIntent {
+    fn new_password(&self) -> &str {
+        &self.new_password
+    }
+
+    fn record(&self) -> JobRecord {
+        JobRecord::Pki(self.id)
+    }
+}
+
 /// A store failure: the job cannot go on, and the admin must look.
 fn store_failure(e: impl std::fmt::Display) -> JobFailure {
     JobFailure {
@@ -185,17 +213,38 @@ fn store_failure(e: impl std::fmt::Display) -> JobFailure {
     }
 }
 
-/// What the steps of one provisioning job share, whichever way it logged in.
-struct JobContext {
+/// What the steps of one provisioning job share, whichever way it logged in: `I` is
+/// its recorded intent (a PSK job's [`JobIntent`] or a PKI job's).
+struct JobContext<I = JobIntent> {
     /// The device as its hello named it (`GetUuid` must agree).
     hello_uuid: DeviceUuid,
     address: IpAddr,
     /// The device's TLS / TLS-PSK service.
     device: SocketAddr,
     /// The job's recorded intent (its new credential, any certificate issued).
-    intent: JobIntent,
+    intent: I,
     /// The logged-in session of the setup connection.
     session: AmtSession,
+}
+
+impl<I> JobContext<I> {
+    /// The device record of a job that committed: its host name, AMT version and the
+    /// certificate it presents.
+    fn device_record(
+        &self,
+        host_name: String,
+        amt_version: String,
+        certificate_der: Vec<u8>,
+    ) -> ProvisionedDevice {
+        ProvisionedDevice {
+            uuid: self.hello_uuid.to_string(),
+            host_name: Some(host_name),
+            address: self.address.to_string(),
+            amt_version: Some(amt_version),
+            admin_user: ADMIN_USER.into(),
+            certificate_der,
+        }
+    }
 }
 
 /// What the job read of the device before changing it.
@@ -439,14 +488,7 @@ impl Inner {
             .tls_certificate(&mut job, &host_name, &facts.amt_version)
             .await?;
         self.commit(&mut job).await?;
-        let record = ProvisionedDevice {
-            uuid: job.hello_uuid.to_string(),
-            host_name: Some(host_name),
-            address: job.address.to_string(),
-            amt_version: Some(facts.amt_version),
-            admin_user: ADMIN_USER.into(),
-            certificate_der: certificate,
-        };
+        let record = job.device_record(host_name, facts.amt_version, certificate);
         self.confirm_and_record(job, record).await
     }
 
@@ -588,25 +630,26 @@ impl Inner {
     }
 
     /// Sets the device's admin credential to the one the intent recorded.
-    async fn set_credential(
+    async fn set_credential<I: RecordedIntent>(
         &self,
-        job: &mut JobContext,
+        job: &mut JobContext<I>,
         settings: &GeneralSettings,
     ) -> Result<(), JobFailure> {
+        let new_password = job.intent.new_password();
         job.session
-            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &job.intent.new_password)
+            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, new_password)
             .await
             .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
-        job.session.set_password(&job.intent.new_password);
+        job.session.set_password(new_password);
         Ok(())
     }
 
     /// Names the device by the configured rule when it has no host name
     /// (CommitChanges refuses a device with DHCP on and no host name: 2057), and sets
     /// the configured domain; returns the device's host name.
-    async fn name_device(
+    async fn name_device<I>(
         &self,
-        job: &mut JobContext,
+        job: &mut JobContext<I>,
         settings: &GeneralSettings,
     ) -> Result<String, JobFailure> {
         let host_name = if settings.host_name.is_empty() {
@@ -631,7 +674,7 @@ impl Inner {
     }
 
     /// Synchronises the device's clock with vprov's.
-    async fn sync_clock(&self, job: &mut JobContext) -> Result<(), JobFailure> {
+    async fn sync_clock<I>(&self, job: &mut JobContext<I>) -> Result<(), JobFailure> {
         let ta0 = job
             .session
             .low_accuracy_time()
@@ -672,7 +715,7 @@ impl Inner {
             (_, false) => {
                 self.install_certificate(
                     &mut job.session,
-                    JobRecord::Psk(job.intent.id),
+                    job.intent.record(),
                     host_name,
                     amt_version,
                 )
@@ -683,26 +726,25 @@ impl Inner {
 
     /// Enables TLS (and on the local interface if configured), records that the job
     /// is committing, and commits.
-    async fn commit(&self, job: &mut JobContext) -> Result<(), JobFailure> {
+    async fn commit<I: RecordedIntent>(&self, job: &mut JobContext<I>) -> Result<(), JobFailure> {
         job.session
             .enable_tls(self.settings.local_tls)
             .await
             .map_err(JobFailure::at("enable TLS"))?;
-        self.step(job.intent.id, JobStep::Commit).await;
+        self.mark_committing(job.intent.record()).await;
         job.session
             .commit_changes()
             .await
             .map_err(JobFailure::at("CommitChanges"))
     }
 
-    /// Confirms the device over TLS pinned to `record`'s certificate with its new
-    /// credential, then records it (marking the PID used) and hands it to the
-    /// post-provision actions.
-    async fn confirm_and_record(
+    /// Closes the setup session and confirms the device over TLS pinned to
+    /// `record`'s certificate with its new credential; returns the job's intent.
+    async fn confirm<I: RecordedIntent>(
         &self,
-        job: JobContext,
-        record: ProvisionedDevice,
-    ) -> Result<(), JobFailure> {
+        job: JobContext<I>,
+        record: &ProvisionedDevice,
+    ) -> Result<I, JobFailure> {
         let JobContext {
             hello_uuid,
             device,
@@ -713,12 +755,23 @@ impl Inner {
         drop(session);
         self.confirm_tls(
             device,
-            &intent.new_password,
+            intent.new_password(),
             hello_uuid,
             &record.certificate_der,
         )
         .await
         .map_err(JobFailure::at("confirm TLS mode"))?;
+        Ok(intent)
+    }
+
+    /// Confirms the device ([`Inner::confirm`]), then records it (marking the PID
+    /// used) and hands it to the post-provision actions.
+    async fn confirm_and_record(
+        &self,
+        job: JobContext,
+        record: ProvisionedDevice,
+    ) -> Result<(), JobFailure> {
+        let intent = self.confirm(job, &record).await?;
         let pw = intent.new_password.clone();
         let id = intent.id;
         let device = post_provision_view(&record, &intent.pid);
@@ -943,6 +996,15 @@ impl Inner {
 
     async fn step(&self, job: i64, step: JobStep) {
         let _ = self.store.call(move |s| s.set_job_step(job, step)).await;
+    }
+
+    /// Records that `job` is about to send CommitChanges: from here on only its
+    /// recorded intent finishes it.
+    async fn mark_committing(&self, job: JobRecord) {
+        match job {
+            JobRecord::Psk(id) => self.step(id, JobStep::Commit).await,
+            JobRecord::Pki(id) => self.pki_step(id, "commit").await,
+        }
     }
 
     /// After a failure before this attempt changed anything on the device: drops the

@@ -181,84 +181,14 @@ impl Store {
     ) -> Result<Vec<StoredAlert>, StoreError> {
         let now = now_ms();
         let capped: Vec<NewAlert> = alerts.iter().map(|a| a.clone().capped()).collect();
-        // Same alerts within the batch become one write: key → (count, last index).
-        let mut order: Vec<[u8; 16]> = Vec::new();
-        let mut groups: HashMap<[u8; 16], (i64, usize)> = HashMap::new();
-        for (i, a) in capped.iter().enumerate() {
-            let key = a.aggregation_key();
-            let group = groups.entry(key).or_insert_with(|| {
-                order.push(key);
-                (0, i)
-            });
-            group.0 += 1;
-            group.1 = i;
-        }
+        let batch = group_batch(&capped);
         let notice_ms = repeat_notice.map(|d| d.as_millis() as i64);
         let tx = self.write_tx()?;
-        let mut stored = Vec::with_capacity(order.len());
+        let mut stored = Vec::with_capacity(batch.len());
         {
-            let mut find = tx.prepare_cached(
-                "SELECT id, at, count, notified_at FROM alerts
-                 WHERE agg_key = ?1 AND acknowledged_at IS NULL",
-            )?;
-            let mut bump = tx.prepare_cached(
-                "UPDATE alerts SET count = count + ?2, last_seen = ?3, message = ?4,
-                        notified_at = ?5
-                 WHERE id = ?1",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO alerts (at, last_seen, count, notified_at, agg_key, severity,
-                                     source, message, pid, device_uuid, address)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for key in order {
-                let (n, index) = groups[&key];
-                let a = &capped[index];
-                let open: Option<(i64, i64, i64, Option<i64>)> = find
-                    .query_row([&key[..]], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
-                    .optional()?;
-                let row = match open {
-                    Some((id, first_seen, count, notified_at)) => {
-                        let due = notice_ms.is_some_and(|interval| {
-                            notified_at.is_none_or(|at| now - at >= interval)
-                        });
-                        let notified_at = if due { Some(now) } else { notified_at };
-                        bump.execute(params![id, n, now, a.message, notified_at])?;
-                        StoredAlert {
-                            index,
-                            id,
-                            count: count + n,
-                            first_seen,
-                            last_seen: now,
-                            notify: due,
-                        }
-                    }
-                    None => {
-                        insert.execute(params![
-                            now,
-                            n,
-                            notice_ms.map(|_| now),
-                            &key[..],
-                            a.severity.as_str(),
-                            a.source.as_ref(),
-                            a.message,
-                            a.pid,
-                            a.device_uuid,
-                            a.address
-                        ])?;
-                        StoredAlert {
-                            index,
-                            id: tx.last_insert_rowid(),
-                            count: n,
-                            first_seen: now,
-                            last_seen: now,
-                            notify: notice_ms.is_some(),
-                        }
-                    }
-                };
-                stored.push(row);
+            let mut writer = AlertWriter::prepare(&tx, now, notice_ms)?;
+            for group in batch {
+                stored.push(writer.write(&group, &capped[group.index])?);
             }
         }
         tx.commit()?;
@@ -410,6 +340,136 @@ impl Store {
         }
         tx.commit()?;
         Ok(count as u64)
+    }
+}
+
+/// Alerts of one batch that are the same (one write): their aggregation key, how
+/// many there are and the index of the last one (whose message is stored).
+struct BatchGroup {
+    key: [u8; 16],
+    count: i64,
+    index: usize,
+}
+
+/// Groups a batch's same alerts, in the order each was first seen.
+fn group_batch(alerts: &[NewAlert]) -> Vec<BatchGroup> {
+    let mut groups: Vec<BatchGroup> = Vec::new();
+    let mut by_key: HashMap<[u8; 16], usize> = HashMap::new();
+    for (i, a) in alerts.iter().enumerate() {
+        let key = a.aggregation_key();
+        let g = *by_key.entry(key).or_insert_with(|| {
+            groups.push(BatchGroup {
+                key,
+                count: 0,
+                index: i,
+            });
+            groups.len() - 1
+        });
+        groups[g].count += 1;
+        groups[g].index = i;
+    }
+    groups
+}
+
+/// The statements storing a batch's groups in one transaction: a repeat of an
+/// unacknowledged alert bumps its row, anything else inserts one.
+struct AlertWriter<'t> {
+    tx: &'t rusqlite::Transaction<'t>,
+    find: rusqlite::CachedStatement<'t>,
+    bump: rusqlite::CachedStatement<'t>,
+    insert: rusqlite::CachedStatement<'t>,
+    now: i64,
+    notice_ms: Option<i64>,
+}
+
+impl<'t> AlertWriter<'t> {
+    fn prepare(
+        tx: &'t rusqlite::Transaction<'t>,
+        now: i64,
+        notice_ms: Option<i64>,
+    ) -> Result<AlertWriter<'t>, StoreError> {
+        Ok(AlertWriter {
+            tx,
+            find: tx.prepare_cached(
+                "SELECT id, at, count, notified_at FROM alerts
+                 WHERE agg_key = ?1 AND acknowledged_at IS NULL",
+            )?,
+            bump: tx.prepare_cached(
+                "UPDATE alerts SET count = count + ?2, last_seen = ?3, message = ?4,
+                        notified_at = ?5
+                 WHERE id = ?1",
+            )?,
+            insert: tx.prepare_cached(
+                "INSERT INTO alerts (at, last_seen, count, notified_at, agg_key, severity,
+                                     source, message, pid, device_uuid, address)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            now,
+            notice_ms,
+        })
+    }
+
+    /// Stores `group`, whose last alert is `a`.
+    fn write(&mut self, group: &BatchGroup, a: &NewAlert) -> Result<StoredAlert, StoreError> {
+        let open: Option<(i64, i64, i64, Option<i64>)> = self
+            .find
+            .query_row([&group.key[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        match open {
+            Some(row) => self.bump(group, a, row),
+            None => self.insert(group, a),
+        }
+    }
+
+    /// Adds `group` to its open row `(id, first seen, count, notified at)`.
+    fn bump(
+        &mut self,
+        group: &BatchGroup,
+        a: &NewAlert,
+        (id, first_seen, count, notified_at): (i64, i64, i64, Option<i64>),
+    ) -> Result<StoredAlert, StoreError> {
+        let now = self.now;
+        let due = self
+            .notice_ms
+            .is_some_and(|interval| notified_at.is_none_or(|at| now - at >= interval));
+        let notified_at = if due { Some(now) } else { notified_at };
+        self.bump
+            .execute(params![id, group.count, now, a.message, notified_at])?;
+        Ok(StoredAlert {
+            index: group.index,
+            id,
+            count: count + group.count,
+            first_seen,
+            last_seen: now,
+            notify: due,
+        })
+    }
+
+    /// Stores `group` as a new row.
+    fn insert(&mut self, group: &BatchGroup, a: &NewAlert) -> Result<StoredAlert, StoreError> {
+        let now = self.now;
+        self.insert.execute(params![
+            now,
+            group.count,
+            self.notice_ms.map(|_| now),
+            &group.key[..],
+            a.severity.as_str(),
+            a.source.as_ref(),
+            a.message,
+            a.pid,
+            a.device_uuid,
+            a.address
+        ])?;
+        Ok(StoredAlert {
+            index: group.index,
+            id: self.tx.last_insert_rowid(),
+            count: group.count,
+            first_seen: now,
+            last_seen: now,
+            notify: self.notice_ms.is_some(),
+        })
     }
 }
 

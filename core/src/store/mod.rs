@@ -176,62 +176,11 @@ impl Store {
     /// Opens (or, in an empty data directory, creates) the store.
     pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
         let dir = &options.data_dir;
-        create_private_dir(dir).map_err(|source| StoreError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let db_path = dir.join(DB_FILE);
-        let existed = database_exists(&db_path)?;
-        if !existed {
-            // Created here with mode 0600 so that SQLite (which gives its -wal and
-            // -shm files the database's mode) never makes the store world-readable.
-            create_private_file(&db_path).map_err(|source| StoreError::DataDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        let flags = if existed {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::NotADatabase)
-            | Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::NotADatabase {
-                path: db_path.clone(),
-            },
-            Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => {
-                StoreError::DataDir {
-                    path: dir.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("cannot open {} for writing", db_path.display()),
-                    ),
-                }
-            }
-            _ => StoreError::from(e),
-        };
-        let conn = Connection::open_with_flags(&db_path, flags).map_err(not_db)?;
-        // Wait for other writers rather than failing at once (two CLI processes).
-        conn.busy_timeout(options.busy_timeout).map_err(not_db)?;
-
+        let (db_path, existed) = prepare_db_file(dir)?;
+        let not_db = |e: rusqlite::Error| open_error(e, &db_path, dir);
+        let conn = connect(&db_path, existed, options.busy_timeout).map_err(not_db)?;
         let state = schema::inspect(&conn).map_err(not_db)?;
-        match state {
-            SchemaState::Foreign { application_id } => {
-                return Err(StoreError::ForeignDatabase {
-                    path: db_path,
-                    application_id,
-                })
-            }
-            SchemaState::Vprov { version } if version > schema::SCHEMA_VERSION => {
-                return Err(StoreError::NewerSchema {
-                    path: db_path,
-                    found: version,
-                    supported: schema::SCHEMA_VERSION,
-                })
-            }
-            _ => {}
-        }
+        check_schema(&state, &db_path)?;
         let is_new = state == SchemaState::Empty;
         let key = resolve_key(options, &db_path, is_new)?;
         let mut store = Store {
@@ -244,24 +193,30 @@ impl Store {
         if !is_new {
             store.verify_key()?;
         }
-
-        // WAL: readers never block the writer, and two processes can share the file.
-        store
-            .conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
-            .map_err(not_db)?;
-        // FULL: a committed transaction survives power loss (no lost provisioning).
-        store.conn.pragma_update(None, "synchronous", "FULL")?;
-        // Enforce the REFERENCES clauses of the schema.
-        store.conn.pragma_update(None, "foreign_keys", true)?;
-        // Statement journals (one per multi-row INSERT) and temporary indexes stay in
-        // memory: they are small, and a temporary file costs a write per page.
-        store.conn.pragma_update(None, "temp_store", "MEMORY")?;
-        schema::migrate(&mut store.conn).map_err(not_db)?;
+        store.configure(dir)?;
         if is_new {
             store.verify_key()?;
         }
         Ok(store)
+    }
+
+    /// Sets the connection's journal, durability and integrity modes, then migrates
+    /// the schema (`dir` names the data directory in errors).
+    fn configure(&mut self, dir: &Path) -> Result<(), StoreError> {
+        let db_path = self.db_path.clone();
+        let not_db = |e: rusqlite::Error| open_error(e, &db_path, dir);
+        // WAL: readers never block the writer, and two processes can share the file.
+        self.conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(not_db)?;
+        // FULL: a committed transaction survives power loss (no lost provisioning).
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        // Enforce the REFERENCES clauses of the schema.
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        // Statement journals (one per multi-row INSERT) and temporary indexes stay in
+        // memory: they are small, and a temporary file costs a write per page.
+        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+        schema::migrate(&mut self.conn).map(drop).map_err(not_db)
     }
 
     /// Opens the store if its data directory holds one; `None` (and nothing created)
@@ -386,6 +341,84 @@ fn resolve_key(options: &StoreOptions, db: &Path, is_new: bool) -> Result<Master
             key: path,
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the data directory if needed and, in a new store, the database file with
+/// mode 0600; returns the database's path and whether it existed.
+fn prepare_db_file(dir: &Path) -> Result<(PathBuf, bool), StoreError> {
+    create_private_dir(dir).map_err(|source| StoreError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let db_path = dir.join(DB_FILE);
+    let existed = database_exists(&db_path)?;
+    if !existed {
+        // Created here with mode 0600 so that SQLite (which gives its -wal and
+        // -shm files the database's mode) never makes the store world-readable.
+        create_private_file(&db_path).map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok((db_path, existed))
+}
+
+/// Opens the database file (creating it only if it did not exist) with a busy
+/// timeout.
+fn connect(
+    db_path: &Path,
+    existed: bool,
+    busy_timeout: Duration,
+) -> Result<Connection, rusqlite::Error> {
+    let flags = if existed {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db_path, flags)?;
+    // Wait for other writers rather than failing at once (two CLI processes).
+    conn.busy_timeout(busy_timeout)?;
+    Ok(conn)
+}
+
+/// An SQLite error while opening the store: a file that is not a database, one that
+/// cannot be written, or another error.
+fn open_error(e: rusqlite::Error, db_path: &Path, dir: &Path) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::NotADatabase {
+                path: db_path.to_path_buf(),
+            }
+        }
+        Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => {
+            StoreError::DataDir {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("cannot open {} for writing", db_path.display()),
+                ),
+            }
+        }
+        _ => StoreError::from(e),
+    }
+}
+
+/// Refuses another application's database and a store written by a newer vprov.
+fn check_schema(state: &SchemaState, db_path: &Path) -> Result<(), StoreError> {
+    match *state {
+        SchemaState::Foreign { application_id } => Err(StoreError::ForeignDatabase {
+            path: db_path.to_path_buf(),
+            application_id,
+        }),
+        SchemaState::Vprov { version } if version > schema::SCHEMA_VERSION => {
+            Err(StoreError::NewerSchema {
+                path: db_path.to_path_buf(),
+                found: version,
+                supported: schema::SCHEMA_VERSION,
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -43,6 +43,14 @@ pub struct AcceptedPkiHello {
     pub hashes: Vec<CertificateHash>,
 }
 
+/// The provisioning chain a job presents: the chain, its name in vprov, and the TLS
+/// dialer that presents it (and records the certificate the device presents).
+struct PkiSetup {
+    chain: ProvisioningChain,
+    chain_name: String,
+    dialer: Arc<ChainDialer>,
+}
+
 /// A just-provisioned PKI device as post-provision actions see it (no PID).
 fn pki_view(record: &ProvisionedDevice) -> DeviceInfo {
     DeviceInfo {
@@ -150,12 +158,34 @@ impl Inner {
         }
     }
 
-    /// Runs the job; returns the name of the chain used.
+    /// Runs the job: the chain, the credentials, the intent, then the device's
+    /// configuration ([`Inner::configure_pki`]); returns the name of the chain used.
     async fn provision_pki(&self, hello: AcceptedPkiHello) -> Result<String, JobFailure> {
-        let store_failure = |e: String| failure("store", Severity::Critical, e);
-        let uuid = hello.uuid.to_string();
-
         // 1. The chain.
+        let setup = self.choose_chain(&hello).await?;
+        let provisioning_password = self
+            .store
+            .call(|s| s.provisioning_password())
+            .await
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
+        let new_password = self.pki_credential(provisioning_password.as_ref())?;
+        // 2. Intent first.
+        let intent = self.begin_pki(&hello, &setup, new_password).await?;
+        let (job, resumed) = (intent.id, intent.resumed);
+        let result = self
+            .configure_pki(&hello, &setup, provisioning_password.as_ref(), intent)
+            .await;
+        if result.is_err() && !resumed {
+            // A fresh intent that never reached the credential step changed nothing.
+            let _ = self.store.call(move |s| s.abandon_pki_job(job)).await;
+        }
+        result.map(|()| setup.chain_name)
+    }
+
+    /// Picks the hello's provisioning chain, opens its sealed key and checks the chain
+    /// again (it may have expired since import).
+    async fn choose_chain(&self, hello: &AcceptedPkiHello) -> Result<PkiSetup, JobFailure> {
         let rules = self.settings.pki.clone();
         let (hashes, address) = (hello.hashes.clone(), hello.address);
         let chosen = self
@@ -167,8 +197,8 @@ impl Inner {
                 )
             })
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?
+            .map_err(store_failure)?
+            .map_err(store_failure)?
             .map_err(|e| {
                 let severity = match e {
                     SelectError::NoHashMatch { .. } => Severity::Warning,
@@ -181,8 +211,8 @@ impl Inner {
             .store
             .call(move |s| s.provisioning_chain_key(&name))
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?;
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
         let now = crate::store::now_ms() / 1000;
         let chain = ProvisioningChain::from_stored(&chosen.chain_pem, &key, now).map_err(|e| {
             failure(
@@ -193,38 +223,50 @@ impl Inner {
         })?;
         drop(key);
         let dialer = Arc::new(ChainDialer::new(&chain).map_err(JobFailure::at("TLS setup"))?);
+        Ok(PkiSetup {
+            chain,
+            chain_name: chosen.name,
+            dialer,
+        })
+    }
 
-        let provisioning_password = self
-            .store
-            .call(|s| s.provisioning_password())
-            .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?;
-        let new_password = match (&provisioning_password, self.settings.keep_provisioning_password) {
-            (_, false) => Zeroizing::new(crate::password::generate().expose().to_string()),
-            (Some(p), true) => Zeroizing::new(p.expose().to_string()),
-            (None, true) => {
-                return Err(failure(
-                    "provisioning password",
-                    Severity::Error,
-                    "admin_password = \"provisioning\" but no provisioning password is set (vprov password set)".into(),
-                ))
-            }
-        };
+    /// The device's new admin credential: random per device, or the provisioning
+    /// password when `admin_password = "provisioning"`.
+    fn pki_credential(
+        &self,
+        provisioning_password: Option<&ProvisioningPassword>,
+    ) -> Result<Zeroizing<String>, JobFailure> {
+        match (provisioning_password, self.settings.keep_provisioning_password) {
+            (_, false) => Ok(Zeroizing::new(crate::password::generate().expose().to_string())),
+            (Some(p), true) => Ok(Zeroizing::new(p.expose().to_string())),
+            (None, true) => Err(failure(
+                "provisioning password",
+                Severity::Error,
+                "admin_password = \"provisioning\" but no provisioning password is set (vprov password set)".into(),
+            )),
+        }
+    }
 
-        // 2. Intent first.
+    /// Records the job's intent (device, address, chain, new credential) before
+    /// anything changes on the device; refuses a hello after a committed job.
+    async fn begin_pki(
+        &self,
+        hello: &AcceptedPkiHello,
+        setup: &PkiSetup,
+        new_password: Zeroizing<String>,
+    ) -> Result<PkiJobIntent, JobFailure> {
         let (u, a, c, pw) = (
-            uuid.clone(),
-            address.to_string(),
-            chosen.name.clone(),
-            new_password.clone(),
+            hello.uuid.to_string(),
+            hello.address.to_string(),
+            setup.chain_name.clone(),
+            new_password,
         );
         let intent: PkiJobIntent = self
             .store
             .call(move |s| s.begin_pki_job(&u, &a, &c, &pw))
             .await
-            .map_err(|e| store_failure(e.to_string()))?
-            .map_err(|e| store_failure(e.to_string()))?;
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
         if intent.step == "commit" {
             return Err(failure(
                 "start",
@@ -235,41 +277,70 @@ impl Inner {
                 ),
             ));
         }
-        let result = self
-            .configure_pki(
-                &hello,
-                &chain,
-                &chosen.name,
-                dialer,
-                provisioning_password.as_ref(),
-                &intent,
-            )
-            .await;
-        if result.is_err() && !intent.resumed {
-            // A fresh intent that never reached the credential step changed nothing.
-            let job = intent.id;
-            let _ = self.store.call(move |s| s.abandon_pki_job(job)).await;
-        }
-        result.map(|()| chosen.name)
+        Ok(intent)
     }
 
+    /// The PKI path: a TLS login presenting the chain, then the steps every path
+    /// shares (credential, host name, clock, certificate, commit, confirm), and the
+    /// device record in Admin Control Mode.
     async fn configure_pki(
         &self,
         hello: &AcceptedPkiHello,
-        chain: &ProvisioningChain,
-        chain_name: &str,
-        dialer: Arc<ChainDialer>,
-        provisioning_password: Option<&crate::password::ProvisioningPassword>,
-        intent: &PkiJobIntent,
+        setup: &PkiSetup,
+        provisioning_password: Option<&ProvisioningPassword>,
+        intent: PkiJobIntent,
     ) -> Result<(), JobFailure> {
         let device = SocketAddr::new(hello.address, self.settings.device_port);
-        let t = self.settings.timeouts;
-        let mut session = AmtSession::connect_with_chain(
+        let session = self.connect_pki(device, setup).await?;
+        let mut job = JobContext {
+            hello_uuid: hello.uuid,
+            address: hello.address,
             device,
-            Arc::clone(&dialer),
+            intent,
+            session,
+        };
+        let settings = self
+            .login_pki(&mut job, setup, provisioning_password)
+            .await?;
+        let facts = self.identify_pki(&mut job, settings).await?;
+
+        // From here on the device may hold the intent's credential: keep the intent.
+        self.pki_step(job.intent.id, "credential").await;
+        // The MEBx password becomes the device's own credential, not the provisioning
+        // password: the device is not authenticated (its certificate is self-signed),
+        // so whoever answers at the hello's address learns what is sent here.
+        job.session
+            .set_mebx_password(&job.intent.new_password)
+            .await
+            .map_err(JobFailure::at("SetMEBxPassword"))?;
+        self.set_credential(&mut job, &facts.settings).await?;
+        let host_name = self.name_device(&mut job, &facts.settings).await?;
+        self.sync_clock(&mut job).await?;
+        let certificate = self
+            .install_certificate(
+                &mut job.session,
+                job.intent.record(),
+                &host_name,
+                &facts.amt_version,
+            )
+            .await?;
+        self.commit(&mut job).await?;
+        let record = job.device_record(host_name, facts.amt_version, certificate);
+        self.confirm_and_record_pki(job, record, setup).await
+    }
+
+    /// Connects over TLS presenting the chain, as `admin` with the factory password.
+    async fn connect_pki(
+        &self,
+        device: SocketAddr,
+        setup: &PkiSetup,
+    ) -> Result<AmtSession, JobFailure> {
+        AmtSession::connect_with_chain(
+            device,
+            Arc::clone(&setup.dialer),
             ADMIN_USER,
             FACTORY_PASSWORD,
-            t,
+            self.settings.timeouts,
         )
         .await
         .map_err(|e| match e {
@@ -278,23 +349,32 @@ impl Inner {
                 Severity::Error,
                 format!(
                     "the device refused the provisioning chain (CN {}): {alert}; check its trusted hashes and PKI DNS suffix",
-                    chain.summary().common_name
+                    setup.chain.summary().common_name
                 ),
             ),
             e => JobFailure::at("connect")(e),
-        })?;
+        })
+    }
 
-        // Factory password, then the provisioning password (a vprov setup.bin sets it),
-        // then our own credential (an earlier attempt may have set it).
+    /// Reads the device's general settings with the factory password, then the
+    /// provisioning password (a vprov setup.bin sets it), then the job's own
+    /// credential (an earlier attempt may have set it); records the fingerprint of the
+    /// certificate the device presented.
+    async fn login_pki(
+        &self,
+        job: &mut JobContext<PkiJobIntent>,
+        setup: &PkiSetup,
+        provisioning_password: Option<&ProvisioningPassword>,
+    ) -> Result<GeneralSettings, JobFailure> {
         let mut settings = None;
         let candidates = [
             Some(FACTORY_PASSWORD),
             provisioning_password.map(|p| p.expose()),
-            Some(intent.new_password.as_str()),
+            Some(job.intent.new_password.as_str()),
         ];
         for password in candidates.into_iter().flatten() {
-            session.set_password(password);
-            match session.general_settings().await {
+            job.session.set_password(password);
+            match job.session.general_settings().await {
                 Ok(s) => {
                     settings = Some(s);
                     break;
@@ -310,128 +390,77 @@ impl Inner {
                 Err(e) => return Err(JobFailure::at("read general settings")(e)),
             }
         }
-        if let Some(fp) = dialer.device_certificate_sha256() {
-            let job = intent.id;
+        if let Some(fp) = setup.dialer.device_certificate_sha256() {
+            let job = job.intent.id;
             let _ = self
                 .store
                 .call(move |s| s.set_pki_job_fingerprint(job, &fp))
                 .await;
         }
-        let settings = settings.ok_or_else(|| {
+        settings.ok_or_else(|| {
             failure(
                 "login",
                 Severity::Error,
                 "the device refused the factory MEBx password, the provisioning password and the job's credential: set its MEBx password back or unprovision it".into(),
             )
-        })?;
-        let amt_version = session
+        })
+    }
+
+    /// Reads the AMT version and checks that `GetUuid` names the device the hello
+    /// named.
+    async fn identify_pki(
+        &self,
+        job: &mut JobContext<PkiJobIntent>,
+        settings: GeneralSettings,
+    ) -> Result<DeviceFacts, JobFailure> {
+        let amt_version = job
+            .session
             .amt_version()
             .await
             .map_err(JobFailure::at("read AMT version"))?;
-        let device_uuid = session
+        let device_uuid = job
+            .session
             .get_uuid()
             .await
             .map_err(JobFailure::at("GetUuid"))?;
-        if DeviceUuid(device_uuid) != hello.uuid {
+        if DeviceUuid(device_uuid) != job.hello_uuid {
             return Err(failure(
                 "GetUuid",
                 Severity::Error,
                 format!(
                     "UUID mismatch: the hello said {}, the device says {}",
-                    hello.uuid,
+                    job.hello_uuid,
                     DeviceUuid(device_uuid)
                 ),
             ));
         }
+        Ok(DeviceFacts {
+            settings,
+            amt_version,
+        })
+    }
 
-        // From here on the device may hold the intent's credential: keep the intent.
-        self.pki_step(intent.id, "credential").await;
-        // The MEBx password becomes the device's own credential, not the provisioning
-        // password: the device is not authenticated (its certificate is self-signed),
-        // so whoever answers at the hello's address learns what is sent here.
-        session
-            .set_mebx_password(&intent.new_password)
-            .await
-            .map_err(JobFailure::at("SetMEBxPassword"))?;
-        session
-            .set_admin_acl_entry_ex(ADMIN_USER, &settings.digest_realm, &intent.new_password)
-            .await
-            .map_err(JobFailure::at("SetAdminAclEntryEx"))?;
-        session.set_password(&intent.new_password);
-
-        let host_name = if settings.host_name.is_empty() {
-            self.settings
-                .host_name_template
-                .render(hello.uuid, hello.address)
-        } else {
-            settings.host_name.clone()
-        };
-        if host_name != settings.host_name || self.settings.domain.is_some() {
-            let domain = self
-                .settings
-                .domain
-                .as_deref()
-                .unwrap_or(&settings.domain_name);
-            session
-                .set_host_name(&host_name, domain)
-                .await
-                .map_err(JobFailure::at("set host name"))?;
-        }
-        let ta0 = session
-            .low_accuracy_time()
-            .await
-            .map_err(JobFailure::at("GetLowAccuracyTimeSynch"))?;
-        let now = unix_seconds();
-        session
-            .set_high_accuracy_time(ta0, now, now)
-            .await
-            .map_err(JobFailure::at("SetHighAccuracyTimeSynch"))?;
-        let certificate = self
-            .install_certificate(
-                &mut session,
-                JobRecord::Pki(intent.id),
-                &host_name,
-                &amt_version,
-            )
-            .await?;
-        session
-            .enable_tls(self.settings.local_tls)
-            .await
-            .map_err(JobFailure::at("enable TLS"))?;
-        self.pki_step(intent.id, "commit").await;
-        session
-            .commit_changes()
-            .await
-            .map_err(JobFailure::at("CommitChanges"))?;
-        drop(session);
-
-        let record = ProvisionedDevice {
-            uuid: hello.uuid.to_string(),
-            host_name: Some(host_name),
-            address: hello.address.to_string(),
-            amt_version: Some(amt_version),
-            admin_user: ADMIN_USER.into(),
-            certificate_der: certificate,
-        };
-        self.confirm_tls(
-            device,
-            &intent.new_password,
-            hello.uuid,
-            &record.certificate_der,
-        )
-        .await
-        .map_err(JobFailure::at("confirm TLS mode"))?;
+    /// Confirms the device ([`Inner::confirm`]), then records it in Admin Control
+    /// Mode with its chain and setup certificate fingerprint, and hands it to the
+    /// post-provision actions.
+    async fn confirm_and_record_pki(
+        &self,
+        job: JobContext<PkiJobIntent>,
+        record: ProvisionedDevice,
+        setup: &PkiSetup,
+    ) -> Result<(), JobFailure> {
+        let intent = self.confirm(job, &record).await?;
         let pki = PkiProvisioning {
-            chain_name: chain_name.to_string(),
-            setup_certificate_sha256: dialer.device_certificate_sha256().unwrap_or_default(),
+            chain_name: setup.chain_name.clone(),
+            setup_certificate_sha256: setup.dialer.device_certificate_sha256().unwrap_or_default(),
         };
         let view = pki_view(&record);
         let (id, pw) = (intent.id, intent.new_password.clone());
         self.store
             .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
             .await
-            .map_err(|e| failure("store", Severity::Critical, e.to_string()))?
-            .map_err(|e| failure("store", Severity::Critical, e.to_string()))?;
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
         self.provisioned(view);
         Ok(())
     }
@@ -496,7 +525,7 @@ impl Inner {
         }
     }
 
-    async fn pki_step(&self, job: i64, step: &'static str) {
+    pub(super) async fn pki_step(&self, job: i64, step: &'static str) {
         let _ = self
             .store
             .call(move |s| s.set_pki_job_step(job, step))
