@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Lists functions in core/src outside tests longer than a limit (default 80 lines),
-longest first: `scripts/long-functions.py [DIR] [LIMIT]`. Test modules (from a
+longest first, and exits 1 if there is any (CI runs it): `scripts/long-functions.py [DIR] [LIMIT]`. Test modules (from a
 top-level `#[cfg(test)]` on), `tests.rs` and `layering.rs` are skipped."""
 import os,re,sys
 root=sys.argv[1] if len(sys.argv)>1 else 'core/src'
@@ -22,3 +22,4 @@ for dp,_,fs in os.walk(root):
             n=j-i+1
             if n>limit: out.append((n,p,i+1,m.group(6)))
 for n,p,l,name in sorted(out,reverse=True): print(f"{n:4} {p}:{l} {name}")
+sys.exit(1 if out else 0)
