@@ -908,6 +908,32 @@ impl Inner {
         }
     }
 
+    /// Reads back a device whose job committed before a restart, over TLS with the
+    /// job's credential and certificate: the UUID it reports (the caller checks it
+    /// against the intent) and the record to store for it, at `address`.
+    async fn reread_after_restart(
+        &self,
+        device: SocketAddr,
+        password: &str,
+        certificate: Option<&[u8]>,
+        address: &str,
+    ) -> Result<(DeviceUuid, ProvisionedDevice), DeviceError> {
+        let (mut s, uuid) = self
+            .reach_after_restart(device, password, certificate)
+            .await?;
+        let amt_version = s.amt_version().await.ok();
+        let host = s.general_settings().await.ok().map(|g| g.host_name);
+        let record = ProvisionedDevice {
+            uuid: uuid.to_string(),
+            host_name: host.filter(|h| !h.is_empty()),
+            address: address.to_owned(),
+            amt_version,
+            admin_user: ADMIN_USER.into(),
+            certificate_der: certificate.map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        Ok((uuid, record))
+    }
+
     /// Connects over TLS with `password` and reads the device's UUID, retrying for up
     /// to the confirm timeout: after CommitChanges the firmware restarts its network
     /// stack, and for a while the port refuses connections or still speaks PSK.
@@ -945,29 +971,16 @@ impl Inner {
             return;
         };
         let device = SocketAddr::new(ip, self.settings.device_port);
-        let confirmed = async {
-            let (mut s, uuid) = self
-                .reach_after_restart(
-                    device,
-                    &intent.new_password,
-                    intent.certificate_der.as_deref(),
-                )
-                .await?;
-            let version = s.amt_version().await.ok();
-            let host = s.general_settings().await.ok().map(|g| g.host_name);
-            Ok::<_, DeviceError>((uuid, version, host))
-        }
-        .await;
+        let confirmed = self
+            .reread_after_restart(
+                device,
+                &intent.new_password,
+                intent.certificate_der.as_deref(),
+                &intent.address,
+            )
+            .await;
         match confirmed {
-            Ok((uuid, version, host)) if uuid.to_string() == intent.device_uuid => {
-                let record = ProvisionedDevice {
-                    uuid: intent.device_uuid.clone(),
-                    host_name: host.filter(|h| !h.is_empty()),
-                    address: intent.address.clone(),
-                    amt_version: version,
-                    admin_user: ADMIN_USER.into(),
-                    certificate_der: intent.certificate_der.clone().unwrap_or_default(),
-                };
+            Ok((uuid, record)) if uuid.to_string() == intent.device_uuid => {
                 let pw = intent.new_password.clone();
                 let id = intent.id;
                 let device = post_provision_view(&record, &intent.pid);
@@ -981,7 +994,7 @@ impl Inner {
                     Err(_) => {}
                 }
             }
-            Ok((uuid, _, _)) => self.alert(
+            Ok((uuid, _)) => self.alert(
                 Severity::Error,
                 format!(
                     "resuming an interrupted job: the device at this address is {uuid}, not the expected one"

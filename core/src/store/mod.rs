@@ -149,6 +149,12 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The sealing context of a device's admin password (binds the sealed bytes to the
+/// device, so they cannot be moved to another row).
+fn device_password_context(uuid: &str) -> String {
+    format!("device_password:{uuid}")
+}
+
 /// Milliseconds since the Unix epoch: the store's time stamps.
 pub fn now_ms() -> i64 {
     SystemTime::now()

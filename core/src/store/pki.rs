@@ -351,7 +351,7 @@ impl Store {
         admin_password: &str,
     ) -> Result<(), StoreError> {
         let sealed = self.key.seal(
-            &format!("device_password:{}", device.uuid),
+            &super::device_password_context(&device.uuid),
             admin_password.as_bytes(),
         );
         let tx = self.write_tx()?;

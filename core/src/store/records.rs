@@ -361,7 +361,7 @@ impl Store {
         Ok(Some(DeviceAccess {
             address: address.ok_or_else(|| corrupt("address"))?,
             admin_user: user.ok_or_else(|| corrupt("admin user"))?,
-            password: open(format!("device_password:{uuid}"), &sealed)?,
+            password: open(super::device_password_context(uuid), &sealed)?,
             pending_password: pending
                 .map(|p| open(format!("device_pending_password:{uuid}"), &p))
                 .transpose()?,
@@ -421,7 +421,7 @@ impl Store {
         let plain = self
             .key
             .open(&format!("device_pending_password:{uuid}"), &pending)?;
-        let sealed = self.key.seal(&format!("device_password:{uuid}"), &plain);
+        let sealed = self.key.seal(&super::device_password_context(uuid), &plain);
         let tx = self.write_tx()?;
         tx.execute(
             "UPDATE devices SET admin_password_sealed = ?2, pending_password_sealed = NULL

@@ -144,6 +144,33 @@ fn uses_ec_certificate(version: AmtVersion) -> bool {
         }
 }
 
+/// A v3 certificate for `cn` with `key`'s public key and a random serial, valid from
+/// now for `days`, issued by `issuer` (self-issued without one); extensions and the
+/// signature are the caller's.
+fn cert_builder(
+    cn: &str,
+    key: &PKey<Private>,
+    issuer: Option<&X509>,
+    days: u32,
+) -> anyhow::Result<openssl::x509::X509Builder> {
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", cn)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    b.set_serial_number(
+        BigNum::from_u32(rand::random::<u32>() >> 1)?
+            .to_asn1_integer()?
+            .as_ref(),
+    )?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(issuer.map_or(&name, |c| c.subject_name()))?;
+    b.set_pubkey(key)?;
+    b.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
+    b.set_not_after(Asn1Time::days_from_now(days)?.as_ref())?;
+    Ok(b)
+}
+
 /// The device's own self-signed RCFG certificate and key.
 pub fn device_certificate(
     version: AmtVersion,
@@ -156,21 +183,7 @@ pub fn device_certificate(
     } else {
         rsa.clone()
     };
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", "AMT RCFG")?;
-    let name = name.build();
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    b.set_serial_number(
-        BigNum::from_u32(rand::random::<u32>() >> 1)?
-            .to_asn1_integer()?
-            .as_ref(),
-    )?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
-    b.set_pubkey(&key)?;
-    b.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
-    b.set_not_after(Asn1Time::days_from_now(3650)?.as_ref())?;
+    let mut b = cert_builder("AMT RCFG", &key, None, 3650)?;
     b.append_extension(
         openssl::x509::extension::ExtendedKeyUsage::new()
             .server_auth()
@@ -383,21 +396,7 @@ fn test_cert(
     ca: bool,
     md: MessageDigest,
 ) -> anyhow::Result<X509> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", cn)?;
-    let name = name.build();
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    b.set_serial_number(
-        BigNum::from_u32(rand::random::<u32>() >> 1)?
-            .to_asn1_integer()?
-            .as_ref(),
-    )?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))?;
-    b.set_pubkey(key)?;
-    b.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
-    b.set_not_after(Asn1Time::days_from_now(365)?.as_ref())?;
+    let mut b = cert_builder(cn, key, issuer.map(|(c, _)| c), 365)?;
     if ca {
         b.append_extension(
             openssl::x509::extension::BasicConstraints::new()

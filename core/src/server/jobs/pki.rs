@@ -468,29 +468,16 @@ impl Inner {
     /// Confirms a device whose job committed before a restart and records it.
     async fn resume_pki(&self, intent: PkiJobIntent, address: IpAddr) {
         let device = SocketAddr::new(address, self.settings.device_port);
-        let reached = async {
-            let (mut s, uuid) = self
-                .reach_after_restart(
-                    device,
-                    &intent.new_password,
-                    intent.certificate_der.as_deref(),
-                )
-                .await?;
-            let version = s.amt_version().await.ok();
-            let host = s.general_settings().await.ok().map(|g| g.host_name);
-            Ok::<_, DeviceError>((uuid, version, host))
-        }
-        .await;
+        let reached = self
+            .reread_after_restart(
+                device,
+                &intent.new_password,
+                intent.certificate_der.as_deref(),
+                &intent.address,
+            )
+            .await;
         match reached {
-            Ok((uuid, version, host)) if uuid.to_string() == intent.device_uuid => {
-                let record = ProvisionedDevice {
-                    uuid: intent.device_uuid.clone(),
-                    host_name: host.filter(|h| !h.is_empty()),
-                    address: intent.address.clone(),
-                    amt_version: version,
-                    admin_user: ADMIN_USER.into(),
-                    certificate_der: intent.certificate_der.clone().unwrap_or_default(),
-                };
+            Ok((uuid, record)) if uuid.to_string() == intent.device_uuid => {
                 let pki = PkiProvisioning {
                     chain_name: intent.chain_name.clone(),
                     setup_certificate_sha256: intent
@@ -514,7 +501,7 @@ impl Inner {
                     Err(_) => {}
                 }
             }
-            Ok((uuid, _, _)) => self.pki_alert(
+            Ok((uuid, _)) => self.pki_alert(
                 Severity::Error,
                 format!("resuming an interrupted PKI job: the device at this address is {uuid}, not the expected one"),
                 &intent.device_uuid,
