@@ -16,6 +16,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # The device connector links the system OpenSSL (openssl-sys finds it via pkg-config).
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+# vprov's allocator (tikv-jemallocator) builds jemalloc from C source with configure and make.
+command -v make >/dev/null 2>&1 || need+=(make)
 if ! $build_only; then
 # The kill program (procps) sends SIGTERM to test servers.
 { [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need+=(procps)
