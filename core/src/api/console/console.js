@@ -837,7 +837,7 @@ async function unmanage(uuid, btn) {
 
 async function loadPki() {
   const chains = await api('GET', '/api/v1/pki/chains');
-  fillBody($('#chains-table tbody'), chains.map(chainRow), 7, 'no provisioning chains: import one, or create vprov\'s own root');
+  fillBody($('#chains-table tbody'), chains.map(chainRow), 6, 'no provisioning chains: import one, or create vprov\'s own root');
 }
 
 function chainRow(c) {
@@ -847,13 +847,12 @@ function chainRow(c) {
   ] : [];
   const expiry = `${fmtTime(c.not_after)}${c.expires_soon ? ' (renew soon)' : ''}`;
   return h('tr', { 'data-chain': c.name, title: (c.certificates || []).join('\n') },
-    td(c.name), td(c.common_name), td(c.domain),
+    td(c.name), h('td', {}, h('div', {}, c.domain), h('div', { class: 'muted' }, c.common_name)),
     h('td', { class: 'hashes' },
-      h('div', { title: 'SHA-256' }, c.root_sha256),
-      h('div', { title: 'SHA-1' }, c.root_sha1),
-      h('div', { title: 'SHA-384' }, c.root_sha384)),
+      [['SHA-256', c.root_sha256], ['SHA-1', c.root_sha1], ['SHA-384', c.root_sha384]].map(([alg, hex]) =>
+        h('div', {}, h('span', { class: 'alg' }, alg), hex))),
     td(expiry, { class: c.expires_soon ? 'expiring' : null, 'data-expiry': '' }),
-    td(`${fmtTime(c.imported_at)}, ${c.imported_by}`),
+    h('td', {}, h('div', {}, fmtTime(c.imported_at)), h('div', { class: 'muted' }, c.imported_by)),
     h('td', { class: 'actions' }, actions));
 }
 
