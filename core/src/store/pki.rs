@@ -20,6 +20,10 @@ use super::{now_ms, ProvisionedDevice, Store, StoreError};
 pub use crate::pki::ChainRecord;
 use crate::pki::{ProvisioningChain, RootHashes};
 
+/// The bytes of a setup.bin: they hold the provisioning password, so they are wiped
+/// when dropped.
+pub type SetupBinFile = Zeroizing<Vec<u8>>;
+
 fn key_context(name: &str) -> String {
     format!("pki_chain_key:{name}")
 }
@@ -187,7 +191,7 @@ impl Store {
         server: Ipv4Addr,
         port: u16,
         actor: &str,
-    ) -> Result<Option<(ChainRecord, Zeroizing<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<(ChainRecord, SetupBinFile)>, StoreError> {
         let Some(chain) = self.provisioning_chain(name)? else {
             return Ok(None);
         };
