@@ -200,6 +200,42 @@ fn an_admin_manages_provisioning_certificates_from_the_console() {
     );
     assert!(browser.text_of(&expiry).unwrap().contains("renew soon"));
 
+    // And a PFX with its password, as a CA delivers one.
+    let bought = TestChain::new("provisioning.corp.example.com", MessageDigest::sha256()).unwrap();
+    let mut cas = openssl::stack::Stack::new().unwrap();
+    for c in &bought.certs[1..] {
+        cas.push(c.clone()).unwrap();
+    }
+    let pfx = openssl::pkcs12::Pkcs12::builder()
+        .name("provisioning")
+        .pkey(&bought.leaf_key)
+        .cert(&bought.certs[0])
+        .ca(cas)
+        .build2("pfx-Passw0rd")
+        .unwrap();
+    let pfx_file = rig.s.dir.path().join("bought.pfx");
+    std::fs::write(&pfx_file, pfx.to_der().unwrap()).unwrap();
+    browser.find("#chain-name").send_keys("bought");
+    browser
+        .find("#chain-pfx")
+        .send_keys(pfx_file.to_str().unwrap());
+    // A wrong password is refused with the reason; the form keeps what was chosen.
+    browser.find("#chain-password").send_keys("wrong-pw");
+    browser.find("#chain-import-submit").click();
+    browser.wait_until("the refusal", WAIT, |b| {
+        b.text_of("#status")
+            .is_some_and(|t| t.contains("wrong password"))
+    });
+    assert!(browser.find_all(&row("bought")).is_empty());
+    browser.find("#chain-password").clear();
+    browser.find("#chain-password").send_keys("pfx-Passw0rd");
+    browser.find("#chain-import-submit").click();
+    browser.wait_for(&row("bought"), WAIT);
+    assert!(browser
+        .text_of(&row("bought"))
+        .unwrap()
+        .contains("provisioning.corp.example.com"));
+
     // vprov's own root, and its setup.bin.
     browser.find("#own-root-name").send_keys("own");
     browser
