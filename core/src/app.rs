@@ -171,6 +171,7 @@ pub fn server_settings(
             names: config.api.names.clone(),
             session_ttl: config.api.session_ttl,
             event_streams_per_account: config.api.event_streams_per_account,
+            expiry_warning_days: config.pki.expiry_warning_days,
             store_options,
             reach,
             export_server: (

@@ -72,6 +72,7 @@ struct ConfigFile {
 struct PkiSection {
     default_domain: Option<String>,
     subnets: Option<Vec<String>>,
+    reverse_dns: Option<bool>,
     expiry_warning_days: Option<u32>,
 }
 
@@ -673,6 +674,7 @@ fn pki_section(
         domains: crate::pki::select::DomainRules {
             default_domain,
             subnets,
+            reverse_dns: p.reverse_dns.unwrap_or(pd.domains.reverse_dns),
         },
         expiry_warning_days,
     })
@@ -717,6 +719,22 @@ mod tests {
         );
         let err = Config::parse("[alerts]\nmax_rows = 0\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("alerts.max_rows"), "{err}");
+    }
+
+    #[test]
+    fn pki_domain_rules_are_read() {
+        let c = Config::parse(
+            "[pki]\ndefault_domain = \"Example.COM.\"\nsubnets = [\"10.1.0.0/16 = lab.example.com\"]\nreverse_dns = true\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let d = &c.pki.domains;
+        assert_eq!(d.default_domain.as_deref(), Some("example.com"));
+        assert_eq!(d.subnets.len(), 1);
+        assert!(d.reverse_dns);
+        assert!(!Config::default().pki.domains.reverse_dns);
+        let err = Config::parse("[pki]\nreverse_dns = \"yes\"\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("reverse_dns"), "{err}");
     }
 
     #[test]

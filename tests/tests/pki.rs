@@ -1,8 +1,9 @@
 //! End to end: PKI remote configuration. The real `vprov serve` takes simulated AMT
 //! 11.8, 15 and 19 devices from their v3 hellos to Admin Control Mode with a
 //! commercial-style provisioning chain built here from a throwaway root, beside PSK
-//! devices in the same run; hellos it cannot serve become aggregated alerts; a chain
-//! firmware would refuse is refused at import.
+//! devices in the same run; hellos it cannot serve become aggregated alerts, and a
+//! device failing the same way costs one job until it is retried or a chain is
+//! imported; a chain firmware would refuse is refused at import.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -204,19 +205,19 @@ fn unmatched_hashes_and_wrong_domains_are_aggregated_alerts() {
     assert_eq!(mismatch["address"], "127.63.0.1");
     let refused = rig.wait_for_alert("refused the provisioning chain");
     assert_eq!(refused["address"], "127.65.0.1");
-    // Every hello of a failing device adds to one alert.
-    eventually(Duration::from_secs(30), "repeats counted", || {
-        rig.alerts()
-            .into_iter()
-            .find(|a| a["address"] == "127.64.0.1" && a["count"].as_u64().unwrap_or(0) >= 3)
+    // The failing devices keep saying hello; they wait out the back-off, so their
+    // alerts stay one each, seen once.
+    let hellos = sim.reports()[0].hellos_sent;
+    eventually(Duration::from_secs(60), "three more hellos", || {
+        (sim.reports()[0].hellos_sent >= hellos + 3).then_some(())
     });
-    assert_eq!(
-        rig.alerts()
-            .iter()
-            .filter(|a| a["address"] == "127.64.0.1")
-            .count(),
-        1
-    );
+    let repeats: Vec<_> = rig
+        .alerts()
+        .into_iter()
+        .filter(|a| a["address"] == "127.64.0.1")
+        .collect();
+    assert_eq!(repeats.len(), 1, "{repeats:?}");
+    assert_eq!(repeats[0]["count"], 1, "{repeats:?}");
     let reports = sim.reports();
     assert!(reports.iter().all(|r| !r.committed), "{reports:?}");
     assert!(
@@ -228,6 +229,71 @@ fn unmatched_hashes_and_wrong_domains_are_aggregated_alerts() {
         reports[2]
     );
     assert!(rig.devices().is_empty());
+    assert_eq!(server.stop(), 0);
+}
+
+/// The provisioning alerts about one device.
+fn job_alerts(rig: &Rig, uuid: &str) -> Vec<serde_json::Value> {
+    rig.alerts()
+        .into_iter()
+        .filter(|a| a["source"] == "provisioning" && a["device_uuid"] == uuid)
+        .collect()
+}
+
+#[test]
+fn a_pki_device_failing_the_same_way_costs_one_job_and_one_alert_until_retried() {
+    let rig = Rig::new(1, &format!("retry_backoff_ms = 600000\n{PKI_CONFIG}"));
+    let commercial = chain("provisioning.example.com", MessageDigest::sha256());
+    import(&rig, "commercial", &commercial).ok();
+    let server = rig.serve();
+    // The device trusts only a root vprov has no chain for (yet).
+    let stranger = chain("provisioning.example.com", MessageDigest::sha256());
+    let spec = pki_device(
+        &stranger.root,
+        "example.com",
+        "15.0.35",
+        Ipv4Addr::new(127, 68, 0, 1),
+    );
+    let sim = rig.simulate(&server, vec![spec], 0.001);
+    let uuid = sim.reports()[0].uuid.clone();
+    let first = eventually(Duration::from_secs(60), "the failure alert", || {
+        job_alerts(&rig, &uuid).into_iter().next()
+    });
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.contains("no configured provisioning chain")
+            && message.contains(&format!("vprov devices retry {uuid}")),
+        "{message}"
+    );
+    // The device keeps saying hello; none of those hellos starts a job.
+    let hellos = sim.reports()[0].hellos_sent;
+    eventually(Duration::from_secs(60), "ten more hellos", || {
+        (sim.reports()[0].hellos_sent >= hellos + 10).then_some(())
+    });
+    let alerts = job_alerts(&rig, &uuid);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["count"], 1, "{alerts:?}");
+
+    // An admin's retry: the next hello runs a job at once; the same failure adds to
+    // the one alert's count.
+    let retried = rig.s.run(&["devices", "retry", &uuid]).ok();
+    assert!(retried.contains("starts a job at once"), "{retried}");
+    let again = eventually(Duration::from_secs(60), "the retried job", || {
+        let alerts = job_alerts(&rig, &uuid);
+        (alerts.len() == 1 && alerts[0]["count"] == 2).then_some(alerts)
+    });
+    assert_eq!(again[0]["id"], first["id"]);
+
+    // The missing chain arrives: the device's next hello is served without a retry.
+    import(&rig, "stranger", &stranger).ok();
+    let report = rig.wait_all(&sim, Duration::from_secs(60)).remove(0);
+    assert!(report.committed && report.confirmed, "{report:?}");
+    let device = eventually(Duration::from_secs(20), "device record", || {
+        rig.devices().into_iter().next()
+    });
+    assert_eq!(device["pki_chain"], "stranger");
+    let after = rig.s.run(&["devices", "retry", &uuid]).ok();
+    assert!(after.contains("is not waiting"), "{after}");
     assert_eq!(server.stop(), 0);
 }
 
@@ -393,6 +459,50 @@ fn chains_over_the_api_with_roles_and_refusals() {
     let listed = olaf.get("/api/v1/pki/chains");
     assert_eq!(listed.status, 200);
     assert_eq!(listed.json.as_array().unwrap().len(), 1);
+    assert_eq!(listed.json[0]["expires_soon"], false, "{:?}", listed.json);
+
+    // vprov's own root, and the setup.bin that makes devices trust it: admins only,
+    // audited (it carries the provisioning password).
+    let own = serde_json::json!({ "name": "own", "domain": "Corp.Example.org." });
+    assert_eq!(olaf.post("/api/v1/pki/own-root", own.clone()).status, 403);
+    let bad_domain = ann.post(
+        "/api/v1/pki/own-root",
+        serde_json::json!({ "name": "own", "domain": "localhost" }),
+    );
+    assert_eq!(bad_domain.status, 400, "{bad_domain:?}");
+    let created = ann.post("/api/v1/pki/own-root", own);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json["common_name"], "provisioning.corp.example.org");
+    let target = serde_json::json!({ "server": "127.0.0.9", "port": 9971 });
+    let path = "/api/v1/pki/chains/own/setupbin";
+    assert_eq!(olaf.post(path, target.clone()).status, 403);
+    assert_eq!(
+        ann.post("/api/v1/pki/chains/nope/setupbin", target.clone())
+            .status,
+        404
+    );
+    // No address configured ([export] server_address) and none given.
+    let no_server = ann.post(path, serde_json::json!({}));
+    assert_eq!(no_server.status, 400, "{no_server:?}");
+    assert!(no_server.error().contains("server"), "{no_server:?}");
+    let file = ann.post(path, target);
+    assert_eq!(file.status, 200, "{file:?}");
+    assert_eq!(
+        file.header("content-disposition"),
+        Some("attachment; filename=\"setup.bin\"")
+    );
+    let bin = setupbin::SetupBin::decode(&file.bytes).unwrap();
+    let (setup, mebx) = PkiSetup::from_setup_bin(&bin.records[0]).unwrap();
+    assert_eq!(setup.dns_suffix, "corp.example.org");
+    assert_eq!(
+        Some(setup.trusted[0].hash.clone()),
+        created.json["root_sha256"].as_str().map(hex_bytes)
+    );
+    assert_eq!(
+        mebx,
+        vprov_tests::rig::MEBX_PASSWORD,
+        "the file sets the MEBx password"
+    );
     assert_eq!(
         olaf.send("DELETE", "/api/v1/pki/chains/corp", None).status,
         403
@@ -407,7 +517,9 @@ fn chains_over_the_api_with_roles_and_refusals() {
     );
     let audit = rig.s.run(&["audit", "list", "--format", "json"]).ok();
     assert!(
-        audit.contains("pki.chain_imported") && audit.contains("pki.chain_removed"),
+        audit.contains("pki.chain_imported")
+            && audit.contains("pki.chain_removed")
+            && audit.contains("pki.setupbin"),
         "{audit}"
     );
     assert_eq!(server.stop(), 0);

@@ -54,6 +54,8 @@ pub struct ApiSettings {
     pub export_server: (String, u16),
     /// Event streams one account may have open at once.
     pub event_streams_per_account: usize,
+    /// Days before expiry that a provisioning chain is shown as expiring soon.
+    pub expiry_warning_days: u32,
 }
 
 /// What every handler shares.
@@ -284,6 +286,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/plugins", get(devices::plugins))
         .route("/pki/chains", get(pki::list).post(pki::import))
         .route("/pki/chains/{name}", delete(pki::remove))
+        .route("/pki/chains/{name}/setupbin", post(pki::setup_bin))
+        .route("/pki/own-root", post(pki::create_own_root))
         .route("/audit", get(devices::audit))
         .route("/events", get(events::stream));
     Router::new()
@@ -502,6 +506,7 @@ pub(crate) mod testing {
                 },
                 export_server: ("vprov.example".into(), 9971),
                 event_streams_per_account: 4,
+                expiry_warning_days: 30,
             },
             store,
             alerts,

@@ -1,7 +1,11 @@
-//! Provisioning certificate chains over the admin API: list (any role), import and
-//! remove (admins), with the same checks and audit as `vprov pki`.
+//! Provisioning certificate chains over the admin API: list (any role, with the
+//! expiry warning), import, vprov's own root, remove and the setup.bin download
+//! (admins), with the same checks and audit as `vprov pki`.
 
-use axum::http::StatusCode;
+use std::net::Ipv4Addr;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -15,13 +19,16 @@ use crate::pki::ProvisioningChain;
 use crate::store::ChainRecord;
 use crate::views::time_ms as time;
 
-/// A chain as the API shows it (no key).
-pub fn chain_json(c: &ChainRecord) -> Value {
+/// A chain as the API shows it (no key); `expires_soon` when it expires within
+/// `warn_days` (`[pki] expiry_warning_days`) or has expired.
+pub fn chain_json(c: &ChainRecord, warn_days: u32) -> Value {
+    let now = crate::store::now_ms() / 1000;
     json!({
         "name": c.name,
         "common_name": c.common_name,
         "domain": c.domain,
         "not_after": time(c.not_after * 1000),
+        "expires_soon": c.not_after <= now + i64::from(warn_days) * 86_400,
         "root_sha1": hex::encode(&c.root.sha1),
         "root_sha256": hex::encode(&c.root.sha256),
         "root_sha384": hex::encode(&c.root.sha384),
@@ -34,7 +41,10 @@ pub fn chain_json(c: &ChainRecord) -> Value {
 /// `GET /pki/chains`.
 pub async fn list(state: State, _caller: Caller) -> ApiResult<Json<Value>> {
     let chains = state.store(|s| s.provisioning_chains()).await?;
-    Ok(Json(Value::Array(chains.iter().map(chain_json).collect())))
+    let days = state.settings.expiry_warning_days;
+    Ok(Json(Value::Array(
+        chains.iter().map(|c| chain_json(c, days)).collect(),
+    )))
 }
 
 /// An import: PEM certificates and key, or a base64 PFX with its password.
@@ -94,7 +104,86 @@ pub async fn import(
     let record = state
         .store(move |s| s.add_provisioning_chain(&name, &chain, &actor))
         .await?;
-    Ok((StatusCode::CREATED, Json(chain_json(&record))))
+    let days = state.settings.expiry_warning_days;
+    Ok((StatusCode::CREATED, Json(chain_json(&record, days))))
+}
+
+/// vprov's own provisioning root for a DNS suffix.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnRoot {
+    name: String,
+    domain: String,
+}
+
+/// `POST /pki/own-root` (admins): creates vprov's own root and leaf for a DNS suffix
+/// (`vprov pki create-root`); the keys are generated on a blocking thread.
+pub async fn create_own_root(
+    state: State,
+    caller: Caller,
+    Body(body): Body<OwnRoot>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require_admin("create provisioning roots")?;
+    crate::store::check_chain_name(&body.name)?;
+    let domain = body.domain.trim_end_matches('.').to_ascii_lowercase();
+    crate::pki::select::check_domain(&domain).map_err(ApiError::bad_request)?;
+    let now = crate::store::now_ms() / 1000;
+    let chain = tokio::task::spawn_blocking(move || crate::pki::own_root::create(&domain, now))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (name, actor) = (body.name, caller.actor());
+    let record = state
+        .store(move |s| s.add_provisioning_chain(&name, &chain, &actor))
+        .await?;
+    let days = state.settings.expiry_warning_days;
+    Ok((StatusCode::CREATED, Json(chain_json(&record, days))))
+}
+
+/// Where the devices a setup.bin touches send their hellos (defaults: `[export]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupBinTarget {
+    server: Option<Ipv4Addr>,
+    port: Option<u16>,
+}
+
+/// `POST /pki/chains/{name}/setupbin` (admins): the USB setup.bin that makes devices
+/// trust the chain's root (`vprov pki setupbin`). It carries the provisioning
+/// password, so it is audited like a key export.
+pub async fn setup_bin(
+    state: State,
+    caller: Caller,
+    Segment(name): Segment<String>,
+    Body(body): Body<SetupBinTarget>,
+) -> ApiResult<Response> {
+    caller.require_admin("download setup.bin (it carries the provisioning password)")?;
+    let (address, default_port) = state.settings.export_server.clone();
+    let server = match body.server {
+        Some(s) => s,
+        None => address.parse().map_err(|_| {
+            ApiError::bad_request(
+                "give vprov's IPv4 address as devices reach it in \"server\" (or set [export] server_address)",
+            )
+        })?,
+    };
+    let port = body.port.unwrap_or(default_port);
+    let actor = caller.actor();
+    let (_, bytes) = state
+        .store(move |s| s.provisioning_setup_bin(&name, server, port, &actor))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such chain"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"setup.bin\"",
+            ),
+        ],
+        bytes.to_vec(),
+    )
+        .into_response())
 }
 
 /// `DELETE /pki/chains/{name}` (admins).

@@ -277,7 +277,7 @@ fn create_root(ctx: &Context, name: &str, domain: &str) -> anyhow::Result<()> {
 }
 
 /// `vprov pki setupbin`: a USB setup.bin (mode 0600: it holds the provisioning
-/// password) that makes devices trust a chain's root.
+/// password) that makes devices trust a chain's root; audited (`pki.setupbin`).
 fn setupbin(
     ctx: &Context,
     name: &str,
@@ -286,13 +286,6 @@ fn setupbin(
     port: Option<u16>,
     force: bool,
 ) -> anyhow::Result<()> {
-    let store = ctx.store()?;
-    let chain = store
-        .provisioning_chain(name)?
-        .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
-    let password = store.provisioning_password()?.context(
-        "no provisioning password is set (vprov password set): setup.bin makes it the MEBx password",
-    )?;
     let export = &ctx.config.export;
     let server = match server {
         Some(s) => s,
@@ -305,14 +298,10 @@ fn setupbin(
     let port = port
         .or(export.server_port)
         .unwrap_or(ctx.config.hello.listen.port());
-    let bytes = vprov_core::pki::own_root::setup_bin(
-        &chain.root.sha256,
-        &chain.domain,
-        password.expose(),
-        server,
-        port,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let (chain, bytes) = ctx
+        .store()?
+        .provisioning_setup_bin(name, server, port, &actor())?
+        .with_context(|| format!("no chain named {name} (see `vprov pki list`)"))?;
     let mut file = output::PrivateFile::create(out, force)
         .with_context(|| format!("writing {}", out.display()))?;
     io::Write::write_all(&mut file, &bytes)?;

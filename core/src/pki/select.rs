@@ -2,9 +2,19 @@
 //!
 //! A hello carries the device's trusted root hashes but no DNS suffix, host name or
 //! address other than the connection's source (`docs/protocol-notes.md`), so
-//! vprov learns the device's DNS suffix from its configuration: the most specific
-//! `[pki] subnets` rule containing the source address (`"10.1.0.0/16 = corp.example.com"`),
-//! else `[pki] default_domain`. A chain fits when its root's hash (any of SHA-1,
+//! vprov learns the device's DNS suffix from, in this order:
+//!
+//! 1. the most specific `[pki] subnets` rule containing the source address
+//!    (`"10.1.0.0/16 = corp.example.com"`): the admin's explicit word wins;
+//! 2. with `[pki] reverse_dns = true`, the name the system resolver gives the address
+//!    (`getnameinfo`: /etc/hosts, then DNS PTR), less its first label
+//!    (`pc1.corp.example.com` → `corp.example.com`): a per-device fact, more specific
+//!    than a site-wide default, but PTR records are often kept by others (DHCP
+//!    updates) and may be stale, so an explicit rule overrides it; a name of one
+//!    label, no answer or no answer within [`REVERSE_DNS_TIMEOUT`] falls through;
+//! 3. `[pki] default_domain`.
+//!
+//! A chain fits when its root's hash (any of SHA-1,
 //! SHA-256, SHA-384) is among the hello's and its leaf CN lies in the suffix: equal to
 //! it or ending in `.` + suffix, compared without case — the label-aligned reading of
 //! "the domain suffix matches the FQDN suffix in the certificate" (IRG-RCFG 3e; the
@@ -12,6 +22,7 @@
 //! chains the one valid longest wins.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::ChainRecord;
 use crate::hello::CertificateHash;
@@ -94,17 +105,75 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
 pub struct DomainRules {
     pub default_domain: Option<String>,
     pub subnets: Vec<SubnetRule>,
+    /// Whether the source address's name (reverse DNS) gives the suffix where no
+    /// subnet rule does.
+    pub reverse_dns: bool,
+}
+
+/// The DNS suffix assumed for a device, and what said so (for alerts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceDomain {
+    pub domain: String,
+    pub source: String,
 }
 
 impl DomainRules {
-    /// The DNS suffix vprov assumes for a device at `addr`.
-    pub fn domain_for(&self, addr: IpAddr) -> Option<&str> {
+    fn subnet_domain(&self, addr: IpAddr) -> Option<&str> {
         self.subnets
             .iter()
             .filter(|r| r.contains(addr))
             .max_by_key(|r| r.prefix)
             .map(|r| r.domain.as_str())
-            .or(self.default_domain.as_deref())
+    }
+
+    /// Whether the name of `addr` is needed: reverse DNS is on and no subnet rule
+    /// covers the address.
+    pub fn wants_reverse_dns(&self, addr: IpAddr) -> bool {
+        self.reverse_dns && self.subnet_domain(addr).is_none()
+    }
+
+    /// The DNS suffix vprov assumes for a device at `addr` whose reverse DNS name
+    /// (looked up when [`Self::wants_reverse_dns`]) is `name`.
+    pub fn domain_for(&self, addr: IpAddr, name: Option<&str>) -> Option<DeviceDomain> {
+        let found = |domain: &str, source: String| DeviceDomain {
+            domain: domain.to_string(),
+            source,
+        };
+        if let Some(d) = self.subnet_domain(addr) {
+            return Some(found(d, format!("the [pki] subnets rule for {addr}")));
+        }
+        let reverse = name
+            .filter(|_| self.reverse_dns)
+            .and_then(|n| suffix_of_name(n).map(|d| (n, d)));
+        if let Some((n, d)) = reverse {
+            return Some(found(&d, format!("the reverse DNS name {n} of {addr}")));
+        }
+        self.default_domain
+            .as_deref()
+            .map(|d| found(d, format!("[pki] default_domain, for {addr}")))
+    }
+}
+
+/// The DNS suffix of a host name: the name less its first label, if that is a DNS
+/// suffix ([`check_domain`]).
+pub fn suffix_of_name(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let (_, suffix) = name.split_once('.')?;
+    check_domain(suffix).ok()?;
+    Some(suffix.to_string())
+}
+
+/// How long a reverse DNS look-up may take before the job goes on without it.
+pub const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The name the system resolver (`getnameinfo` with `NI_NAMEREQD`: /etc/hosts, then
+/// DNS) gives `addr`, if any within `timeout`. The look-up blocks, so it runs on a blocking thread
+/// (which finishes on its own if the wait ends first).
+pub async fn reverse_name(addr: IpAddr, timeout: Duration) -> Option<String> {
+    let lookup = tokio::task::spawn_blocking(move || dns_lookup::lookup_addr(&addr));
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(Ok(name))) => Some(name),
+        _ => None,
     }
 }
 
@@ -120,21 +189,22 @@ pub fn fits_domain(common_name: &str, suffix: &str) -> bool {
 pub enum SelectError {
     #[error("no configured provisioning chain has a root the device trusts; the device trusts {}", .hashes.join(", "))]
     NoHashMatch { hashes: Vec<String> },
-    #[error("no DNS suffix is configured for the device's address {address}: set [pki] default_domain or a [pki] subnets rule")]
+    #[error("no DNS suffix is configured for the device's address {address}: set [pki] default_domain or a [pki] subnets rule (or turn on [pki] reverse_dns)")]
     NoDomain { address: IpAddr },
-    #[error("the chains the device trusts ({}) do not fit its DNS suffix {domain} (from the configuration for {address}); the leaf CN must be in that domain", .chains.join(", "))]
+    #[error("the chains the device trusts ({}) do not fit its DNS suffix {} (from {}); the leaf CN must be in that domain", .chains.join(", "), .domain.domain, .domain.source)]
     DomainMismatch {
-        address: IpAddr,
-        domain: String,
+        domain: DeviceDomain,
         chains: Vec<String>,
     },
 }
 
-/// Picks the chain for a hello from `address` with root `hashes`.
+/// Picks the chain for a hello from `address` (whose reverse DNS name is `name`, if
+/// looked up) with root `hashes`.
 pub fn select<'a>(
     chains: &'a [ChainRecord],
     hashes: &[CertificateHash],
     address: IpAddr,
+    name: Option<&str>,
     rules: &DomainRules,
 ) -> Result<&'a ChainRecord, SelectError> {
     let trusted: Vec<&ChainRecord> = chains
@@ -147,16 +217,15 @@ pub fn select<'a>(
         });
     }
     let domain = rules
-        .domain_for(address)
+        .domain_for(address, name)
         .ok_or(SelectError::NoDomain { address })?;
     trusted
         .iter()
-        .filter(|c| fits_domain(&c.common_name, domain))
+        .filter(|c| fits_domain(&c.common_name, &domain.domain))
         .max_by_key(|c| c.not_after)
         .copied()
         .ok_or_else(|| SelectError::DomainMismatch {
-            address,
-            domain: domain.to_string(),
+            domain,
             chains: trusted
                 .iter()
                 .map(|c| format!("{} (CN {})", c.name, c.common_name))
@@ -202,12 +271,13 @@ mod tests {
                 SubnetRule::parse("10.1.0.0/16=Lab.Example.com.").unwrap(),
                 SubnetRule::parse("fd00::/8 = v6.example.com").unwrap(),
             ],
+            reverse_dns: false,
         };
-        let at = |s: &str| rules.domain_for(s.parse().unwrap());
-        assert_eq!(at("10.1.2.3"), Some("lab.example.com"));
-        assert_eq!(at("10.2.2.3"), Some("corp.example.com"));
-        assert_eq!(at("192.168.1.1"), Some("example.com"));
-        assert_eq!(at("fd12::1"), Some("v6.example.com"));
+        let at = |s: &str| rules.domain_for(s.parse().unwrap(), None).map(|d| d.domain);
+        assert_eq!(at("10.1.2.3").as_deref(), Some("lab.example.com"));
+        assert_eq!(at("10.2.2.3").as_deref(), Some("corp.example.com"));
+        assert_eq!(at("192.168.1.1").as_deref(), Some("example.com"));
+        assert_eq!(at("fd12::1").as_deref(), Some("v6.example.com"));
         assert!(SubnetRule::parse("10.0.0.0 = x.com").is_err());
         assert!(SubnetRule::parse("10.0.0.0/33 = x.com").is_err());
         assert!(SubnetRule::parse("10.0.0.0/8 = localhost").is_err());
@@ -215,9 +285,54 @@ mod tests {
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
         assert_eq!(
-            DomainRules::default().domain_for("10.0.0.1".parse().unwrap()),
+            DomainRules::default().domain_for("10.0.0.1".parse().unwrap(), None),
             None
         );
+    }
+
+    #[test]
+    fn reverse_dns_comes_after_subnet_rules_and_before_the_default() {
+        let mut rules = DomainRules {
+            default_domain: Some("example.com".into()),
+            subnets: vec![SubnetRule::parse("10.1.0.0/16 = lab.example.com").unwrap()],
+            reverse_dns: true,
+        };
+        let (ruled, other) = ("10.1.0.9".parse().unwrap(), "10.2.0.9".parse().unwrap());
+        assert!(!rules.wants_reverse_dns(ruled));
+        assert!(rules.wants_reverse_dns(other));
+        let at = |r: &DomainRules, a, n| r.domain_for(a, n).unwrap();
+        let named = at(&rules, other, Some("PC1.Corp.Example.com."));
+        assert_eq!(named.domain, "corp.example.com");
+        assert!(
+            named
+                .source
+                .contains("reverse DNS name PC1.Corp.Example.com."),
+            "{named:?}"
+        );
+        // A subnet rule wins over the name; a name of one label, or none, falls
+        // through to the default.
+        assert_eq!(
+            at(&rules, ruled, Some("pc1.corp.example.com")).domain,
+            "lab.example.com"
+        );
+        assert_eq!(at(&rules, other, Some("localhost")).domain, "example.com");
+        assert_eq!(at(&rules, other, Some("pc1.com")).domain, "example.com");
+        assert_eq!(at(&rules, other, None).domain, "example.com");
+        rules.reverse_dns = false;
+        assert!(!rules.wants_reverse_dns(other));
+        assert_eq!(
+            at(&rules, other, Some("pc1.corp.example.com")).domain,
+            "example.com"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_names_the_loopback_address_from_etc_hosts() {
+        // /etc/hosts names 127.0.0.1 `localhost` (no DNS involved); one label is no
+        // DNS suffix.
+        let name = reverse_name("127.0.0.1".parse().unwrap(), REVERSE_DNS_TIMEOUT).await;
+        assert_eq!(name.as_deref(), Some("localhost"));
+        assert_eq!(suffix_of_name("localhost"), None);
     }
 
     #[test]
@@ -235,6 +350,7 @@ mod tests {
         let rules = DomainRules {
             default_domain: Some("example.com".into()),
             subnets: vec![SubnetRule::parse("10.9.0.0/16 = other.org").unwrap()],
+            reverse_dns: false,
         };
         let chains = [
             chain("old", "prov.example.com", b"root-a", 100),
@@ -247,7 +363,7 @@ mod tests {
             HashAlgorithm::Sha256,
             HashAlgorithm::Sha384,
         ] {
-            let got = select(&chains, &[entry(alg, b"root-a")], addr, &rules).unwrap();
+            let got = select(&chains, &[entry(alg, b"root-a")], addr, None, &rules).unwrap();
             assert_eq!(got.name, "new");
         }
         let hashes = [
@@ -255,7 +371,7 @@ mod tests {
             entry(HashAlgorithm::Sha256, b"root-b"),
         ];
         assert_eq!(
-            select(&chains, &hashes, "10.9.1.1".parse().unwrap(), &rules)
+            select(&chains, &hashes, "10.9.1.1".parse().unwrap(), None, &rules)
                 .unwrap()
                 .name,
             "org"
@@ -264,6 +380,7 @@ mod tests {
             &chains,
             &[entry(HashAlgorithm::Sha256, b"root-b")],
             addr,
+            None,
             &rules,
         )
         .unwrap_err();
@@ -273,11 +390,12 @@ mod tests {
             &chains,
             &[entry(HashAlgorithm::Sha256, b"root-c")],
             addr,
+            None,
             &rules,
         )
         .unwrap_err();
         assert!(matches!(err, SelectError::NoHashMatch { ref hashes } if hashes.len() == 1));
-        let err = select(&chains, &hashes, addr, &DomainRules::default()).unwrap_err();
+        let err = select(&chains, &hashes, addr, None, &DomainRules::default()).unwrap_err();
         assert_eq!(err, SelectError::NoDomain { address: addr });
     }
 }

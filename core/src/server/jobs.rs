@@ -344,7 +344,8 @@ impl JobManager {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if !inner.backing_off(&hello).await {
+            let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
+            if !inner.backing_off(uuid, pid, hello.address).await {
                 if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
                     if !inner.stopping.load(Ordering::Relaxed) {
                         // Boxed: a job's state (several KiB) is allocated once it has
@@ -414,23 +415,35 @@ impl Inner {
         });
     }
 
-    /// Whether the device's last job failed recently enough that this hello (same
-    /// PID) starts none: it is absorbed without a new alert.
-    async fn backing_off(&self, hello: &AcceptedHello) -> bool {
-        let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
-        let address = hello.address.to_string();
+    /// Whether the device's last job with `pid` (PKI jobs: [`crate::store::PKI_JOB_PID`]) from
+    /// `address` failed recently enough that this hello starts none: it is absorbed
+    /// without a new alert.
+    async fn backing_off(&self, uuid: String, pid: String, address: IpAddr) -> bool {
+        let address = address.to_string();
         match self
             .store
             .call(move |s| s.job_backoff(&uuid, &pid, &address))
             .await
         {
             Ok(Ok(Some(b))) => {
-                tracing::debug!(pid = %hello.pid, device = %hello.uuid, failures = b.failures,
+                tracing::debug!(pid = %b.pid, device = %b.device_uuid, failures = b.failures,
                     "hello absorbed: the device's last job failed; waiting before the next");
                 true
             }
             _ => false,
         }
+    }
+
+    /// Records a failed job (`cause`: its step and error) so the device's next hellos
+    /// wait ([`crate::store::Store::record_job_failure`]).
+    async fn record_failure(&self, uuid: &str, pid: &str, address: IpAddr, cause: &str) {
+        let (u, p, c) = (uuid.to_string(), pid.to_string(), cause.to_string());
+        let a = address.to_string();
+        let (base, max) = (self.settings.retry_backoff, self.settings.retry_backoff_max);
+        let _ = self
+            .store
+            .call(move |s| s.record_job_failure(&u, &p, &a, &c, base, max))
+            .await;
     }
 
     async fn run(&self, hello: AcceptedHello) {
@@ -441,12 +454,7 @@ impl Inner {
             Ok(()) => tracing::info!(%pid, device = %uuid, %address, "device provisioned"),
             Err(f) => {
                 let cause = format!("{}: {}", f.step, f.error);
-                let (u, p, c) = (uuid.clone(), pid.as_str().to_string(), cause.clone());
-                let a = address.to_string();
-                let (base, max) = (self.settings.retry_backoff, self.settings.retry_backoff_max);
-                let _ = self
-                    .store
-                    .call(move |s| s.record_job_failure(&u, &p, &a, &c, base, max))
+                self.record_failure(&uuid, pid.as_str(), address, &cause)
                     .await;
                 // The same text for every repeat, so that repeats collapse into one
                 // alert with a count.

@@ -7,12 +7,20 @@
 //! in clear), is not held back. It doubles with each further failure of the same
 //! cause and starts again from the base when the cause changes. `vprov devices retry
 //! UUID` (and the API) clears it.
+//!
+//! PKI jobs (v3 hellos carry no PID) wait the same way under [`PKI_JOB_PID`]; a newly
+//! stored provisioning chain may be what they lacked, so storing one clears their
+//! waits (`store/pki.rs`).
 
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
 use super::{now_ms, Store, StoreError};
+
+/// The PID column of a PKI job's back-off: PKI jobs have none, and no PID has this
+/// form.
+pub const PKI_JOB_PID: &str = "pki";
 
 /// A device waiting before its next job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,7 +43,7 @@ pub use alerts::{
     AlertFilter, AlertRecord, AlertRetention, NewAlert, StoredAlert, MAX_FIELD_BYTES,
     MAX_MESSAGE_BYTES,
 };
-pub use backoff::JobBackoff;
+pub use backoff::{JobBackoff, PKI_JOB_PID};
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};
 pub use provisioning::{JobIntent, JobStep, PidLookup, ProvisionedDevice};

@@ -1,5 +1,5 @@
 //! PKI remote configuration in the store: provisioning certificate chains (import,
-//! list, look-up, removal) and PKI jobs in flight.
+//! list, look-up, removal, the audited setup.bin) and PKI jobs in flight.
 //!
 //! A chain's leaf key is sealed (context `pki_chain_key:<name>`) before it reaches
 //! SQL; the certificates are public and kept as PEM. Listings and hello matching read
@@ -9,6 +9,8 @@
 //! device (control mode ACM, path PKI, chain, setup certificate fingerprint) and
 //! removes the intent in one transaction.
 
+use std::net::Ipv4Addr;
+
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -17,6 +19,10 @@ use super::records::audit;
 use super::{now_ms, ProvisionedDevice, Store, StoreError};
 pub use crate::pki::ChainRecord;
 use crate::pki::{ProvisioningChain, RootHashes};
+
+/// The bytes of a setup.bin: they hold the provisioning password, so they are wiped
+/// when dropped.
+pub type SetupBinFile = Zeroizing<Vec<u8>>;
 
 fn key_context(name: &str) -> String {
     format!("pki_chain_key:{name}")
@@ -61,7 +67,8 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainRecord> {
 
 impl Store {
     /// Stores a checked chain under a new name (an existing name is refused: remove
-    /// it first), sealing its key; audited.
+    /// it first), sealing its key; audited. PKI devices waiting after a failed job
+    /// (`store/backoff.rs`) try again at their next hello.
     pub fn add_provisioning_chain(
         &mut self,
         name: &str,
@@ -103,6 +110,11 @@ impl Store {
                 "a chain named {name} exists already; remove it first (`vprov pki remove {name}`)"
             )));
         }
+        // The chain may be what waiting PKI devices lacked: their next hellos try.
+        tx.execute(
+            "DELETE FROM job_backoff WHERE pid = ?1",
+            [super::PKI_JOB_PID],
+        )?;
         audit(
             &tx,
             actor,
@@ -167,6 +179,51 @@ impl Store {
         }
         tx.commit()?;
         Ok(removed > 0)
+    }
+
+    /// A USB setup.bin making devices trust chain `name`'s root
+    /// ([`crate::pki::own_root::setup_bin`]), audited (`pki.setupbin`) like a key
+    /// export: the file carries the provisioning password as the devices' new MEBx
+    /// password. `None` if there is no such chain.
+    pub fn provisioning_setup_bin(
+        &mut self,
+        name: &str,
+        server: Ipv4Addr,
+        port: u16,
+        actor: &str,
+    ) -> Result<Option<(ChainRecord, SetupBinFile)>, StoreError> {
+        let Some(chain) = self.provisioning_chain(name)? else {
+            return Ok(None);
+        };
+        let password = self.provisioning_password()?.ok_or_else(|| {
+            StoreError::InvalidInput(
+                "no provisioning password is set (vprov password set): setup.bin makes it the MEBx password"
+                    .into(),
+            )
+        })?;
+        let bytes = crate::pki::own_root::setup_bin(
+            &chain.root.sha256,
+            &chain.domain,
+            password.expose(),
+            server,
+            port,
+        )
+        .map_err(StoreError::InvalidInput)?;
+        let tx = self.write_tx()?;
+        audit(
+            &tx,
+            actor,
+            "pki.setupbin",
+            &json!({
+                "name": name,
+                "root_sha256": hex::encode(&chain.root.sha256),
+                "domain": chain.domain,
+                "server": server.to_string(),
+                "port": port,
+            }),
+        )?;
+        tx.commit()?;
+        Ok(Some((chain, Zeroizing::new(bytes))))
     }
 }
 
@@ -403,7 +460,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::pki::chain::tests::{build, Recipe, NOW};
-    use crate::store::StoreOptions;
+    use crate::store::{StoreOptions, PKI_JOB_PID};
 
     #[test]
     fn a_chain_round_trips_with_its_key_sealed() {
@@ -445,6 +502,86 @@ mod tests {
             .remove_provisioning_chain("example", "cli:test")
             .unwrap());
         assert!(store.provisioning_chains().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_chain_ends_the_wait_of_pki_devices_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
+        let wait = std::time::Duration::from_secs(600);
+        let (pki, psk) = (
+            "8c2f7d4e-0000-4000-8000-0000000000b1",
+            "8c2f7d4e-0000-4000-8000-0000000000b2",
+        );
+        let a = "127.0.0.7";
+        store
+            .record_job_failure(
+                pki,
+                PKI_JOB_PID,
+                a,
+                "choose provisioning chain: x",
+                wait,
+                wait,
+            )
+            .unwrap();
+        store
+            .record_job_failure(psk, "0000037M", a, "CommitChanges: y", wait, wait)
+            .unwrap();
+        assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_some());
+        let (certs, key) = build(&Recipe::default());
+        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+        store
+            .add_provisioning_chain("example", &chain, "cli:test")
+            .unwrap();
+        assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_none());
+        assert!(store.job_backoff(psk, "0000037M", a).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_setup_bin_needs_the_password_and_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
+        let (certs, key) = build(&Recipe::default());
+        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+        store
+            .add_provisioning_chain("example", &chain, "cli:test")
+            .unwrap();
+        let server = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(store
+            .provisioning_setup_bin("nope", server, 9971, "api:ann")
+            .unwrap()
+            .is_none());
+        let err = store
+            .provisioning_setup_bin("example", server, 9971, "api:ann")
+            .unwrap_err();
+        assert!(err.to_string().contains("vprov password set"), "{err}");
+        assert_ne!(store.audit_log(1).unwrap()[0].action, "pki.setupbin");
+        let password = crate::password::ProvisioningPassword::new("Mebx!Passw0rd").unwrap();
+        store
+            .set_provisioning_password(&password, "cli:test")
+            .unwrap();
+        let (rec, bytes) = store
+            .provisioning_setup_bin("example", server, 9971, "api:ann")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.name, "example");
+        let file = setupbin::SetupBin::decode(&bytes).unwrap();
+        assert_eq!(file.records.len(), 1);
+        let entry = audit_entry(&store);
+        assert_eq!(
+            (entry.0.as_str(), entry.1.as_str()),
+            ("api:ann", "pki.setupbin")
+        );
+        assert!(
+            !entry.2.contains("Mebx"),
+            "no secret in the audit: {}",
+            entry.2
+        );
+    }
+
+    fn audit_entry(store: &Store) -> (String, String, String) {
+        let e = store.audit_log(1).unwrap().remove(0);
+        (e.actor, e.action, e.detail.to_string())
     }
 
     #[test]

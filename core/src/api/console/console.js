@@ -5,7 +5,7 @@
 'use strict';
 
 const SESSION = '/api/v1/session';
-const PAGES = ['dashboard', 'batches', 'unmanaged', 'managed', 'alerts', 'plugins', 'audit'];
+const PAGES = ['dashboard', 'batches', 'unmanaged', 'managed', 'pki', 'alerts', 'plugins', 'audit'];
 const SEVERITIES = ['info', 'warning', 'error', 'critical'];
 const DEVICE_PAGE = 200;      // devices fetched per request
 const MAX_DEVICES = 20000;    // stop listing beyond this many
@@ -243,6 +243,7 @@ const LOADERS = {
   batches: loadBatches,
   unmanaged: loadUnmanaged,
   managed: loadManaged,
+  pki: loadPki,
   alerts: loadAlerts,
   plugins: loadPlugins,
   audit: loadAudit,
@@ -637,21 +638,30 @@ async function loadUnmanaged() {
   const [list] = await Promise.all([fetchDevices('unmanaged'), loadProfiles()]);
   const devices = mergeListing(list, 'unmanaged', t0);
   const selected = new Set(selectedUuids());
-  fillBody(unmanagedBody(), devices.map((d) => unmanagedRow(d, selected.has(d.uuid))), 6, 'no unmanaged devices');
+  fillBody(unmanagedBody(), devices.map((d) => unmanagedRow(d, selected.has(d.uuid))), 7, 'no unmanaged devices');
   updateSelection();
 }
 
 async function loadManaged() {
   const t0 = performance.now();
   const devices = mergeListing(await fetchDevices('managed'), 'managed', t0);
-  fillBody(managedBody(), devices.map(managedRow), 7, 'no managed devices');
+  fillBody(managedBody(), devices.map(managedRow), 8, 'no managed devices');
   updateCounts();
 }
 
 function unmanagedRow(d, checked) {
   return h('tr', { 'data-uuid': d.uuid, title: d.uuid },
     h('td', { class: 'check' }, h('input', { type: 'checkbox', 'data-select': '', checked, 'aria-label': 'select', onchange: updateSelection })),
-    td(d.host_name), td(d.address), td(d.amt_version), td(d.provisioned_pid, { class: 'mono' }), td(fmtTime(d.provisioned_at)));
+    td(d.host_name), td(d.address), td(d.amt_version), td(provisionedAs(d), { 'data-provisioned-as': '' }),
+    td(d.provisioned_pid, { class: 'mono' }), td(fmtTime(d.provisioned_at)));
+}
+
+/** "ACM, PKI (chain)" / "ACM, PSK": the control mode, the provisioning path and, for
+ *  PKI, the provisioning chain used. */
+function provisionedAs(d) {
+  const mode = d.control_mode ? d.control_mode.toUpperCase() : '-';
+  const path = d.provisioning_path ? d.provisioning_path.toUpperCase() : '-';
+  return `${mode}, ${path}${d.pki_chain ? ` (${d.pki_chain})` : ''}`;
 }
 
 function modeText(d) {
@@ -664,7 +674,7 @@ function managedRow(d) {
   const reach = d.reachable == null ? '-' : d.reachable ? 'yes' : 'no';
   const reachClass = d.reachable == null ? null : d.reachable ? 'good' : 'bad';
   return h('tr', { 'data-uuid': uuid, title: uuid },
-    td(d.host_name), td(d.address), td(modeText(d)), td(reach, { class: reachClass }), td(fmtTime(d.last_contact_at)),
+    td(d.host_name), td(d.address), td(provisionedAs(d), { 'data-provisioned-as': '' }), td(modeText(d)), td(reach, { class: reachClass }), td(fmtTime(d.last_contact_at)),
     h('td', { 'data-power-state': '' }, state.power.get(uuid) ?? '-'),
     h('td', { class: 'actions' },
       POWER_ACTIONS.map((a) => h('button', {
@@ -687,10 +697,10 @@ function upsertDevice(d) {
   if (d.state === 'unmanaged') {
     const checked = oldUn ? $('input[data-select]', oldUn).checked : false;
     placeRow(un, oldUn, unmanagedRow(d, checked));
-    if (oldMa) removeRow(ma, oldMa, 7, 'no managed devices');
+    if (oldMa) removeRow(ma, oldMa, 8, 'no managed devices');
   } else if (d.state === 'managed') {
     placeRow(ma, oldMa, managedRow(d));
-    if (oldUn) removeRow(un, oldUn, 6, 'no unmanaged devices');
+    if (oldUn) removeRow(un, oldUn, 7, 'no unmanaged devices');
   }
   updateSelection();
 }
@@ -823,6 +833,118 @@ async function unmanage(uuid, btn) {
   });
 }
 
+// ---------------------------------------------------------------- provisioning certificates
+
+async function loadPki() {
+  const chains = await api('GET', '/api/v1/pki/chains');
+  fillBody($('#chains-table tbody'), chains.map(chainRow), 6, 'no provisioning chains: import one, or create vprov\'s own root');
+}
+
+function chainRow(c) {
+  const actions = isAdmin() ? [
+    h('button', { type: 'button', 'data-setupbin': c.name, title: 'USB file that makes devices trust this root', onclick: (ev) => downloadSetupBin(c, ev.currentTarget) }, 'setup.bin'),
+    h('button', { type: 'button', class: 'danger', 'data-remove-chain': c.name, onclick: (ev) => removeChain(c, ev.currentTarget) }, 'Remove'),
+  ] : [];
+  const expiry = `${fmtTime(c.not_after)}${c.expires_soon ? ' (renew soon)' : ''}`;
+  return h('tr', { 'data-chain': c.name, title: (c.certificates || []).join('\n') },
+    td(c.name), h('td', {}, h('div', {}, c.domain), h('div', { class: 'muted' }, c.common_name)),
+    h('td', { class: 'hashes' },
+      [['SHA-256', c.root_sha256], ['SHA-1', c.root_sha1], ['SHA-384', c.root_sha384]].map(([alg, hex]) =>
+        h('div', {}, h('span', { class: 'alg' }, alg), hex))),
+    td(expiry, { class: c.expires_soon ? 'expiring' : null, 'data-expiry': '' }),
+    h('td', {}, h('div', {}, fmtTime(c.imported_at)), h('div', { class: 'muted' }, c.imported_by)),
+    h('td', { class: 'actions' }, actions));
+}
+
+/** Reads a chosen file as text, or (with `binary`) as base64. */
+function readFile(input, binary) {
+  const file = input.files[0];
+  if (!file) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    r.onload = () => resolve(binary ? String(r.result).replace(/^data:[^,]*,/, '') : String(r.result));
+    if (binary) r.readAsDataURL(file);
+    else r.readAsText(file);
+  });
+}
+
+async function onChainImport(ev) {
+  ev.preventDefault();
+  await act($('#chain-import-submit'), async () => {
+    const [pfx, pem, key] = await Promise.all([
+      readFile($('#chain-pfx'), true), readFile($('#chain-pem'), false), readFile($('#chain-key'), false)]);
+    if (!pfx === !pem) throw new Error('choose a PFX file or a PEM chain file (not both)');
+    const body = { name: $('#chain-name').value.trim() };
+    if (pfx) body.pfx_base64 = pfx;
+    else body.pem = pem;
+    if (key) body.key_pem = key;
+    const password = $('#chain-password').value;
+    if (password) body.password = password;
+    const c = await api('POST', '/api/v1/pki/chains', body);
+    $('#chain-import').reset();
+    showStatus(`chain ${c.name} imported: leaf ${c.common_name}, domain ${c.domain}, expires ${fmtTime(c.not_after)}`);
+    await loadPki();
+  });
+}
+
+async function onOwnRoot(ev) {
+  ev.preventDefault();
+  await act($('#own-root-submit'), async () => {
+    const c = await api('POST', '/api/v1/pki/own-root', {
+      name: $('#own-root-name').value.trim(),
+      domain: $('#own-root-domain').value.trim(),
+    });
+    $('#own-root').reset();
+    showStatus(`root ${c.name} created (leaf ${c.common_name}): download its setup.bin for the devices' USB touch`);
+    await loadPki();
+  });
+}
+
+/** Downloads a chain's setup.bin (a POST: it carries the provisioning password and
+ *  is audited) and saves it through a temporary link. */
+async function downloadSetupBin(c, btn) {
+  const body = {};
+  const server = $('#setupbin-server').value.trim();
+  const port = $('#setupbin-port').value.trim();
+  if (server) body.server = server;
+  if (port) body.port = Number(port);
+  await act(btn, async () => {
+    let res;
+    try {
+      res = await fetch(`/api/v1/pki/chains/${enc(c.name)}/setupbin`, {
+        method: 'POST', credentials: 'same-origin', cache: 'no-store',
+        headers: { 'Content-Type': 'application/json', 'X-Vprov-Console': '1' },
+        body: JSON.stringify(body),
+      });
+    } catch {
+      throw new ApiError(0, 'cannot reach the vprov server');
+    }
+    if (!res.ok) {
+      let msg = `${res.status} ${res.statusText}`.trim();
+      try { msg = (await res.json()).error || msg; } catch { /* not JSON */ }
+      if (res.status === 401) signedOut('your session has ended: sign in again');
+      throw new ApiError(res.status, msg);
+    }
+    const url = URL.createObjectURL(await res.blob());
+    const a = h('a', { href: url, download: 'setup.bin', hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    showStatus(`setup.bin for chain ${c.name} downloaded (audited): it holds the provisioning password`);
+  });
+}
+
+async function removeChain(c, btn) {
+  if (!window.confirm(`Remove provisioning chain ${c.name} and its key? PKI devices needing it can no longer be configured.`)) return;
+  await act(btn, async () => {
+    await api('DELETE', `/api/v1/pki/chains/${enc(c.name)}`);
+    showStatus(`chain ${c.name} removed`);
+    await loadPki();
+  });
+}
+
 // ---------------------------------------------------------------- alerts
 
 const sevRank = (s) => SEVERITIES.indexOf(s);
@@ -929,6 +1051,8 @@ function bindStatic() {
   $('#alert-severity').addEventListener('change', () => loadAlerts().catch(fail));
   $('#alert-unacked').addEventListener('change', () => loadAlerts().catch(fail));
   $('#audit-limit').addEventListener('change', () => loadAudit().catch(fail));
+  $('#chain-import').addEventListener('submit', onChainImport);
+  $('#own-root').addEventListener('submit', onOwnRoot);
 }
 
 async function start() {

@@ -2,7 +2,7 @@
 //! Control Mode (`docs/protocol-notes.md`).
 //!
 //! 1. Pick the chain (`crate::pki::select`: a root hash of the hello, the device's DNS
-//!    suffix from `[pki]`), open its sealed key and check the chain again (it may have
+//!    suffix from `[pki]`: subnet rule, reverse DNS if on, default), open its sealed key and check the chain again (it may have
 //!    expired since import).
 //! 2. Record the intent (device, address, chain, new admin credential — sealed) before
 //!    anything changes on the device.
@@ -22,14 +22,17 @@
 //!    fingerprint.
 //!
 //! Every failure is an alert of source `provisioning` whose text is the same for the
-//! same cause, so repeated hellos of a failing device aggregate into one alert.
+//! same cause, so repeated hellos of a failing device aggregate into one alert; and,
+//! as for PSK jobs (`store/backoff.rs`), the device's next hellos from that address
+//! start no job until the back-off has passed, the cause changes or an admin runs
+//! `vprov devices retry`.
 
 use super::*;
 use crate::device::pki_tls::ChainDialer;
 use crate::hello::CertificateHash;
-use crate::pki::select::{select, SelectError};
+use crate::pki::select::{reverse_name, select, SelectError, REVERSE_DNS_TIMEOUT};
 use crate::pki::ProvisioningChain;
-use crate::store::{PkiJobIntent, PkiProvisioning};
+use crate::store::{PkiJobIntent, PkiProvisioning, PKI_JOB_PID};
 
 /// The factory MEBx password: the Digest credential of the setup session until the
 /// job changes it (amt-pki.md §1.3, VPRO-PS).
@@ -108,7 +111,8 @@ impl JobManager {
     }
 
     /// Starts a PKI job for `hello` unless one is queued or running for the device at
-    /// that address (repeated hellos are absorbed).
+    /// that address, or its last job there failed and it waits out the back-off
+    /// (repeated hellos are absorbed).
     pub fn submit_pki(&self, hello: AcceptedPkiHello) {
         if self.inner.stopping.load(Ordering::Relaxed) {
             return;
@@ -119,9 +123,12 @@ impl JobManager {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
-                if !inner.stopping.load(Ordering::Relaxed) {
-                    inner.run_pki(hello).await;
+            let (uuid, pid) = (hello.uuid.to_string(), PKI_JOB_PID.to_string());
+            if !inner.backing_off(uuid, pid, hello.address).await {
+                if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                    if !inner.stopping.load(Ordering::Relaxed) {
+                        inner.run_pki(hello).await;
+                    }
                 }
             }
             inner.release(&keys);
@@ -149,12 +156,23 @@ impl Inner {
             Ok(chain) => {
                 tracing::info!(device = %uuid, %address, %chain, "device provisioned (PKI, admin control mode)")
             }
-            Err(f) => self.pki_alert(
-                f.severity,
-                format!("PKI provisioning failed at step {}: {}", f.step, f.error),
-                &uuid,
-                address,
-            ),
+            Err(f) => {
+                let cause = format!("{}: {}", f.step, f.error);
+                self.record_failure(&uuid, PKI_JOB_PID, address, &cause)
+                    .await;
+                // The same text for every repeat, so that repeats collapse into one
+                // alert with a count.
+                self.pki_alert(
+                    f.severity,
+                    format!(
+                        "PKI provisioning failed at step {cause}. Its next hellos wait before \
+                         another attempt; fix the cause, then `vprov devices retry {uuid}` \
+                         tries at once"
+                    ),
+                    &uuid,
+                    address,
+                )
+            }
         }
     }
 
@@ -188,12 +206,17 @@ impl Inner {
     async fn choose_chain(&self, hello: &AcceptedPkiHello) -> Result<PkiSetup, JobFailure> {
         let rules = self.settings.pki.clone();
         let (hashes, address) = (hello.hashes.clone(), hello.address);
+        let name = if rules.wants_reverse_dns(address) {
+            reverse_name(address, REVERSE_DNS_TIMEOUT).await
+        } else {
+            None
+        };
         let chosen = self
             .store
             .call(move |s| {
                 let chains = s.provisioning_chains()?;
                 Ok::<_, crate::store::StoreError>(
-                    select(&chains, &hashes, address, &rules).cloned(),
+                    select(&chains, &hashes, address, name.as_deref(), &rules).cloned(),
                 )
             })
             .await
@@ -457,7 +480,11 @@ impl Inner {
         let view = pki_view(&record);
         let (id, pw) = (intent.id, intent.new_password.clone());
         self.store
-            .call(move |s| s.complete_pki_job(id, &record, &pki, &pw))
+            .call(move |s| {
+                let uuid = record.uuid.clone();
+                s.complete_pki_job(id, &record, &pki, &pw)?;
+                s.clear_job_backoff(&uuid).map(drop)
+            })
             .await
             .map_err(store_failure)?
             .map_err(store_failure)?;
