@@ -119,7 +119,7 @@ impl JobManager {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+            if let Ok((_slot, _running)) = inner.slot().await {
                 if !inner.stopping.load(Ordering::Relaxed) {
                     inner.run_pki(hello).await;
                 }
@@ -145,7 +145,11 @@ impl Inner {
         let uuid = hello.uuid.to_string();
         let address = hello.address;
         tracing::info!(device = %uuid, %address, "PKI provisioning job started");
-        match self.provision_pki(hello).await {
+        let started = std::time::Instant::now();
+        let result = self.provision_pki(hello).await;
+        let failed_at = result.as_ref().err().map(|f| f.step);
+        crate::metrics::job_finished("pki", failed_at, started.elapsed());
+        match result {
             Ok(chain) => {
                 tracing::info!(device = %uuid, %address, %chain, "device provisioned (PKI, admin control mode)")
             }
