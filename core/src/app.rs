@@ -28,6 +28,7 @@ use crate::server::hello_listener::{HelloLimits, HelloListener};
 use crate::server::jobs::{JobManager, JobSettings};
 use crate::server::limits;
 use crate::server::lock::{ServeLock, ServeLockError};
+use crate::server::metrics_endpoint;
 use crate::server::pki_expiry;
 use crate::server::reachability::{self, ReachabilitySettings};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -401,11 +402,7 @@ pub async fn run(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let Listeners {
-        hello: listener,
-        api: api_listener,
-        metrics,
-    } = listeners;
+    let api_listener = listeners.api;
     let ca = Arc::new(ca);
     let api_tls = match (&settings.api, &api_listener) {
         (Some(api), Some(l)) => Some(api_tls(api, &ca, l)?),
@@ -447,17 +444,17 @@ pub async fn run(
         &plugins.host,
         &stop_rx,
     );
-    if let Some((listener, token)) = metrics {
+    if let Some((l, token)) = listeners.metrics {
         // Ends by itself on stop; a scrape in progress is cut off with the process.
-        tokio::spawn(crate::server::metrics_endpoint::serve(
-            listener,
+        tokio::spawn(metrics_endpoint::serve(
+            l,
             token,
             store.clone(),
             stop_rx.clone(),
         ));
     }
     let hello = HelloListener::new(
-        listener,
+        listeners.hello,
         settings.hello.clone(),
         store,
         alerts,

@@ -247,11 +247,13 @@ impl Metrics {
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
         };
-        m.register();
+        m.register_provisioning();
+        m.register_process();
         m
     }
 
-    fn register(&mut self) {
+    /// Hellos, jobs and the device connector.
+    fn register_provisioning(&mut self) {
         let r = &mut self.registry;
         r.register(
             "vprov_hellos",
@@ -298,6 +300,11 @@ impl Metrics {
             "Hellos that had to wait for a job slot, by the limit that held them",
             self.limit_reached.clone(),
         );
+    }
+
+    /// Devices, alerts, plugins, the store and the process.
+    fn register_process(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "vprov_devices",
             "Provisioned devices in the store, by state (at scrape time)",

@@ -401,13 +401,28 @@ impl HandlerContext {
             }
         };
         let lookup = self.store.call(move |s| s.lookup_pid(&pid)).await;
+        let outcome = self.answer(lookup, pid, uuid, ip);
+        crate::metrics::hello(outcome);
+    }
+
+    /// Starts a job for an available PID or raises the alert a PID look-up calls for.
+    fn answer(
+        &self,
+        lookup: Result<
+            Result<PidLookup, crate::store::StoreError>,
+            crate::store_thread::StoreClosed,
+        >,
+        pid: Pid,
+        uuid: crate::hello::DeviceUuid,
+        ip: IpAddr,
+    ) -> HelloOutcome {
         let reject = |message: String| {
             let mut alert = self.alert(Severity::Warning, message, ip);
             alert.pid = Some(pid.dashed());
             alert.device_uuid = Some(uuid.to_string());
             self.alerts.raise(alert);
         };
-        let outcome = match lookup {
+        match lookup {
             Ok(Ok(PidLookup::Available(pps))) => {
                 self.jobs.submit(AcceptedHello {
                     pid,
@@ -436,8 +451,7 @@ impl HandlerContext {
                 HelloOutcome::LookupFailed
             }
             Err(_) => HelloOutcome::LookupFailed,
-        };
-        crate::metrics::hello(outcome);
+        }
     }
 }
 
