@@ -109,8 +109,10 @@ impl AlertLog {
     /// the message what the admin must do; keep changing numbers (times, tries) in
     /// digits, which do not make a different cause.
     pub fn raise(&self, alert: NewAlert) {
+        crate::metrics::alert(&alert.source, alert.severity.as_str());
         if self.tx.try_send(alert.capped()).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::alert_dropped();
         }
     }
 }
@@ -321,6 +323,7 @@ impl AlertSinks {
                 }
                 if q.tx.try_send(event.clone()).is_err() {
                     q.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::sink_dropped(sink_name(&q.own_source));
                 }
             }
         }
@@ -335,6 +338,23 @@ impl AlertSinks {
     pub fn is_empty(&self) -> bool {
         self.queues.read().expect("sinks lock").is_empty()
     }
+
+    /// Reports each sink's queue depth to the metrics at every scrape.
+    pub fn report_depths(&self) {
+        let sinks = self.clone();
+        crate::metrics::on_scrape(move || {
+            let queues = sinks.queues.read().expect("sinks lock").clone();
+            for q in queues.iter() {
+                let depth = q.tx.max_capacity() - q.tx.capacity();
+                crate::metrics::set_sink_depth(sink_name(&q.own_source), depth);
+            }
+        });
+    }
+}
+
+/// A sink's instance name (its own alerts' source is `plugin:NAME`).
+fn sink_name(own_source: &str) -> &str {
+    own_source.strip_prefix("plugin:").unwrap_or(own_source)
 }
 
 /// A store severity as the SDK carries it to alert sinks.

@@ -26,7 +26,9 @@ use crate::management::Reach;
 use crate::plugins::{HostSettings, PluginHost, ServerLink};
 use crate::server::hello_listener::{HelloLimits, HelloListener};
 use crate::server::jobs::{JobManager, JobSettings};
+use crate::server::limits;
 use crate::server::lock::{ServeLock, ServeLockError};
+use crate::server::metrics_endpoint;
 use crate::server::pki_expiry;
 use crate::server::reachability::{self, ReachabilitySettings};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -42,6 +44,8 @@ pub struct Overrides {
     /// `Some(None)` turns the admin API off, `Some(Some(addr))` moves it (else
     /// `api.listen`).
     pub api_listen: Option<Option<SocketAddr>>,
+    /// The same for `/metrics` (else `metrics.listen`).
+    pub metrics_listen: Option<Option<SocketAddr>>,
 }
 
 /// Everything the running server needs besides its listeners.
@@ -86,6 +90,20 @@ pub enum AppError {
     },
     #[error("cannot offer the admin API over TLS: {0}")]
     ApiTls(#[from] crate::api::tls::ApiTlsError),
+    #[error("cannot listen for metrics scrapes on {addr}")]
+    BindMetrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the metrics bearer token file {path}")]
+    MetricsToken {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the metrics bearer token ({0}) is empty")]
+    EmptyMetricsToken(String),
 }
 
 /// How vprov reaches a provisioned device: the one place the device port and the
@@ -136,6 +154,7 @@ pub fn server_settings(
         jobs: JobSettings {
             device_port: reach.device_port,
             max_concurrent: prov.max_concurrent_jobs,
+            limited_by: crate::metrics::Limit::MaxConcurrentJobs,
             timeouts: reach.timeouts,
             commit_wait: prov.commit_wait,
             confirm_timeout: prov.confirm_timeout,
@@ -195,6 +214,9 @@ pub struct App {
     settings: ServerSettings,
     hello_listen: SocketAddr,
     api_listen: Option<SocketAddr>,
+    /// `/metrics` on its own listener, and the bearer token scrapes must present.
+    metrics_listen: Option<SocketAddr>,
+    metrics_token: Option<String>,
     /// Held until the server stops: one server per data directory.
     _lock: ServeLock,
     /// Whether no admin account exists yet (the command line says how to add one).
@@ -206,6 +228,52 @@ pub struct Bound {
     app: App,
     hello: TcpListener,
     api: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+/// The bearer token `/metrics` asks for: from `[metrics] bearer_token_file`, else
+/// `VPROV_METRICS_TOKEN`, else none.
+fn metrics_token(config: &Config) -> Result<Option<String>, AppError> {
+    let (token, from) = match &config.metrics.bearer_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| AppError::MetricsToken {
+                path: path.clone(),
+                source,
+            })?;
+            (text, path.display().to_string())
+        }
+        None => match std::env::var("VPROV_METRICS_TOKEN") {
+            Ok(text) => (text, "VPROV_METRICS_TOKEN".to_string()),
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(AppError::EmptyMetricsToken(from));
+    }
+    Ok(Some(token))
+}
+
+/// Raises the file descriptor limit and caps the jobs at what it allows beside the
+/// hello connections; says so when the descriptors, not the configuration, decide.
+fn fit_jobs_to_descriptors(settings: &mut ServerSettings) {
+    let Some(nofile) = limits::raise_nofile() else {
+        return;
+    };
+    crate::metrics::set_max_fds(nofile);
+    let configured = settings.jobs.max_concurrent;
+    let (cap, limit) = limits::job_cap(configured, nofile, settings.hello.max_connections);
+    settings.jobs.max_concurrent = cap;
+    settings.jobs.limited_by = limit;
+    if limit == crate::metrics::Limit::FileDescriptors {
+        tracing::warn!(
+            "file descriptors: the limit of {nofile} allows {cap} jobs at once, not the \
+             configured max_concurrent_jobs={configured}; raise RLIMIT_NOFILE (ulimit -n, \
+             systemd LimitNOFILE=) to run more"
+        );
+    } else {
+        tracing::info!("up to {cap} provisioning jobs at once (file descriptor limit {nofile})");
+    }
 }
 
 impl App {
@@ -215,7 +283,13 @@ impl App {
         store_options: StoreOptions,
         overrides: Overrides,
     ) -> Result<App, AppError> {
-        let settings = server_settings(config, store_options.clone(), overrides);
+        let mut settings = server_settings(config, store_options.clone(), overrides);
+        fit_jobs_to_descriptors(&mut settings);
+        let metrics_listen = overrides.metrics_listen.unwrap_or(config.metrics.listen);
+        let metrics_token = match metrics_listen {
+            Some(_) => metrics_token(config)?,
+            None => None,
+        };
         let mut store = Store::open(&store_options)?;
         let lock = ServeLock::acquire(&config.data_dir)?;
         let ca = CertificateAuthority::load_or_create(&mut store).map_err(AppError::Ca)?;
@@ -231,6 +305,8 @@ impl App {
             settings,
             hello_listen: overrides.hello_listen.unwrap_or(config.hello.listen),
             api_listen: overrides.api_listen.unwrap_or(config.api.listen),
+            metrics_listen,
+            metrics_token,
             _lock: lock,
             no_account,
         })
@@ -250,10 +326,19 @@ impl App {
             ),
             None => None,
         };
+        let metrics = match self.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::BindMetrics { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Bound {
             app: self,
             hello,
             api,
+            metrics,
         })
     }
 }
@@ -274,23 +359,51 @@ impl Bound {
         self.app.no_account
     }
 
+    /// Where `/metrics` is served, when it is on.
+    pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.metrics
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+    }
+
     /// Runs the server until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let Bound { app, hello, api } = self;
-        run(app.store, app.ca, hello, api, app.settings, shutdown).await
+        let Bound {
+            app,
+            hello,
+            api,
+            metrics,
+        } = self;
+        let metrics = metrics.map(|l| (l, app.metrics_token));
+        let listeners = Listeners {
+            hello,
+            api,
+            metrics,
+        };
+        run(app.store, app.ca, listeners, app.settings, shutdown).await
     }
 }
 
-/// Runs the server on an already-bound hello listener (and admin API listener, when
-/// the API is on) until `shutdown` resolves.
+/// The server's bound listeners.
+pub struct Listeners {
+    pub hello: TcpListener,
+    /// The admin API's, when it is on.
+    pub api: Option<TcpListener>,
+    /// `/metrics` and its bearer token, when it is on.
+    pub metrics: Option<(TcpListener, Option<String>)>,
+}
+
+/// Runs the server on already-bound listeners (hello, and admin API and metrics when
+/// they are on) until `shutdown` resolves.
 pub async fn run(
     store: Store,
     ca: CertificateAuthority,
-    listener: TcpListener,
-    api_listener: Option<TcpListener>,
+    listeners: Listeners,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let api_listener = listeners.api;
     let ca = Arc::new(ca);
     let api_tls = match (&settings.api, &api_listener) {
         (Some(api), Some(l)) => Some(api_tls(api, &ca, l)?),
@@ -299,6 +412,7 @@ pub async fn run(
     let ca_der: Arc<[u8]> = ca.cert_der().into();
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
+    sinks.report_depths();
     let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone(), settings.alerts);
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -331,8 +445,17 @@ pub async fn run(
         &plugins.host,
         &stop_rx,
     );
+    if let Some((l, token)) = listeners.metrics {
+        // Ends by itself on stop; a scrape in progress is cut off with the process.
+        tokio::spawn(metrics_endpoint::serve(
+            l,
+            token,
+            store.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let hello = HelloListener::new(
-        listener,
+        listeners.hello,
         settings.hello.clone(),
         store,
         alerts,

@@ -65,6 +65,50 @@ struct ConfigFile {
     alerts: AlertsSection,
     #[serde(default)]
     pki: PkiSection,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus `/metrics` endpoint (`docs/metrics.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Where `vprov serve` offers `/metrics` over plain HTTP; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token scrapers must present (else the environment
+    /// variable `VPROV_METRICS_TOKEN`; neither: no token is asked for).
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    format: Option<LogFormat>,
+}
+
+/// How the server log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the same fields as the text lines.
+    Json,
+}
+
+/// `[log]`: the server log on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +347,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub alerts: AlertsConfig,
     pub pki: PkiConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -338,7 +384,7 @@ impl Default for Config {
             },
             provisioning: ProvisioningConfig {
                 device_port: DEFAULT_DEVICE_PORT,
-                max_concurrent_jobs: 256,
+                max_concurrent_jobs: 2048,
                 connect_timeout: Duration::from_secs(10),
                 step_timeout: Duration::from_secs(30),
                 commit_wait: Duration::from_secs(5),
@@ -377,6 +423,8 @@ impl Default for Config {
                 domains: crate::pki::select::DomainRules::default(),
                 expiry_warning_days: 30,
             },
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -435,7 +483,23 @@ impl Config {
         let api = api_section(file.api, defaults.api, &invalid)?;
         let alerts = alerts_section(file.alerts, defaults.alerts, &invalid)?;
         let pki = pki_section(file.pki, defaults.pki, &invalid)?;
+        let metrics = MetricsConfig {
+            listen: match file.metrics.listen.as_deref() {
+                None | Some("") | Some("off") => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        format!("{text:?} is not an address:port (or \"off\")"),
+                    )
+                })?),
+            },
+            bearer_token_file: file.metrics.bearer_token_file,
+        };
         Ok(Config {
+            metrics,
+            log: LogConfig {
+                format: file.log.format.unwrap_or_default(),
+            },
             pki,
             alerts,
             api,

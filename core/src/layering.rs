@@ -18,6 +18,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("secrets", 0),
     ("hello", 0),
     ("accounts", 0),
+    // The process's metrics registry: every layer records into it.
+    ("metrics", 0),
     // Provisioning certificate chains (PKI): formats only, no store.
     ("pki", 1),
     // The store and the host-name rule (on the hello's UUID); then what needs them

@@ -21,6 +21,7 @@
 //! - [`accounts`]: admin account password hashes and session/bearer tokens;
 //! - [`text`]: outside text made safe to store and log (size caps, escaping);
 //! - [`host_name`]: the host-name rule for devices that have none;
+//! - [`metrics`]: the process's Prometheus metrics, which every layer records into;
 //! - [`app`]: the composition root of `vprov serve`.
 //!
 //! The modules form layers, checked by a test (`layering.rs`): see
@@ -47,6 +48,7 @@ pub mod keys;
 #[cfg(test)]
 mod layering;
 pub mod management;
+pub mod metrics;
 pub mod password;
 pub mod pki;
 pub mod plugins;

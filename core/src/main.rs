@@ -19,15 +19,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VPROV_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(args.log_format());
     match cli::run(args) {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -35,6 +27,24 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log on standard error, filtered by `VPROV_LOG` (default `info`): text lines,
+/// or with `json` one JSON object per line (timestamp, level, `fields` with the
+/// message and the same fields as the text line).
+fn init_logging(format: vprov_core::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VPROV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        vprov_core::config::LogFormat::Text => {
+            log.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        vprov_core::config::LogFormat::Json => log.json().init(),
     }
 }
 

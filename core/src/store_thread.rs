@@ -1,6 +1,7 @@
 //! The store's single owner while the server runs: one dedicated thread holds the
 //! [`Store`] and runs closures sent to it, so async tasks never block on SQLite and
-//! no two threads ever share the connection.
+//! no two threads ever share the connection. Each call's round trip (queueing
+//! included) is timed into `vprov_store_call_duration_seconds`.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +41,7 @@ impl StoreHandle {
         R: Send + 'static,
         F: FnOnce(&mut Store) -> R + Send + 'static,
     {
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         self.calls
             .send(Box::new(move |store: &mut Store| {
@@ -47,6 +49,8 @@ impl StoreHandle {
             }))
             .await
             .map_err(|_| StoreClosed)?;
-        rx.await.map_err(|_| StoreClosed)
+        let result = rx.await.map_err(|_| StoreClosed);
+        crate::metrics::store_call(started.elapsed());
+        result
     }
 }

@@ -182,6 +182,8 @@ pub struct Server {
     pub hello_addr: std::net::SocketAddr,
     /// Where it offers the admin API and console (HTTPS).
     pub api_addr: Option<std::net::SocketAddr>,
+    /// Where it serves `/metrics` (started with `--metrics-listen`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Sandbox {
@@ -261,10 +263,23 @@ impl Server {
             .trim()
             .strip_prefix("admin API and console on https://")
             .map(|a| a.parse().expect("API address"));
+        let metrics_on = args
+            .windows(2)
+            .any(|w| w[0] == "--metrics-listen" && w[1] != "off");
+        line.clear();
+        if metrics_on {
+            stdout.read_line(&mut line).expect("read the metrics line");
+        }
+        let metrics_addr = line
+            .trim()
+            .strip_prefix("metrics on http://")
+            .and_then(|a| a.strip_suffix("/metrics"))
+            .map(|a| a.parse().expect("metrics address"));
         Server {
             child,
             hello_addr: addr,
             api_addr,
+            metrics_addr,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! management type for clap (possible values, their help) and converts into it, so the
 //! library does not depend on the command-line parser.
 
+use vprov_core::config::LogFormat;
 use vprov_core::management::PowerAction;
 use vprov_core::store::{DeviceState, KeyState, Role, Severity};
 
@@ -22,6 +23,16 @@ macro_rules! choice {
             }
         }
     };
+}
+
+choice! {
+    /// `--log-format`.
+    LogFormatChoice => LogFormat {
+        /// Human-readable lines.
+        Text,
+        /// One JSON object per line.
+        Json,
+    }
 }
 
 choice! {

@@ -50,8 +50,32 @@ pub struct Cli {
     )]
     master_key_file: Option<PathBuf>,
 
+    /// Log format on standard error [default: the configuration's log.format, text]
+    #[arg(
+        long,
+        env = "VPROV_LOG_FORMAT",
+        global = true,
+        value_name = "FORMAT",
+        value_enum
+    )]
+    log_format: Option<choices::LogFormatChoice>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The log format: `--log-format` (or `VPROV_LOG_FORMAT`), else the configuration
+    /// file's `[log] format`, else text. A configuration that does not load leaves it
+    /// text; the command reports that error itself.
+    pub fn log_format(&self) -> vprov_core::config::LogFormat {
+        match self.log_format {
+            Some(choice) => choice.into(),
+            None => Config::load(self.config.as_deref())
+                .map(|c| c.log.format)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

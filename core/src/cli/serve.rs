@@ -26,13 +26,27 @@ pub struct ServeArgs {
     /// 127.0.0.1:8443, or the configuration's api.listen]
     #[arg(long, value_name = "ADDR|off", value_parser = parse_api_listen)]
     api_listen: Option<ApiListen>,
+    /// Address of the Prometheus /metrics endpoint (plain HTTP), or "off" [default:
+    /// the configuration's metrics.listen, off]
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_api_listen)]
+    metrics_listen: Option<ApiListen>,
 }
 
-/// `--api-listen`: an address, or off (as `api.listen = "off"` in the configuration).
+/// `--api-listen`, `--metrics-listen`: an address, or off (as `listen = "off"` in the
+/// configuration).
 #[derive(Debug, Clone, Copy)]
 enum ApiListen {
     Off,
     At(SocketAddr),
+}
+
+impl ApiListen {
+    fn address(self) -> Option<SocketAddr> {
+        match self {
+            ApiListen::Off => None,
+            ApiListen::At(addr) => Some(addr),
+        }
+    }
 }
 
 fn parse_api_listen(text: &str) -> Result<ApiListen, String> {
@@ -48,10 +62,8 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         hello_listen: args.hello_listen,
         device_port: args.device_port,
-        api_listen: args.api_listen.map(|listen| match listen {
-            ApiListen::Off => None,
-            ApiListen::At(addr) => Some(addr),
-        }),
+        api_listen: args.api_listen.map(ApiListen::address),
+        metrics_listen: args.metrics_listen.map(ApiListen::address),
     };
     let app = App::prepare(&ctx.config, ctx.store_options(), overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,6 +77,9 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         let api = server.api_addr()?;
         if let Some(api) = api {
             lines.push(format!("admin API and console on https://{api}"));
+        }
+        if let Some(metrics) = server.metrics_addr()? {
+            lines.push(format!("metrics on http://{metrics}/metrics"));
         }
         announce(&lines);
         if let (true, Some(api)) = (server.no_account(), api) {

@@ -209,7 +209,10 @@ impl AmtSession {
     /// Sends one envelope and returns the reply text. A SOAP fault on any status is
     /// [`DeviceError::Fault`]; other non-200 statuses are [`DeviceError::Http`].
     async fn send(&mut self, envelope: String, step: &'static str) -> Result<String, DeviceError> {
-        let reply = self.http.post_wsman(Bytes::from(envelope), step).await?;
+        let started = std::time::Instant::now();
+        let reply = self.http.post_wsman(Bytes::from(envelope), step).await;
+        crate::metrics::wsman_call(step, started.elapsed());
+        let reply = reply?;
         let text = String::from_utf8(reply.body.to_vec())
             .map_err(|_| DeviceError::Malformed("reply is not UTF-8".into()));
         if reply.status != 200 {

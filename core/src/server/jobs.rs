@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vprov_sdk::DeviceInfo;
 use zeroize::Zeroizing;
 
@@ -25,12 +25,14 @@ mod pki;
 
 pub use pki::AcceptedPkiHello;
 
+use super::limits::LimitNotice;
 use crate::alerts::AlertLog;
 use crate::ca::CertificateAuthority;
 use crate::device::{AmtSession, DeviceError, DeviceTimeouts, GeneralSettings};
 use crate::hello::DeviceUuid;
 use crate::host_name::HostNameTemplate;
 use crate::keys::{Pid, Pps};
+use crate::metrics::Absorbed;
 use crate::password::ProvisioningPassword;
 use crate::plugins::PluginHost;
 use crate::store::{JobIntent, JobStep, NewAlert, ProvisionedDevice, Severity};
@@ -46,6 +48,9 @@ pub struct JobSettings {
     pub device_port: u16,
     /// Jobs running at once.
     pub max_concurrent: usize,
+    /// What `max_concurrent` is: the configured cap, or the fewer jobs the file
+    /// descriptor budget allows (`server/limits.rs`); named when hellos wait.
+    pub limited_by: crate::metrics::Limit,
     /// Timeouts of connecting and of each WS-Management call.
     pub timeouts: DeviceTimeouts,
     /// Pause after CommitChanges while the device restarts its network stack.
@@ -95,6 +100,8 @@ struct Inner {
     running: Mutex<Claims>,
     slots: Arc<Semaphore>,
     stopping: AtomicBool,
+    /// Tells the admin when hellos wait for a slot.
+    limit_notice: LimitNotice,
 }
 
 /// Most jobs one PID may have at once, each for another address.
@@ -315,6 +322,8 @@ impl JobManager {
         plugins: Option<PluginHost>,
     ) -> JobManager {
         let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+        let limit_notice = LimitNotice::new(settings.limited_by, settings.max_concurrent.max(1));
+        crate::metrics::set_job_limit(settings.max_concurrent.max(1));
         JobManager {
             inner: Arc::new(Inner {
                 settings,
@@ -325,6 +334,7 @@ impl JobManager {
                 running: Mutex::new(Claims::default()),
                 slots,
                 stopping: AtomicBool::new(false),
+                limit_notice,
             }),
         }
     }
@@ -339,6 +349,7 @@ impl JobManager {
         }
         let keys = JobKeys::new(hello.pid.as_str(), &hello.uuid.to_string(), hello.address);
         if !self.inner.claim(&keys) {
+            crate::metrics::absorbed(Absorbed::Duplicate);
             tracing::debug!(pid = %hello.pid, "hello absorbed: a job is already running");
             return;
         }
@@ -346,7 +357,7 @@ impl JobManager {
         tokio::spawn(async move {
             let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
             if !inner.backing_off(uuid, pid, hello.address).await {
-                if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                if let Ok((_slot, _running)) = inner.slot().await {
                     if !inner.stopping.load(Ordering::Relaxed) {
                         // Boxed: a job's state (several KiB) is allocated once it has
                         // a slot, not inline in every hello waiting for one, so memory
@@ -404,6 +415,29 @@ impl JobManager {
 }
 
 impl Inner {
+    /// Waits for a job slot, counted as queued meanwhile; when none is free, the
+    /// limit that holds the hello back is counted and, now and then, told.
+    async fn slot(
+        &self,
+    ) -> Result<(OwnedSemaphorePermit, crate::metrics::Running), tokio::sync::AcquireError> {
+        let queued = crate::metrics::job_queued();
+        if self.slots.available_permits() == 0 {
+            if let Some(message) = self.limit_notice.hit(crate::metrics::jobs_queued()) {
+                tracing::warn!("{message}");
+                self.alerts.raise(NewAlert {
+                    severity: Severity::Warning,
+                    source: "provisioning".into(),
+                    message,
+                    pid: None,
+                    device_uuid: None,
+                    address: None,
+                });
+            }
+        }
+        let slot = self.slots.clone().acquire_owned().await?;
+        Ok((slot, queued.running()))
+    }
+
     fn alert(&self, severity: Severity, message: String, pid: &Pid, uuid: &str, address: IpAddr) {
         self.alerts.raise(NewAlert {
             severity,
@@ -426,6 +460,7 @@ impl Inner {
             .await
         {
             Ok(Ok(Some(b))) => {
+                crate::metrics::absorbed(Absorbed::BackedOff);
                 tracing::debug!(pid = %b.pid, device = %b.device_uuid, failures = b.failures,
                     "hello absorbed: the device's last job failed; waiting before the next");
                 true
@@ -450,7 +485,11 @@ impl Inner {
         let uuid = hello.uuid.to_string();
         let (pid, address) = (hello.pid, hello.address);
         tracing::info!(%pid, device = %uuid, %address, "provisioning job started");
-        match self.provision(hello).await {
+        let started = std::time::Instant::now();
+        let result = self.provision(hello).await;
+        let failed_at = result.as_ref().err().map(|f| f.step);
+        crate::metrics::job_finished("psk", failed_at, started.elapsed());
+        match result {
             Ok(()) => tracing::info!(%pid, device = %uuid, %address, "device provisioned"),
             Err(f) => {
                 let cause = format!("{}: {}", f.step, f.error);

@@ -5,11 +5,15 @@
 //! store records the device. Every failure on the way is raised on the alert
 //! log ([`crate::alerts`]). The store is owned by one thread ([`crate::store_thread`]); no async worker touches
 //! SQLite. [`reachability`] checks managed devices periodically. [`lock`] keeps it to
-//! one server per data directory.
+//! one server per data directory. [`limits`] bounds the jobs in flight by the file
+//! descriptors the process has and tells the admin when a limit holds hellos back;
+//! [`metrics_endpoint`] serves `/metrics` on a listener of its own.
 
 pub mod hello_listener;
 pub mod jobs;
+pub mod limits;
 pub mod lock;
+pub mod metrics_endpoint;
 pub mod pki_expiry;
 pub mod reachability;
 

@@ -118,6 +118,15 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     restart_delay_ms: u64,
 
+    /// After the restart delay, how long the device's TLS port stays closed while the
+    /// firmware restarts its network stack, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    commit_restart_ms: u64,
+
+    /// Delay of every WS-Management reply, in milliseconds (real firmware: hundreds).
+    #[arg(long, default_value_t = 0)]
+    call_latency_ms: u64,
+
     /// Initial offset of each device clock from the host clock, in seconds.
     #[arg(long, default_value_t = DEFAULT_CLOCK_OFFSET_S, allow_negative_numbers = true)]
     clock_offset: i64,
@@ -329,6 +338,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     config.device_port = args.device_port;
     config.time_scale = args.time_scale;
     config.restart_delay = Duration::from_millis(args.restart_delay_ms);
+    config.commit_restart = Duration::from_millis(args.commit_restart_ms);
+    config.call_latency = Duration::from_millis(args.call_latency_ms);
     config.clock_offset_s = args.clock_offset;
     config.require_confirmation = !args.no_confirmation;
     let faulty = specs.iter().any(|s| s.fault.is_some());
@@ -430,6 +441,7 @@ fn write_report(
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    vprov_tests::sim::raise_nofile();
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -59,10 +59,18 @@ struct Args {
     /// Give up after this many seconds
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-    /// Jobs the server runs at once (`[provisioning] max_concurrent_jobs`; 256 is its
-    /// default)
-    #[arg(long, default_value_t = 256)]
-    max_jobs: usize,
+    /// Jobs the server runs at once (`[provisioning] max_concurrent_jobs`) [default:
+    /// the server's default]
+    #[arg(long)]
+    max_jobs: Option<usize>,
+    /// Each simulated device delays every WS-Management reply by this long (real
+    /// firmware: hundreds of milliseconds)
+    #[arg(long, default_value_t = 0)]
+    call_latency_ms: u64,
+    /// After CommitChanges each simulated device's TLS port is closed this long while
+    /// its firmware restarts the network stack (real firmware: seconds)
+    #[arg(long, default_value_t = 0)]
+    commit_restart_ms: u64,
     /// Stop with a STALL diagnosis when no device is recorded for this many seconds
     #[arg(long, default_value_t = 60)]
     stall: u64,
@@ -130,6 +138,31 @@ fn figures(
         times.len() as f64 / seconds,
         percentile(&times, 0.5),
         percentile(&times, 0.99),
+    )
+}
+
+/// A loopback address with a port free right now (for the server's `/metrics`).
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// The sum of the samples of `series` (any labels) on the server's `/metrics`;
+/// `None` if it cannot be scraped.
+fn scrape(metrics: SocketAddr, series: &str) -> Option<f64> {
+    let text = ureq::get(&format!("http://{metrics}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
     )
 }
 
@@ -496,6 +529,7 @@ impl Drop for ServerProcess {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    vprov_tests::sim::raise_nofile();
     if args.pki > 0 && args.kill > 0 {
         bail!("--kill checks PSK invariants (every device has its used PID): run it without --pki");
     }
@@ -544,16 +578,21 @@ fn main() -> anyhow::Result<()> {
 
     let (pki_config, pki_specs) = pki_setup(&data, dir.path(), args.pki)?;
     let device_port = vprov_tests::sim::free_device_port();
+    let metrics_addr = free_loopback_addr()?;
     let config = dir.path().join("load.toml");
+    let max_jobs = args
+        .max_jobs
+        .map(|m| format!("max_concurrent_jobs = {m}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
             "[alerts]\nmax_rows = 10000000\n\
              [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
-             [provisioning]\nmax_concurrent_jobs = {max_jobs}\ncommit_wait_ms = 200\n\
+             [provisioning]\n{max_jobs}commit_wait_ms = 200\n\
              confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n\
-             {pki_config}",
-            max_jobs = args.max_jobs
+             [metrics]\nlisten = \"{metrics_addr}\"\n\
+             {pki_config}"
         ),
     )?;
     let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
@@ -562,9 +601,11 @@ fn main() -> anyhow::Result<()> {
     let db = data.join("vprov.db");
 
     let rt = tokio::runtime::Runtime::new()?;
+    let job_limit = scrape(metrics_addr, "vprov_jobs_limit").unwrap_or(0.0);
     println!(
-        "vprov load run: {n} devices, at most {} jobs at once, server pid {server_pid}, hellos on {hello_addr}",
-        args.max_jobs
+        "vprov load run: {n} devices, at most {job_limit} jobs at once, server pid {server_pid}, \
+         hellos on {hello_addr}; devices answer WS-Man in {} ms and restart {} ms after a commit",
+        args.call_latency_ms, args.commit_restart_ms
     );
     let pool = Arc::new(KeyPool::generate(args.key_pool)?);
     let specs = keys
@@ -580,6 +621,8 @@ fn main() -> anyhow::Result<()> {
     sim_config.device_port = device_port;
     sim_config.time_scale = 0.05;
     sim_config.restart_delay = Duration::from_millis(100);
+    sim_config.call_latency = Duration::from_millis(args.call_latency_ms);
+    sim_config.commit_restart = Duration::from_millis(args.commit_restart_ms);
 
     // Phase 1: provisioning.
     let mut cpu = CpuMeter { earlier: 0.0 };
@@ -590,6 +633,9 @@ fn main() -> anyhow::Result<()> {
     let sim = rt.block_on(Simulator::start(sim_config, specs))?;
     let deadline = started + Duration::from_secs(args.timeout);
     let mut peak_rss = 0.0f64;
+    let mut peak_jobs = 0.0f64;
+    let mut peak_queued = 0.0f64;
+    let mut last_scrape = Instant::now();
     let mut last_report = Instant::now();
     let mut kills_left = args.kill;
     let mut next_kill = Instant::now() + random_pause();
@@ -603,6 +649,11 @@ fn main() -> anyhow::Result<()> {
     loop {
         let recorded = count(&db, "SELECT count(*) FROM devices");
         peak_rss = peak_rss.max(rss_mib(server_pid).0);
+        if last_scrape.elapsed() >= Duration::from_millis(250) {
+            last_scrape = Instant::now();
+            peak_jobs = peak_jobs.max(scrape(metrics_addr, "vprov_jobs_in_flight").unwrap_or(0.0));
+            peak_queued = peak_queued.max(scrape(metrics_addr, "vprov_jobs_queued").unwrap_or(0.0));
+        }
         if recorded >= u64::from(n + args.pki) && kills_left == 0 {
             break;
         }
@@ -692,6 +743,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("server peak RSS after provisioning: {peak_rss:.1} MiB");
+    println!(
+        "server jobs: peak {peak_jobs} in flight, peak {peak_queued} hellos waiting for a slot \
+         (/metrics every 250 ms); {} hellos met the job limit",
+        scrape(metrics_addr, "vprov_job_limit_reached_total").unwrap_or(0.0)
+    );
     let total = n + args.pki;
     let own_cpu = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s) - own_cpu_at_start;
     println!(

@@ -260,6 +260,8 @@ pub struct Device {
     /// An authenticated request arrived over the certificate TLS server.
     confirmed: AtomicBool,
     require_confirmation: bool,
+    /// Delay of every WS-Management reply ([`SimConfig::call_latency`]).
+    pub call_latency: Duration,
     /// A once-only fault (`hang-once`) has fired.
     fault_spent: AtomicBool,
 }
@@ -343,6 +345,7 @@ impl Device {
             committed: watch::channel(false).0,
             confirmed: AtomicBool::new(false),
             require_confirmation: config.require_confirmation,
+            call_latency: config.call_latency,
             fault_spent: AtomicBool::new(false),
         })
     }
@@ -550,6 +553,8 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
     if let Some(sender) = hello_sender {
         let _ = sender.await;
     }
+    // Nothing listens on the port while the network stack restarts.
+    tokio::time::sleep(config.commit_restart).await;
     let ctx = match dev.cert_context() {
         Ok(ctx) => ctx,
         Err(e) => return dev.record_error(format!("TLS setup after commit: {e}")),

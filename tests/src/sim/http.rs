@@ -235,6 +235,10 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Ok(empty(StatusCode::PAYLOAD_TOO_LARGE, &dev)),
     };
+    // Slow firmware: this connection waits, other devices' connections do not.
+    if !dev.call_latency.is_zero() {
+        tokio::time::sleep(dev.call_latency).await;
+    }
     if !authenticated {
         let nonce = dev.state().issue_nonce();
         let mut resp = response(

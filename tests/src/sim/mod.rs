@@ -413,6 +413,13 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// Delay between a successful `CommitChanges` and the certificate TLS server.
     pub restart_delay: Duration,
+    /// How long, after `restart_delay`, the device's TLS port is closed (connections
+    /// refused) while the firmware restarts its network stack; then the certificate
+    /// TLS server comes up (`docs/protocol-notes.md`, "Commit restart").
+    pub commit_restart: Duration,
+    /// Each WS-Management reply is delayed by this long (real firmware answers in
+    /// hundreds of milliseconds); other devices are not held up.
+    pub call_latency: Duration,
     /// RSA key pairs for `GenerateKeyPair`.
     pub key_pool: Arc<KeyPool>,
     /// Initial offset of every device clock from the host clock, in seconds.
@@ -435,10 +442,23 @@ impl SimConfig {
             device_port: DEFAULT_DEVICE_PORT,
             time_scale: 1.0,
             restart_delay: DEFAULT_RESTART_DELAY,
+            commit_restart: Duration::ZERO,
+            call_latency: Duration::ZERO,
             key_pool,
             clock_offset_s: DEFAULT_CLOCK_OFFSET_S,
             send_hellos: true,
             require_confirmation: true,
+        }
+    }
+}
+
+/// Raises this process's descriptor limit to its hard limit: each simulated device
+/// needs a listener, and a connection per job talking to it.
+pub fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }

@@ -125,7 +125,7 @@ impl JobManager {
         tokio::spawn(async move {
             let (uuid, pid) = (hello.uuid.to_string(), PKI_JOB_PID.to_string());
             if !inner.backing_off(uuid, pid, hello.address).await {
-                if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
+                if let Ok((_slot, _running)) = inner.slot().await {
                     if !inner.stopping.load(Ordering::Relaxed) {
                         inner.run_pki(hello).await;
                     }
@@ -152,7 +152,11 @@ impl Inner {
         let uuid = hello.uuid.to_string();
         let address = hello.address;
         tracing::info!(device = %uuid, %address, "PKI provisioning job started");
-        match self.provision_pki(hello).await {
+        let started = std::time::Instant::now();
+        let result = self.provision_pki(hello).await;
+        let failed_at = result.as_ref().err().map(|f| f.step);
+        crate::metrics::job_finished("pki", failed_at, started.elapsed());
+        match result {
             Ok(chain) => {
                 tracing::info!(device = %uuid, %address, %chain, "device provisioned (PKI, admin control mode)")
             }
