@@ -2,7 +2,7 @@
 //!
 //! Owns the connection, the schema ([`schema`]), and every read and write of key
 //! batches, provisioning keys, the provisioning password, devices (with their SSH
-//! host keys and agent enrollments), provisioning certificate chains ([`pki`]), alerts (aggregated, capped and pruned:
+//! host keys and agent enrollments), provisioning certificate chains ([`pki`]), job claims and turns of several serve nodes ([`claims`]), alerts (aggregated, capped and pruned:
 //! [`alerts`]) and the audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
 //! the database file never holds a PPS or a password in plain text.
 //!
@@ -21,6 +21,7 @@ mod admins;
 mod agents;
 mod alerts;
 mod backoff;
+mod claims;
 mod keys;
 mod pki;
 mod provisioning;
@@ -44,6 +45,7 @@ pub use alerts::{
     MAX_MESSAGE_BYTES,
 };
 pub use backoff::JobBackoff;
+pub use claims::ClaimOutcome;
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};
 pub use provisioning::{JobIntent, JobStep, PidLookup, ProvisionedDevice};
