@@ -291,11 +291,8 @@ fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(&format!(
-            "DROP TABLE pki_jobs;
-             ALTER TABLE devices DROP COLUMN control_mode;
-             ALTER TABLE devices DROP COLUMN provisioning_path;
-             ALTER TABLE devices DROP COLUMN pki_chain;
-             ALTER TABLE devices DROP COLUMN setup_certificate_sha256;
+            "DROP TABLE job_claims;
+             DROP TABLE periodic_turns;
              PRAGMA user_version = {};",
             schema::SCHEMA_VERSION - 1
         ))

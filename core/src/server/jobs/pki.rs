@@ -101,7 +101,10 @@ impl JobManager {
             }
             let inner = self.inner.clone();
             tokio::spawn(async move {
-                inner.resume_pki(intent, address).await;
+                if inner.claim_store(&keys, None).await {
+                    inner.resume_pki(intent, address).await;
+                    inner.release_store(&keys).await;
+                }
                 inner.release(&keys);
             });
         }
@@ -120,8 +123,9 @@ impl JobManager {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Ok(_slot) = inner.slots.clone().acquire_owned().await {
-                if !inner.stopping.load(Ordering::Relaxed) {
+                if !inner.stopping.load(Ordering::Relaxed) && inner.claim_store(&keys, None).await {
                     inner.run_pki(hello).await;
+                    inner.release_store(&keys).await;
                 }
             }
             inner.release(&keys);
@@ -293,6 +297,7 @@ impl Inner {
         let device = SocketAddr::new(hello.address, self.settings.device_port);
         let session = self.connect_pki(device, setup).await?;
         let mut job = JobContext {
+            keys: pki_keys(&hello.uuid.to_string(), hello.address),
             hello_uuid: hello.uuid,
             address: hello.address,
             device,
