@@ -113,7 +113,7 @@ pub enum StoreError {
     },
     #[error("the store {db} exists but its master key file {key} is missing: restore it from backup (or pass the key with VPROV_MASTER_KEY); vprov never creates a new key for an existing store")]
     MissingKey { db: PathBuf, key: PathBuf },
-    #[error("the master key does not match the store {db}: it was created with a different key")]
+    #[error("the master key does not match the store {db}: it was created with a different key; every vprov process on one store (each serve node too) must use the store's key: its master.key file or the same VPROV_MASTER_KEY")]
     WrongKey { db: PathBuf },
     #[error(transparent)]
     Secret(#[from] SecretError),

@@ -404,58 +404,6 @@ fn random_pause() -> Duration {
     Duration::from_millis(300 + rand::random::<u64>() % 2700)
 }
 
-/// The fault run's invariants; returns how many committed devices were checked.
-async fn check_invariants(data: &Path, sim: &Simulator, device_port: u16) -> anyhow::Result<usize> {
-    use vprov_core::store::{Store, StoreOptions};
-    let store = Store::open(&StoreOptions::new(data))?;
-    let db = data.join("vprov.db");
-    let orphans = count(
-        &db,
-        "SELECT count(*) FROM provisioning_keys k WHERE k.state = 'used'
-         AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.uuid = k.device_uuid)",
-    );
-    anyhow::ensure!(orphans == 0, "{orphans} used PIDs have no device record");
-    let unbound = count(
-        &db,
-        "SELECT count(*) FROM devices d WHERE NOT EXISTS
-         (SELECT 1 FROM provisioning_keys k WHERE k.device_uuid = d.uuid AND k.state = 'used')",
-    );
-    anyhow::ensure!(unbound == 0, "{unbound} devices have no used PID");
-    let ca = store.ca_certificate()?.context("no CA in the store")?;
-    let timeouts = vprov_core::device::DeviceTimeouts {
-        connect: Duration::from_secs(10),
-        request: Duration::from_secs(10),
-    };
-    let mut checked = 0;
-    for report in sim.reports().into_iter().filter(|r| r.committed) {
-        let access = store
-            .device_access(&report.uuid)?
-            .with_context(|| format!("device {} committed but is not recorded", report.uuid))?;
-        let addr = SocketAddr::new(report.address.into(), device_port);
-        let mut session = vprov_core::device::AmtSession::connect_tls(
-            addr,
-            &ca,
-            access.certificate_der.as_deref(),
-            &access.admin_user,
-            &access.password,
-            timeouts,
-        )
-        .await
-        .with_context(|| format!("device {}: cannot log in", report.uuid))?;
-        let uuid =
-            vprov_core::hello::DeviceUuid(session.get_uuid().await.with_context(|| {
-                format!("device {} refuses its recorded credential", report.uuid)
-            })?);
-        anyhow::ensure!(
-            uuid.to_string() == report.uuid,
-            "device {} is {uuid}",
-            report.uuid
-        );
-        checked += 1;
-    }
-    Ok(checked)
-}
-
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -701,7 +649,11 @@ fn main() -> anyhow::Result<()> {
         own_cpu * 1000.0 / f64::from(total)
     );
     if args.kill > 0 {
-        let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;
+        let checked = rt.block_on(vprov_tests::invariants::check(
+            &data,
+            &sim.reports(),
+            device_port,
+        ))?;
         println!(
             "fault run: {} SIGKILLs; invariants hold: {checked} committed devices recorded and \
              logged into with their recorded credential, no used PID without its device, \
