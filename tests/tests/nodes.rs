@@ -110,10 +110,21 @@ fn a_node_killed_mid_run_has_its_jobs_finished_by_the_survivor_whose_console_see
     );
     let specs = rig.specs(0..N, Ipv4Addr::new(127, 92, 0, 1));
     let sim = rig.simulate_nodes(&[&a, &b], specs, 0.002);
-    eventually(Duration::from_secs(120), "some devices recorded", || {
-        (recorded(&rig) >= 20).then_some(())
+    // Killed mid-job: some devices recorded, and node a holding claims of others.
+    let held = eventually(Duration::from_secs(120), "node a mid-run", || {
+        let held: i64 = rig
+            .s
+            .sqlite()
+            .query_row(
+                "SELECT count(*) FROM job_claims WHERE node = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (recorded(&rig) >= 20 && held > 0).then_some(held)
     });
     a.kill();
+    eprintln!("node a killed holding {held} job claims");
     let reports = rig.wait_all(&sim, Duration::from_secs(240));
     for r in &reports {
         let alerts = || {

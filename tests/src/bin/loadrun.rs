@@ -16,6 +16,12 @@
 //!   are checked (no used PID without its device, no device without its used PID,
 //!   every device that committed recorded, and logging in with the credential vprov
 //!   recorded for it, over TLS pinned to its certificate).
+//! - with `--nodes N`, N `vprov serve` nodes on the one store (named `node0`…, hellos
+//!   on 127.0.0.2…), every device saying each hello to all of them; with
+//!   `--kill-node`, the first node is killed with SIGKILL once a third of the devices
+//!   are recorded and not restarted: the others must finish its jobs (after its
+//!   claims' lease, `--lease-ms`), and the invariants are checked as for `--kill`.
+//!   CPU and RSS figures are the last node's.
 //!
 //! Build in release mode and run: `cargo build --release --workspace &&
 //! target/release/loadrun --devices 1000`. Everything stays on loopback and stops by
@@ -75,6 +81,17 @@ struct Args {
     /// are printed beside the PSK ones
     #[arg(long, default_value_t = 0)]
     pki: u32,
+    /// `vprov serve` nodes on the one store
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// With --nodes 2 or more: kill the first node with SIGKILL once a third of the
+    /// devices are recorded (not restarted), then check the invariants
+    #[arg(long)]
+    kill_node: bool,
+    /// With --nodes 2 or more: `[cluster] lease_ms`, how long a dead node's claims
+    /// keep its jobs from the others
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
 }
 
 /// `--pki N`: imports a throwaway chain for `example.com` into the store; returns the
@@ -361,10 +378,12 @@ fn start_server(
     config: &Path,
     hello_listen: &str,
     device_port: u16,
+    node: Option<&str>,
 ) -> anyhow::Result<(ServerProcess, SocketAddr)> {
     let mut child = vprov(data)?
         .arg("--config")
         .arg(config)
+        .args(node.map(|n| ["--node", n]).into_iter().flatten())
         .args([
             "serve",
             "--hello-listen",
@@ -444,6 +463,9 @@ impl Drop for ServerProcess {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.nodes == 0 || (args.kill > 0 && args.nodes > 1) || (args.kill_node && args.nodes < 2) {
+        bail!("--nodes must be at least 1, --kill needs one node, --kill-node at least two");
+    }
     if args.pki > 0 && args.kill > 0 {
         bail!("--kill checks PSK invariants (every device has its used PID): run it without --pki");
     }
@@ -500,11 +522,32 @@ fn main() -> anyhow::Result<()> {
              [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
              [provisioning]\nmax_concurrent_jobs = {max_jobs}\ncommit_wait_ms = 200\n\
              confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n\
-             {pki_config}",
-            max_jobs = args.max_jobs
+             {pki_config}[cluster]\nlease_ms = {lease_ms}\n",
+            max_jobs = args.max_jobs,
+            lease_ms = args.lease_ms
         ),
     )?;
-    let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
+    // Every node but the last (whose figures are measured).
+    let mut others = Vec::new();
+    for i in 0..args.nodes - 1 {
+        let listen = format!("127.0.0.{}:0", 2 + i);
+        let name = format!("node{i}");
+        others.push(start_server(
+            &data,
+            &config,
+            &listen,
+            device_port,
+            Some(&name),
+        )?);
+    }
+    let (listen, name) = match args.nodes {
+        1 => ("127.0.0.1:0".to_string(), None),
+        n => (
+            format!("127.0.0.{}:0", 1 + n),
+            Some(format!("node{}", n - 1)),
+        ),
+    };
+    let (server, hello_addr) = start_server(&data, &config, &listen, device_port, name.as_deref())?;
     let mut server = server;
     let mut server_pid = server.0.id();
     let db = data.join("vprov.db");
@@ -525,6 +568,7 @@ fn main() -> anyhow::Result<()> {
         .chain(pki_specs.into_iter().map(Ok))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut sim_config = SimConfig::new(hello_addr, pool);
+    sim_config.also_to = others.iter().map(|(_, addr)| *addr).collect();
     sim_config.device_port = device_port;
     sim_config.time_scale = 0.05;
     sim_config.restart_delay = Duration::from_millis(100);
@@ -562,7 +606,7 @@ fn main() -> anyhow::Result<()> {
             let _ = old.0.wait();
             std::mem::forget(old);
             let (restarted, _) =
-                start_server(&data, &config, &hello_addr.to_string(), device_port)?;
+                start_server(&data, &config, &hello_addr.to_string(), device_port, None)?;
             server = restarted;
             server_pid = server.0.id();
             eprintln!(
@@ -572,6 +616,16 @@ fn main() -> anyhow::Result<()> {
                 args.kill
             );
             next_kill = Instant::now() + random_pause();
+        }
+        if args.kill_node && !others.is_empty() && recorded >= u64::from(n) / 3 {
+            let (mut first, _) = others.remove(0);
+            let _ = first.0.kill();
+            let _ = first.0.wait();
+            std::mem::forget(first);
+            eprintln!(
+                "  {:.1} s: killed node0 with {recorded} devices recorded; the others finish its jobs",
+                started.elapsed().as_secs_f64()
+            );
         }
         let reporting = last_report.elapsed() >= Duration::from_secs(5);
         if reporting || progress.at.elapsed() >= Duration::from_secs(args.stall) {
@@ -648,17 +702,22 @@ fn main() -> anyhow::Result<()> {
         cpu_used * 1000.0 / f64::from(total),
         own_cpu * 1000.0 / f64::from(total)
     );
-    if args.kill > 0 {
+    if args.kill > 0 || args.kill_node {
         let checked = rt.block_on(vprov_tests::invariants::check(
             &data,
             &sim.reports(),
             device_port,
         ))?;
         println!(
-            "fault run: {} SIGKILLs; invariants hold: {checked} committed devices recorded and \
+            "fault run: {} SIGKILLs{}; invariants hold: {checked} committed devices recorded and \
              logged into with their recorded credential, no used PID without its device, \
              no device without its used PID",
-            args.kill
+            args.kill,
+            if args.kill_node {
+                " (node0, not restarted)"
+            } else {
+                ""
+            }
         );
     }
     drop(sim);
