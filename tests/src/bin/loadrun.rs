@@ -383,7 +383,6 @@ fn start_server(
     let mut child = vprov(data)?
         .arg("--config")
         .arg(config)
-        .args(node.map(|n| ["--node", n]).into_iter().flatten())
         .args([
             "serve",
             "--hello-listen",
@@ -392,6 +391,7 @@ fn start_server(
             "127.0.0.1:0",
         ])
         .args(["--device-port", &device_port.to_string()])
+        .args(node.map(|n| ["--node", n]).into_iter().flatten())
         .env("VPROV_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(match std::env::var_os("LOADRUN_SERVER_LOG") {
@@ -708,16 +708,15 @@ fn main() -> anyhow::Result<()> {
             &sim.reports(),
             device_port,
         ))?;
+        let kills = if args.kill_node {
+            "node0 killed with SIGKILL, not restarted".to_string()
+        } else {
+            format!("{} SIGKILLs", args.kill)
+        };
         println!(
-            "fault run: {} SIGKILLs{}; invariants hold: {checked} committed devices recorded and \
+            "fault run: {kills}; invariants hold: {checked} committed devices recorded and \
              logged into with their recorded credential, no used PID without its device, \
-             no device without its used PID",
-            args.kill,
-            if args.kill_node {
-                " (node0, not restarted)"
-            } else {
-                ""
-            }
+             no device without its used PID"
         );
     }
     drop(sim);
