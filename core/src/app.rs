@@ -79,11 +79,15 @@ pub struct NodeSettings {
     pub lease: Duration,
 }
 
-/// This node's name: the one given, else `<host name>-<process id>` (the host
-/// name's characters outside a node name's replaced).
+/// This node's name: the one given, else `<host name>-<8 hex digits>` naming the
+/// data directory (the host name's characters outside a node name's replaced). The
+/// default is the same at every start on one data directory, so a server restarted
+/// after a crash takes its own claims back at once instead of waiting out its
+/// earlier run's leases.
 pub fn node_settings(config: &Config, node: Option<&str>) -> NodeSettings {
     let given = node.or(config.cluster.node.as_deref());
     let name = given.map(str::to_string).unwrap_or_else(|| {
+        use sha2::Digest;
         let host = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -96,7 +100,9 @@ pub fn node_settings(config: &Config, node: Option<&str>) -> NodeSettings {
                 _ => '-',
             })
             .collect();
-        format!("{host}-{}", std::process::id())
+        let dir = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+        let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+        format!("{host}-{}", hex::encode(&digest[..4]))
     });
     NodeSettings {
         name: name.into(),
@@ -575,14 +581,15 @@ mod tests {
         assert!(moved.api.is_none());
         assert_eq!((&*moved.node.name, moved.node.named), ("b", true));
         assert!(!plain.node.named);
-        assert!(plain
-            .node
-            .name
-            .ends_with(&format!("-{}", std::process::id())));
         assert!(plain.plugins.publishes_status);
         assert_eq!(
             reach(&config, Some(1234)).timeouts.connect,
             config.provisioning.connect_timeout
         );
+        // Unnamed: the same name at every start on one data directory, another on
+        // another.
+        assert_eq!(node_settings(&config, None).name, plain.node.name);
+        config.data_dir = "/elsewhere".into();
+        assert_ne!(node_settings(&config, None).name, plain.node.name);
     }
 }

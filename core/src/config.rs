@@ -80,7 +80,7 @@ struct ClusterSection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// This node's name (`--node` overrides it); `None`: the only server on its data
-    /// directory, named after the host and process id.
+    /// directory, named after the host and the data directory.
     pub node: Option<String>,
     /// How long a node's claim of a job lasts unless renewed: after a node died,
     /// another takes its jobs over once this has passed.
