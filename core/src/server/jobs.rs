@@ -107,6 +107,10 @@ struct Inner {
     plugins: Option<PluginHost>,
     /// Jobs queued or running, by PID and by device, each at the hello's address.
     running: Mutex<Claims>,
+    /// Committed intents this node already tried to finish (at start or in a sweep):
+    /// each is tried once, then waits for its device's hello like any other, so
+    /// the sweep never holds a device's keys while its hellos arrive.
+    resumed: Mutex<HashSet<(bool, i64)>>,
     slots: Arc<Semaphore>,
     stopping: AtomicBool,
 }
@@ -339,6 +343,7 @@ impl JobManager {
                 ca,
                 plugins,
                 running: Mutex::new(Claims::default()),
+                resumed: Mutex::default(),
                 slots,
                 stopping: AtomicBool::new(false),
             }),
@@ -412,14 +417,17 @@ impl JobManager {
                 continue;
             };
             let keys = JobKeys::new(intent.pid.as_str(), &intent.device_uuid, address);
-            if !self.inner.claim(&keys) {
+            let job = JobRecord::Psk(intent.id);
+            if self.inner.tried_resume(job, false) || !self.inner.claim(&keys) {
                 continue;
             }
             let inner = self.inner.clone();
             tokio::spawn(async move {
                 let pid = Some(intent.pid.as_str().to_string());
                 if inner.claim_store(&keys, pid).await {
-                    inner.resume(intent).await;
+                    if !inner.tried_resume(job, true) {
+                        inner.resume(intent).await;
+                    }
                     inner.release_store(&keys).await;
                 }
                 inner.release(&keys);
@@ -430,8 +438,10 @@ impl JobManager {
 
     /// Renews this node's claims every third of the lease for as long as the server
     /// runs, and every lease period finishes committed jobs no live node holds (a
-    /// node that died after CommitChanges: its devices send no more hellos). The
-    /// composition root aborts it once the jobs have stopped.
+    /// node that died after CommitChanges: its devices send no more hellos), each
+    /// tried once by this node (a device that had not committed after all is then
+    /// finished on its next hello). The composition root aborts it once the jobs
+    /// have stopped.
     pub async fn keep_leases(self) {
         let lease = self.inner.settings.lease;
         let node = self.inner.settings.node.clone();
@@ -943,6 +953,21 @@ impl Inner {
 
     fn release(&self, keys: &JobKeys) {
         self.running.lock().expect("jobs lock").release(keys);
+    }
+
+    /// Whether this node already tried to finish the committed intent `job`; with
+    /// `mark`, records that it tries now.
+    fn tried_resume(&self, job: JobRecord, mark: bool) -> bool {
+        let key = match job {
+            JobRecord::Psk(id) => (false, id),
+            JobRecord::Pki(id) => (true, id),
+        };
+        let mut tried = self.resumed.lock().expect("resumed lock");
+        if mark {
+            !tried.insert(key)
+        } else {
+            tried.contains(&key)
+        }
     }
 
     /// Claims `keys` in the store for this node (all nodes on the store see it);

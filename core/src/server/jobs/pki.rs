@@ -96,13 +96,16 @@ impl JobManager {
                 continue;
             };
             let keys = pki_keys(&intent.device_uuid, address);
-            if !self.inner.claim(&keys) {
+            let job = super::JobRecord::Pki(intent.id);
+            if self.inner.tried_resume(job, false) || !self.inner.claim(&keys) {
                 continue;
             }
             let inner = self.inner.clone();
             tokio::spawn(async move {
                 if inner.claim_store(&keys, None).await {
-                    inner.resume_pki(intent, address).await;
+                    if !inner.tried_resume(job, true) {
+                        inner.resume_pki(intent, address).await;
+                    }
                     inner.release_store(&keys).await;
                 }
                 inner.release(&keys);
