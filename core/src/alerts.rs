@@ -11,7 +11,14 @@
 //! never slows this path down) when it is new, and each repeat at most once per
 //! `[alerts] repeat_notice_minutes`, saying how often it was seen. The writer also
 //! prunes the table to `[alerts] retention_days` and `max_rows`: after every
-//! [`PRUNE_EVERY_ROWS`] rows it touched and every [`PRUNE_INTERVAL`].
+//! [`PRUNE_EVERY_ROWS`] rows it touched, and every [`PRUNE_INTERVAL`] when it takes
+//! the store's `alert_prune` turn (several nodes on one store prune once per
+//! interval between them).
+//!
+//! With several nodes on one store each alert is passed on once: by the node that
+//! raised it, and only when the store marks its row notified, which it decides
+//! inside the write transaction that stores it (so of two nodes adding repeats of
+//! one alert, only one is told to pass it on per `repeat_notice_minutes`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -83,6 +90,7 @@ impl AlertLog {
         store: StoreHandle,
         sinks: AlertSinks,
         settings: AlertsConfig,
+        node: Arc<str>,
     ) -> (AlertLog, AlertWriter) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -93,6 +101,7 @@ impl AlertLog {
             sinks,
             settings,
             log_budget: LogBudget::default(),
+            node,
         };
         let writer = AlertWriter {
             task: tokio::spawn(writer.run(rx, closed)),
@@ -140,6 +149,8 @@ struct Writer {
     sinks: AlertSinks,
     settings: AlertsConfig,
     log_budget: LogBudget,
+    /// The node taking the periodic pruning's turns.
+    node: Arc<str>,
 }
 
 impl Writer {
@@ -169,8 +180,10 @@ impl Writer {
                     n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
                     _ = &mut closed => { closing = true; continue; }
                     _ = prune.tick() => {
-                        touched = 0;
-                        if !self.prune().await { return }
+                        if self.prune_turn().await {
+                            touched = 0;
+                            if !self.prune().await { return }
+                        }
                         continue;
                     }
                 }
@@ -264,6 +277,17 @@ impl Writer {
             device_uuid: text(&a.device_uuid),
             address: text(&a.address),
         }
+    }
+
+    /// Whether this node takes the periodic pruning's turn (no other node pruned in
+    /// the last [`PRUNE_INTERVAL`]).
+    async fn prune_turn(&self) -> bool {
+        let node = self.node.clone();
+        let turn = self
+            .store
+            .call(move |s| s.take_turn("alert_prune", &node, PRUNE_INTERVAL))
+            .await;
+        matches!(turn, Ok(Ok(true)))
     }
 
     /// Applies the retention settings; `false` once the store thread is gone.

@@ -35,8 +35,10 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::store_thread::StoreHandle;
 
 /// What the command line may override of the configuration.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// This node's name (else `cluster.node`).
+    pub node: Option<String>,
     /// Where hellos are received (else `hello.listen`).
     pub hello_listen: Option<SocketAddr>,
     /// The devices' TLS / TLS-PSK port (else `provisioning.device_port`).
@@ -65,6 +67,52 @@ pub struct ServerSettings {
     pub alerts: AlertsConfig,
     /// Days before a provisioning chain's expiry it is warned about (`[pki]`).
     pub pki_expiry_warning_days: u32,
+    /// This server as a node on its store (`[cluster]`).
+    pub node: NodeSettings,
+}
+
+/// This server as one of possibly several nodes on one store.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Its name in logs and in the store's claims.
+    pub name: Arc<str>,
+    /// Whether it was given one (`--node`, `[cluster] node`): only named nodes may
+    /// share a data directory.
+    pub named: bool,
+    /// How long its claims last unless renewed.
+    pub lease: Duration,
+}
+
+/// This node's name: the one given, else `<host name>-<8 hex digits>` naming the
+/// data directory (the host name's characters outside a node name's replaced). The
+/// default is the same at every start on one data directory, so a server restarted
+/// after a crash takes its own claims back at once instead of waiting out its
+/// earlier run's leases.
+pub fn node_settings(config: &Config, node: Option<&str>) -> NodeSettings {
+    let given = node.or(config.cluster.node.as_deref());
+    let name = given.map(str::to_string).unwrap_or_else(|| {
+        use sha2::Digest;
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "vprov".into());
+        let host: String = host
+            .chars()
+            .take(40)
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+                _ => '-',
+            })
+            .collect();
+        let dir = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+        let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+        format!("{host}-{}", hex::encode(&digest[..4]))
+    });
+    NodeSettings {
+        name: name.into(),
+        named: given.is_some(),
+        lease: config.cluster.lease,
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -138,8 +186,9 @@ pub fn host_settings(config: &Config, kinds: PluginKinds) -> HostSettings {
 pub fn server_settings(
     config: &Config,
     store_options: StoreOptions,
-    overrides: Overrides,
+    overrides: &Overrides,
 ) -> ServerSettings {
+    let node = node_settings(config, overrides.node.as_deref());
     let hello = &config.hello;
     let prov = &config.provisioning;
     let reach = reach(config, overrides.device_port);
@@ -165,6 +214,8 @@ pub fn server_settings(
             retry_backoff: prov.retry_backoff,
             retry_backoff_max: prov.retry_backoff_max,
             pki: config.pki.domains.clone(),
+            node: node.name.clone(),
+            lease: node.lease,
         },
         shutdown_grace: prov.shutdown_grace,
         reachability: config
@@ -174,6 +225,7 @@ pub fn server_settings(
                 interval,
                 device_port: reach.device_port,
                 timeouts: reach.timeouts,
+                node: node.name.clone(),
             }),
         plugins: HostSettings {
             publishes_status: true,
@@ -203,6 +255,7 @@ pub fn server_settings(
         }),
         alerts: config.alerts,
         pki_expiry_warning_days: config.pki.expiry_warning_days,
+        node,
     }
 }
 
@@ -283,7 +336,7 @@ impl App {
         store_options: StoreOptions,
         overrides: Overrides,
     ) -> Result<App, AppError> {
-        let mut settings = server_settings(config, store_options.clone(), overrides);
+        let mut settings = server_settings(config, store_options.clone(), &overrides);
         fit_jobs_to_descriptors(&mut settings);
         let metrics_listen = overrides.metrics_listen.unwrap_or(config.metrics.listen);
         let metrics_token = match metrics_listen {
@@ -291,7 +344,8 @@ impl App {
             None => None,
         };
         let mut store = Store::open(&store_options)?;
-        let lock = ServeLock::acquire(&config.data_dir)?;
+        let node = &settings.node;
+        let lock = ServeLock::acquire(&config.data_dir, node.named.then_some(&*node.name))?;
         let ca = CertificateAuthority::load_or_create(&mut store).map_err(AppError::Ca)?;
         let no_account = store.admins()?.is_empty();
         if !store.password_status()?.set {
@@ -413,7 +467,10 @@ pub async fn run(
     let store = StoreHandle::spawn(store);
     let sinks = AlertSinks::default();
     sinks.report_depths();
-    let (alerts, alert_writer) = AlertLog::start(store.clone(), sinks.clone(), settings.alerts);
+    let node = settings.node.name.clone();
+    tracing::info!(node = %node, lease_ms = settings.node.lease.as_millis() as u64, "serving as node");
+    let (alerts, alert_writer) =
+        AlertLog::start(store.clone(), sinks.clone(), settings.alerts, node.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let plugins = start_plugins(&settings, &store, &alerts, sinks, &stop_rx).await;
@@ -425,11 +482,13 @@ pub async fn run(
         Some(plugins.host.clone()),
     );
     jobs.resume_pending().await;
+    let leases = tokio::spawn(jobs.clone().keep_leases());
 
     let expiry = tokio::spawn(pki_expiry::run(
         store.clone(),
         alerts.clone(),
         settings.pki_expiry_warning_days,
+        node,
         stop_rx.clone(),
     ));
     let checking = settings.reachability.clone().map(|r| {
@@ -467,6 +526,7 @@ pub async fn run(
     Running {
         stop: stop_tx,
         listening,
+        leases,
         expiry,
         checking,
         api,
@@ -510,6 +570,7 @@ fn spawn_api(
 struct Running {
     stop: watch::Sender<bool>,
     listening: JoinHandle<()>,
+    leases: JoinHandle<()>,
     expiry: JoinHandle<()>,
     checking: Option<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
@@ -538,6 +599,9 @@ impl Running {
             }
         };
         tokio::join!(api_done, self.jobs.shutdown(grace));
+        // After the jobs: their leases were renewed while they ran. Jobs abandoned
+        // after the grace period keep their intents; their claims expire.
+        self.leases.abort();
         self.plugins.host.shutdown().await;
         drop(self.plugins.watcher);
         self.alert_writer.finish(Duration::from_secs(5)).await;
@@ -623,25 +687,34 @@ mod tests {
             key: None,
             busy_timeout: config.busy_timeout,
         };
-        let plain = server_settings(&config, options.clone(), Overrides::default());
+        let plain = server_settings(&config, options.clone(), &Overrides::default());
         assert_eq!(plain.jobs.device_port, config.provisioning.device_port);
         assert_eq!(plain.api.is_some(), config.api.listen.is_some());
         let moved = server_settings(
             &config,
             options,
-            Overrides {
+            &Overrides {
                 device_port: Some(1234),
                 api_listen: Some(None),
-                ..Overrides::default()
+                node: Some("b".into()),
+                hello_listen: None,
+                metrics_listen: None,
             },
         );
         assert_eq!(moved.jobs.device_port, 1234);
         assert_eq!(moved.reachability.as_ref().unwrap().device_port, 1234);
         assert!(moved.api.is_none());
+        assert_eq!((&*moved.node.name, moved.node.named), ("b", true));
+        assert!(!plain.node.named);
         assert!(plain.plugins.publishes_status);
         assert_eq!(
             reach(&config, Some(1234)).timeouts.connect,
             config.provisioning.connect_timeout
         );
+        // Unnamed: the same name at every start on one data directory, another on
+        // another.
+        assert_eq!(node_settings(&config, None).name, plain.node.name);
+        config.data_dir = "/elsewhere".into();
+        assert_ne!(node_settings(&config, None).name, plain.node.name);
     }
 }

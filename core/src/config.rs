@@ -69,6 +69,8 @@ struct ConfigFile {
     metrics: MetricsSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    cluster: ClusterSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +111,36 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    node: Option<String>,
+    lease_ms: Option<u64>,
+}
+
+/// `[cluster]`: this server as one of several `vprov serve` nodes on one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's name (`--node` overrides it); `None`: the only server on its data
+    /// directory, named after the host and the data directory.
+    pub node: Option<String>,
+    /// How long a node's claim of a job lasts unless renewed: after a node died,
+    /// another takes its jobs over once this has passed.
+    pub lease: Duration,
+}
+
+/// Checks a node name: 1 to 64 letters, digits, `.`, `_` or `-` (it names a lock
+/// file and appears in logs).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fits) || name.starts_with('.') {
+        return Err(format!(
+            "node name {name:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +381,7 @@ pub struct Config {
     pub pki: PkiConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -425,6 +458,10 @@ impl Default for Config {
             },
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig {
+                node: None,
+                lease: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -483,6 +520,7 @@ impl Config {
         let api = api_section(file.api, defaults.api, &invalid)?;
         let alerts = alerts_section(file.alerts, defaults.alerts, &invalid)?;
         let pki = pki_section(file.pki, defaults.pki, &invalid)?;
+        let cluster = cluster_section(file.cluster, defaults.cluster, &invalid)?;
         let metrics = MetricsConfig {
             listen: match file.metrics.listen.as_deref() {
                 None | Some("") | Some("off") => None,
@@ -496,6 +534,7 @@ impl Config {
             bearer_token_file: file.metrics.bearer_token_file,
         };
         Ok(Config {
+            cluster,
             metrics,
             log: LogConfig {
                 format: file.log.format.unwrap_or_default(),
@@ -704,6 +743,31 @@ fn alerts_section(
 }
 
 /// The `[pki]` section over its defaults, checked.
+/// The `[cluster]` section over its defaults, checked.
+fn cluster_section(
+    c: ClusterSection,
+    cd: ClusterConfig,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<ClusterConfig, ConfigError> {
+    if let Some(node) = &c.node {
+        check_node_name(node).map_err(|e| invalid("cluster.node", e))?;
+    }
+    let lease = match c.lease_ms {
+        None => cd.lease,
+        Some(ms) if (1000..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(invalid(
+                "cluster.lease_ms",
+                format!("must be between 1000 and 3600000, got {ms}"),
+            ))
+        }
+    };
+    Ok(ClusterConfig {
+        node: c.node.or(cd.node),
+        lease,
+    })
+}
+
 fn pki_section(
     p: PkiSection,
     pd: PkiConfig,
@@ -783,6 +847,26 @@ mod tests {
         );
         let err = Config::parse("[alerts]\nmax_rows = 0\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("alerts.max_rows"), "{err}");
+        let cluster = Config::parse(
+            "[cluster]\nnode = \"b-2\"\nlease_ms = 2000\n",
+            Path::new("x"),
+        )
+        .unwrap()
+        .cluster;
+        assert_eq!(cluster.node.as_deref(), Some("b-2"));
+        assert_eq!(cluster.lease, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn node_names_and_leases_are_checked() {
+        for bad in ["", "a/b", "../x", ".hidden", "sp ace", &"n".repeat(65)] {
+            let text = format!("[cluster]\nnode = {bad:?}\n");
+            let err = Config::parse(&text, Path::new("x")).unwrap_err();
+            assert!(err.to_string().contains("cluster.node"), "{bad}: {err}");
+        }
+        let err = Config::parse("[cluster]\nlease_ms = 10\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("cluster.lease_ms"), "{err}");
+        assert!(check_node_name("node-a.example_1").is_ok());
     }
 
     #[test]

@@ -89,6 +89,35 @@ impl Rig {
             .serve(listen, &["--config", self.config.to_str().unwrap()])
     }
 
+    /// One of several `vprov serve` nodes on the rig's store, named `name`, taking
+    /// hellos on `ip` (and its API on 127.0.0.1), each on a free port. The store is
+    /// the rig's data directory: every node and CLI command of the rig uses it.
+    pub fn serve_node(&self, name: &str, ip: Ipv4Addr) -> Server {
+        self.s.serve(
+            &format!("{ip}:0"),
+            &["--config", self.config.to_str().unwrap(), "--node", name],
+        )
+    }
+
+    /// Simulated devices saying every hello to each of `servers` (several nodes
+    /// behind one load balancer: any of them may get a device's hello).
+    pub fn simulate_nodes(
+        &self,
+        servers: &[&Server],
+        specs: Vec<DeviceSpec>,
+        time_scale: f64,
+    ) -> Simulator {
+        let mut config = SimConfig::new(
+            servers[0].hello_addr,
+            Arc::new(KeyPool::generate(2).unwrap()),
+        );
+        config.also_to = servers[1..].iter().map(|s| s.hello_addr).collect();
+        config.device_port = self.device_port;
+        config.time_scale = time_scale;
+        config.restart_delay = Duration::from_millis(50);
+        self.rt.block_on(Simulator::start(config, specs)).unwrap()
+    }
+
     /// One device per key in `keys[range]`, on addresses from `base`.
     pub fn specs(&self, range: std::ops::Range<usize>, base: Ipv4Addr) -> Vec<DeviceSpec> {
         range

@@ -22,7 +22,10 @@ use super::{ApiError, ApiResult, ApiState, State};
 use crate::store::{AlertFilter, DeviceFilter};
 use crate::views::{alert_json, device_json};
 
-/// How often the store is looked at for changes.
+/// How often the store is looked at for changes. Watching the store (not this
+/// server's own work) is what makes a stream on one serve node show what the other
+/// nodes on the store did; a store that can announce changes (PostgreSQL's
+/// LISTEN/NOTIFY) would end this wait early, in [`watch_store`]'s sleep.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One event: its SSE name (`device`, `alert`, `generation`, `ready`) and JSON data.

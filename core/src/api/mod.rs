@@ -478,8 +478,12 @@ pub(crate) mod testing {
             .expect("keys")
             .id;
         let store = StoreHandle::spawn(store);
-        let (alerts, _writer) =
-            AlertLog::start(store.clone(), AlertSinks::default(), Default::default());
+        let (alerts, _writer) = AlertLog::start(
+            store.clone(),
+            AlertSinks::default(),
+            Default::default(),
+            "test".into(),
+        );
         let plugins = PluginHost::new(
             HostSettings {
                 plugin_dir: dir.join("plugins"),

@@ -146,8 +146,12 @@ pub fn deploy_agents(
     let rt = CommandRuntime::new()?;
     let failed = rt.block_on(async {
         let store = StoreHandle::spawn(store);
-        let (alerts, writer) =
-            AlertLog::start(store.clone(), Default::default(), ctx.config.alerts);
+        let (alerts, writer) = AlertLog::start(
+            store.clone(),
+            Default::default(),
+            ctx.config.alerts,
+            "vprov-cli".into(),
+        );
         let link = ServerLink {
             alerts,
             store: store.clone(),

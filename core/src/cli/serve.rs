@@ -30,6 +30,15 @@ pub struct ServeArgs {
     /// the configuration's metrics.listen, off]
     #[arg(long, value_name = "ADDR|off", value_parser = parse_api_listen)]
     metrics_listen: Option<ApiListen>,
+    /// This server's node name, to run several servers on one store (one data
+    /// directory or, later, one database): letters, digits, '.', '_' or '-'
+    /// [default: the configuration's cluster.node, else unnamed: the only server]
+    #[arg(long, value_name = "NAME", value_parser = parse_node)]
+    node: Option<String>,
+}
+
+fn parse_node(text: &str) -> Result<String, String> {
+    vprov_core::config::check_node_name(text).map(|()| text.to_string())
 }
 
 /// `--api-listen`, `--metrics-listen`: an address, or off (as `listen = "off"` in the
@@ -60,6 +69,7 @@ fn parse_api_listen(text: &str) -> Result<ApiListen, String> {
 
 pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
+        node: args.node,
         hello_listen: args.hello_listen,
         device_port: args.device_port,
         api_listen: args.api_listen.map(ApiListen::address),

@@ -10,6 +10,16 @@
 //! that intent so the next attempt (or [`JobManager::resume_pending`] after a restart)
 //! can log in with whichever credential the device now holds. The PID is marked used
 //! only in the transaction that records the provisioned device.
+//!
+//! **Several nodes on one store.** A job runs only while its node holds the store's
+//! claims of the job's keys (`store/claims.rs`), taken once the job has a slot:
+//! another node receiving the same device's hellos is refused while the claim's
+//! lease runs, and absorbs them. [`JobManager::keep_leases`] renews this node's
+//! leases and, every lease period, finishes committed jobs whose node died (their
+//! claims expired): those devices send no more hellos. A job checks that it still
+//! holds its claim before CommitChanges, so a node stalled past its lease does not
+//! commit a device another node has taken over. Jobs that had not committed are
+//! taken over on the device's next hello, with the credential their intent records.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +45,7 @@ use crate::keys::{Pid, Pps};
 use crate::metrics::Absorbed;
 use crate::password::ProvisioningPassword;
 use crate::plugins::PluginHost;
-use crate::store::{JobIntent, JobStep, NewAlert, ProvisionedDevice, Severity};
+use crate::store::{ClaimOutcome, JobIntent, JobStep, NewAlert, ProvisionedDevice, Severity};
 use crate::store_thread::StoreHandle;
 
 /// The AMT account vprov provisions with.
@@ -72,6 +82,10 @@ pub struct JobSettings {
     pub retry_backoff_max: Duration,
     /// How a PKI device's DNS suffix is found, to pick its provisioning chain.
     pub pki: crate::pki::select::DomainRules,
+    /// This node's name on the store's claims.
+    pub node: Arc<str>,
+    /// How long a claim lasts unless renewed.
+    pub lease: Duration,
 }
 
 /// A hello whose PID is available: the device to provision.
@@ -98,6 +112,10 @@ struct Inner {
     plugins: Option<PluginHost>,
     /// Jobs queued or running, by PID and by device, each at the hello's address.
     running: Mutex<Claims>,
+    /// Committed intents this node already tried to finish (at start or in a sweep):
+    /// each is tried once, then waits for its device's hello like any other, so
+    /// the sweep never holds a device's keys while its hellos arrive.
+    resumed: Mutex<HashSet<(bool, i64)>>,
     slots: Arc<Semaphore>,
     stopping: AtomicBool,
     /// Tells the admin when hellos wait for a slot.
@@ -223,6 +241,8 @@ fn store_failure(e: impl std::fmt::Display) -> JobFailure {
 /// What the steps of one provisioning job share, whichever way it logged in: `I` is
 /// its recorded intent (a PSK job's [`JobIntent`] or a PKI job's).
 struct JobContext<I = JobIntent> {
+    /// The keys the job holds claims on.
+    keys: JobKeys,
     /// The device as its hello named it (`GetUuid` must agree).
     hello_uuid: DeviceUuid,
     address: IpAddr,
@@ -332,6 +352,7 @@ impl JobManager {
                 ca,
                 plugins,
                 running: Mutex::new(Claims::default()),
+                resumed: Mutex::default(),
                 slots,
                 stopping: AtomicBool::new(false),
                 limit_notice,
@@ -358,11 +379,15 @@ impl JobManager {
             let (uuid, pid) = (hello.uuid.to_string(), hello.pid.as_str().to_string());
             if !inner.backing_off(uuid, pid, hello.address).await {
                 if let Ok((_slot, _running)) = inner.slot().await {
-                    if !inner.stopping.load(Ordering::Relaxed) {
+                    let pid = Some(hello.pid.as_str().to_string());
+                    if !inner.stopping.load(Ordering::Relaxed)
+                        && inner.claim_store(&keys, pid).await
+                    {
                         // Boxed: a job's state (several KiB) is allocated once it has
                         // a slot, not inline in every hello waiting for one, so memory
                         // follows the jobs in flight, not the hellos queued.
                         Box::pin(inner.run(hello)).await;
+                        inner.release_store(&keys).await;
                     }
                 }
             }
@@ -375,32 +400,82 @@ impl JobManager {
     /// the device's next hello, which reuses their recorded credential.
     pub async fn resume_pending(&self) {
         self.resume_pending_pki().await;
+        for intent in self.resume_committed().await {
+            tracing::info!(pid = %intent.pid, step = %intent.step,
+                "interrupted job waits for the device's next hello");
+        }
+    }
+
+    /// Finishes every PSK job that reached CommitChanges and that no job of this
+    /// node or claim of another node's holds; returns the intents that had not
+    /// committed.
+    async fn resume_committed(&self) -> Vec<JobIntent> {
         let pending = match self.inner.store.call(|s| s.pending_jobs()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::error!("cannot read pending jobs: {e}");
-                return;
+                return Vec::new();
             }
-            Err(_) => return,
+            Err(_) => return Vec::new(),
         };
+        let mut waiting = Vec::new();
         for intent in pending {
-            if intent.step == JobStep::Commit {
-                // Hellos for this PID or device are absorbed while the job resumes.
-                let Ok(address) = intent.address.parse::<IpAddr>() else {
-                    continue;
-                };
-                let keys = JobKeys::new(intent.pid.as_str(), &intent.device_uuid, address);
-                if !self.inner.claim(&keys) {
-                    continue;
+            if intent.step != JobStep::Commit {
+                waiting.push(intent);
+                continue;
+            }
+            // Hellos for this PID or device are absorbed while the job resumes.
+            let Ok(address) = intent.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let keys = JobKeys::new(intent.pid.as_str(), &intent.device_uuid, address);
+            let job = JobRecord::Psk(intent.id);
+            if self.inner.tried_resume(job, false) || !self.inner.claim(&keys) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let pid = Some(intent.pid.as_str().to_string());
+                if inner.claim_store(&keys, pid).await {
+                    if !inner.tried_resume(job, true) {
+                        inner.resume(intent).await;
+                    }
+                    inner.release_store(&keys).await;
                 }
-                let inner = self.inner.clone();
-                tokio::spawn(async move {
-                    inner.resume(intent).await;
-                    inner.release(&keys);
-                });
-            } else {
-                tracing::info!(pid = %intent.pid, step = %intent.step,
-                    "interrupted job waits for the device's next hello");
+                inner.release(&keys);
+            });
+        }
+        waiting
+    }
+
+    /// Renews this node's claims every third of the lease for as long as the server
+    /// runs, and every lease period finishes committed jobs no live node holds (a
+    /// node that died after CommitChanges: its devices send no more hellos), each
+    /// tried once by this node (a device that had not committed after all is then
+    /// finished on its next hello). The composition root aborts it once the jobs
+    /// have stopped.
+    pub async fn keep_leases(self) {
+        let lease = self.inner.settings.lease;
+        let node = self.inner.settings.node.clone();
+        let mut renewals = 0u32;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let n = node.clone();
+            match self
+                .inner
+                .store
+                .call(move |s| s.renew_claims(&n, lease))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(node = %node,
+                    "cannot renew this node's job claims: {e}; another node may take its jobs over"),
+                Err(_) => return,
+            }
+            renewals += 1;
+            if renewals % 3 == 0 && !self.inner.stopping.load(Ordering::Relaxed) {
+                self.resume_pending_pki().await;
+                self.resume_committed().await;
             }
         }
     }
@@ -484,13 +559,14 @@ impl Inner {
     async fn run(&self, hello: AcceptedHello) {
         let uuid = hello.uuid.to_string();
         let (pid, address) = (hello.pid, hello.address);
-        tracing::info!(%pid, device = %uuid, %address, "provisioning job started");
+        let node = &self.settings.node;
+        tracing::info!(%pid, device = %uuid, %address, %node, "provisioning job started");
         let started = std::time::Instant::now();
         let result = self.provision(hello).await;
         let failed_at = result.as_ref().err().map(|f| f.step);
         crate::metrics::job_finished("psk", failed_at, started.elapsed());
         match result {
-            Ok(()) => tracing::info!(%pid, device = %uuid, %address, "device provisioned"),
+            Ok(()) => tracing::info!(%pid, device = %uuid, %address, %node, "device provisioned"),
             Err(f) => {
                 let cause = format!("{}: {}", f.step, f.error);
                 self.record_failure(&uuid, pid.as_str(), address, &cause)
@@ -520,7 +596,9 @@ impl Inner {
         let session = self
             .login_psk(&hello, &intent, device, provisioning_password.expose())
             .await?;
+        let keys = JobKeys::new(hello.pid.as_str(), &hello.uuid.to_string(), hello.address);
         let mut job = JobContext {
+            keys,
             hello_uuid: hello.uuid,
             address: hello.address,
             device,
@@ -778,6 +856,7 @@ impl Inner {
             .enable_tls(self.settings.local_tls)
             .await
             .map_err(JobFailure::at("enable TLS"))?;
+        self.still_claimed(&job.keys).await?;
         self.mark_committing(job.intent.record()).await;
         job.session
             .commit_changes()
@@ -923,6 +1002,89 @@ impl Inner {
         self.running.lock().expect("jobs lock").release(keys);
     }
 
+    /// Whether this node already tried to finish the committed intent `job`; with
+    /// `mark`, records that it tries now.
+    fn tried_resume(&self, job: JobRecord, mark: bool) -> bool {
+        let key = match job {
+            JobRecord::Psk(id) => (false, id),
+            JobRecord::Pki(id) => (true, id),
+        };
+        let mut tried = self.resumed.lock().expect("resumed lock");
+        if mark {
+            !tried.insert(key)
+        } else {
+            tried.contains(&key)
+        }
+    }
+
+    /// Claims `keys` in the store for this node (all nodes on the store see it);
+    /// with `pid`, only while that PID is available. False if another node holds
+    /// one (that node works on the device) or the PID was used meanwhile.
+    async fn claim_store(&self, keys: &JobKeys, pid: Option<String>) -> bool {
+        let (k, node, lease) = (
+            keys.keys.to_vec(),
+            self.settings.node.clone(),
+            self.settings.lease,
+        );
+        let claimed = self
+            .store
+            .call(move |s| s.claim_job(&k, pid.as_deref(), &node, lease))
+            .await;
+        match claimed {
+            Ok(Ok(ClaimOutcome::Claimed)) => true,
+            Ok(Ok(ClaimOutcome::HeldBy(other))) => {
+                tracing::debug!(key = %keys.keys[0], node = %other,
+                    "hello absorbed: another node works on this device");
+                false
+            }
+            Ok(Ok(ClaimOutcome::PidTaken)) => {
+                tracing::debug!(key = %keys.keys[0], "hello absorbed: its PID was used meanwhile");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!(key = %keys.keys[0], "cannot claim a job in the store: {e}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives up this node's store claims of `keys` (the job ended).
+    async fn release_store(&self, keys: &JobKeys) {
+        let (k, node) = (keys.keys.to_vec(), self.settings.node.clone());
+        if let Ok(Err(e)) = self.store.call(move |s| s.release_claims(&k, &node)).await {
+            tracing::warn!(key = %keys.keys[0], "cannot release a job claim (it expires): {e}");
+        }
+    }
+
+    /// Fails the job unless this node still holds its claims (renewing them): a node
+    /// stalled past its lease may have lost the device to another.
+    async fn still_claimed(&self, keys: &JobKeys) -> Result<(), JobFailure> {
+        let (k, node, lease) = (
+            keys.keys.to_vec(),
+            self.settings.node.clone(),
+            self.settings.lease,
+        );
+        match self
+            .store
+            .call(move |s| s.confirm_claim(&k, &node, lease))
+            .await
+            .map_err(store_failure)?
+            .map_err(store_failure)?
+        {
+            true => Ok(()),
+            false => Err(JobFailure {
+                step: "claim",
+                error: format!(
+                    "node {} lost this job's claim (its lease expired): another node may be \
+                     working on the device, so this one stops before CommitChanges",
+                    self.settings.node
+                ),
+                severity: Severity::Warning,
+            }),
+        }
+    }
+
     /// Jobs queued or running for `pid`, at any address.
     fn jobs_for_pid(&self, pid: &Pid) -> usize {
         self.running
@@ -1034,6 +1196,7 @@ impl Inner {
                 match self.store.call(move |s| s.complete_job(id, &record, &pw)).await {
                     Ok(Ok(())) => {
                         tracing::info!(pid = %intent.pid, device = %intent.device_uuid,
+                            node = %self.settings.node,
                             "interrupted job finished: the device had committed");
                         self.provisioned(device);
                     }

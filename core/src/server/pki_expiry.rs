@@ -1,6 +1,8 @@
-//! Warns before a provisioning chain expires: at start and every 12 hours, each chain
-//! expiring within `[pki] expiry_warning_days` (or already expired) is a warning
-//! alert. The text is the same every day but for its numbers, so the repeats of one
+//! Warns before a provisioning chain expires: every 12 hours, each chain expiring
+//! within `[pki] expiry_warning_days` (or already expired) is a warning alert. The
+//! check is done by whichever node takes the store's `pki_expiry` turn (due every 12
+//! hours; at the first start on a store at once), so several nodes on one store warn
+//! once. The text is the same every day but for its numbers, so the repeats of one
 //! chain aggregate into one alert with a count.
 
 use std::time::Duration;
@@ -13,6 +15,8 @@ use crate::store_thread::StoreHandle;
 
 /// How often chains are checked.
 const INTERVAL: Duration = Duration::from_secs(12 * 3600);
+/// How often a node asks whether the check is due.
+const TURN_POLL: Duration = Duration::from_secs(60);
 
 /// The alerts for `chains` at `now` (Unix seconds), warning `warn_days` ahead.
 pub fn expiry_alerts(chains: &[ChainRecord], now: i64, warn_days: u32) -> Vec<NewAlert> {
@@ -54,17 +58,24 @@ pub async fn run(
     store: StoreHandle,
     alerts: AlertLog,
     warn_days: u32,
+    node: std::sync::Arc<str>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        if let Ok(Ok(chains)) = store.call(|s| s.provisioning_chains()).await {
-            let now = crate::store::now_ms() / 1000;
-            for alert in expiry_alerts(&chains, now, warn_days) {
-                alerts.raise(alert);
+        let n = node.clone();
+        let turn = store
+            .call(move |s| s.take_turn("pki_expiry", &n, INTERVAL))
+            .await;
+        if matches!(turn, Ok(Ok(true))) {
+            if let Ok(Ok(chains)) = store.call(|s| s.provisioning_chains()).await {
+                let now = crate::store::now_ms() / 1000;
+                for alert in expiry_alerts(&chains, now, warn_days) {
+                    alerts.raise(alert);
+                }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = tokio::time::sleep(TURN_POLL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -5,6 +5,11 @@
 //! result is recorded (`reachable`, last contact) and a change raises an alert, so an
 //! admin learns when a device drops off the network, stops accepting vprov's
 //! credential, or presents a certificate vprov's CA did not issue.
+//!
+//! With several nodes on one store, each round is done by one node: the one that
+//! takes the store's `reachability` turn (due once per interval). Every node asks at
+//! least every [`TURN_POLL`], so a round is late by at most that when the node that
+//! did the last one has stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +25,17 @@ use crate::store_thread::StoreHandle;
 /// Devices checked at once.
 const CONCURRENT_CHECKS: usize = 16;
 
+/// Longest pause between asking for the round's turn.
+pub const TURN_POLL: Duration = Duration::from_secs(30);
+
 /// How the check runs.
 #[derive(Debug, Clone)]
 pub struct ReachabilitySettings {
     pub interval: Duration,
     pub device_port: u16,
     pub timeouts: DeviceTimeouts,
+    /// The node asking for the rounds' turns.
+    pub node: Arc<str>,
 }
 
 /// Checks every managed device each `interval` until `stop`.
@@ -38,53 +48,79 @@ pub async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_CHECKS));
     loop {
-        let managed = match store
-            .call(|s| {
-                s.devices(&DeviceFilter {
-                    state: Some(DeviceState::Managed),
-                })
-            })
+        let node = settings.node.clone();
+        let interval = settings.interval;
+        match store
+            .call(move |s| s.take_turn("reachability", &node, interval))
             .await
         {
-            Ok(Ok(devices)) => devices,
-            Ok(Err(e)) => {
-                tracing::warn!("reachability check: cannot list devices: {e}");
-                Vec::new()
-            }
-            Err(_) => return,
-        };
-        let mut checks = tokio::task::JoinSet::new();
-        for device in managed {
-            let (store, alerts, ca, settings, slots) = (
-                store.clone(),
-                alerts.clone(),
-                ca_der.clone(),
-                settings.clone(),
-                slots.clone(),
-            );
-            checks.spawn(async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
+            Ok(Ok(true)) => {
+                if !round(&store, &alerts, &ca_der, &settings, &slots, &mut stop).await {
                     return;
-                };
-                check(
-                    &store,
-                    &alerts,
-                    ca,
-                    &settings,
-                    &device.uuid,
-                    device.reachable,
-                )
-                .await;
-            });
+                }
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("reachability check: cannot take its turn: {e}"),
+            Err(_) => return,
         }
         tokio::select! {
-            _ = async { while checks.join_next().await.is_some() {} } => {}
+            _ = tokio::time::sleep(settings.interval.min(TURN_POLL)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        tokio::select! {
-            _ = tokio::time::sleep(settings.interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    }
+}
+
+/// Checks every managed device once; `false` if the server is stopping.
+async fn round(
+    store: &StoreHandle,
+    alerts: &AlertLog,
+    ca_der: &Arc<[u8]>,
+    settings: &ReachabilitySettings,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let managed = match store
+        .call(|s| {
+            s.devices(&DeviceFilter {
+                state: Some(DeviceState::Managed),
+            })
+        })
+        .await
+    {
+        Ok(Ok(devices)) => devices,
+        Ok(Err(e)) => {
+            tracing::warn!("reachability check: cannot list devices: {e}");
+            Vec::new()
         }
+        Err(_) => return false,
+    };
+    let mut checks = tokio::task::JoinSet::new();
+    for device in managed {
+        let (store, alerts, ca, settings, slots) = (
+            store.clone(),
+            alerts.clone(),
+            ca_der.clone(),
+            settings.clone(),
+            slots.clone(),
+        );
+        checks.spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            check(
+                &store,
+                &alerts,
+                ca,
+                &settings,
+                &device.uuid,
+                device.reachable,
+            )
+            .await;
+        });
+    }
+    tokio::select! {
+        _ = async { while checks.join_next().await.is_some() {} } => true,
+        _ = stop.wait_for(|s| *s) => false,
     }
 }
 

@@ -561,6 +561,25 @@ mod tests {
         assert_eq!(store.alerts(None, 10).unwrap()[0].count, 3);
     }
 
+    /// Several serve nodes on one store: each passes on the alerts it stores, and
+    /// the store decides in the storing transaction, so a repeat stored by another
+    /// node within the interval is not passed on twice.
+    #[test]
+    fn two_nodes_storing_one_alert_pass_it_on_once() {
+        let (_dir, mut a, mut b) = crate::store::tests::open_pair();
+        let alert = alert("provisioning failed", "10.0.0.1");
+        assert!(
+            a.insert_alerts(std::slice::from_ref(&alert), NOTICE)
+                .unwrap()[0]
+                .notify
+        );
+        let repeat = b
+            .insert_alerts(std::slice::from_ref(&alert), NOTICE)
+            .unwrap();
+        assert_eq!(repeat[0].count, 2);
+        assert!(!repeat[0].notify);
+    }
+
     #[test]
     fn a_repeat_after_the_interval_is_told_again_and_one_without_sinks_never() {
         let (_dir, mut store) = new_store();

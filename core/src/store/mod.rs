@@ -2,7 +2,7 @@
 //!
 //! Owns the connection, the schema ([`schema`]), and every read and write of key
 //! batches, provisioning keys, the provisioning password, devices (with their SSH
-//! host keys and agent enrollments), provisioning certificate chains ([`pki`]), alerts (aggregated, capped and pruned:
+//! host keys and agent enrollments), provisioning certificate chains ([`pki`]), job claims and turns of several serve nodes ([`claims`]), alerts (aggregated, capped and pruned:
 //! [`alerts`]) and the audit log. Every secret is sealed with the [`MasterKey`] before it reaches SQL, so
 //! the database file never holds a PPS or a password in plain text.
 //!
@@ -21,6 +21,7 @@ mod admins;
 mod agents;
 mod alerts;
 mod backoff;
+mod claims;
 mod keys;
 mod pki;
 mod provisioning;
@@ -44,6 +45,7 @@ pub use alerts::{
     MAX_MESSAGE_BYTES,
 };
 pub use backoff::{JobBackoff, PKI_JOB_PID};
+pub use claims::ClaimOutcome;
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};
 pub use provisioning::{JobIntent, JobStep, PidLookup, ProvisionedDevice};
@@ -111,7 +113,7 @@ pub enum StoreError {
     },
     #[error("the store {db} exists but its master key file {key} is missing: restore it from backup (or pass the key with VPROV_MASTER_KEY); vprov never creates a new key for an existing store")]
     MissingKey { db: PathBuf, key: PathBuf },
-    #[error("the master key does not match the store {db}: it was created with a different key")]
+    #[error("the master key does not match the store {db}: it was created with a different key; every vprov process on one store (each serve node too) must use the store's key: its master.key file or the same VPROV_MASTER_KEY")]
     WrongKey { db: PathBuf },
     #[error(transparent)]
     Secret(#[from] SecretError),

@@ -237,6 +237,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN pki_chain TEXT;
     ALTER TABLE devices ADD COLUMN setup_certificate_sha256 BLOB;
     "#,
+    // 10: several serve nodes on one store (`claims.rs`): the claim of a job's key
+    // (its PID or device at an address) by the node working on it, until its lease
+    // ends (ms since the epoch); and each periodic task's next due time, so one node
+    // does each round. Both portable as they stand (64-bit integer times).
+    r#"
+    CREATE TABLE job_claims (
+        claim_key    TEXT PRIMARY KEY,
+        node         TEXT NOT NULL,
+        lease_until  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX job_claims_by_node ON job_claims (node);
+    CREATE TABLE periodic_turns (
+        task      TEXT PRIMARY KEY,
+        node      TEXT NOT NULL,
+        taken_at  INTEGER NOT NULL,
+        due_at    INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Number of migrations this build knows: the schema version it writes.

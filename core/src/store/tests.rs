@@ -30,6 +30,25 @@ pub(super) fn store_with_device() -> (tempfile::TempDir, Store, String) {
     (dir, store, uuid)
 }
 
+/// Two connections to one new store in a temporary directory, as two server nodes
+/// (processes) sharing it have.
+pub(super) fn open_pair() -> (tempfile::TempDir, Store, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    let b = open(dir.path());
+    (dir, a, b)
+}
+
+/// The PID of a new available key in `store`.
+pub(super) fn new_available_pid(store: &mut Store) -> String {
+    store.generate_batch(1, None, "t", |_| {}).unwrap();
+    let filter = KeyFilter {
+        state: Some(KeyState::Available),
+        ..KeyFilter::default()
+    };
+    all_pids(store, &filter)[0].as_str().to_string()
+}
+
 /// The database file and its write-ahead log, as bytes (to look for plaintext).
 pub(super) fn all_store_bytes(dir: &Path) -> Vec<u8> {
     let mut bytes = fs::read(dir.join(DB_FILE)).unwrap();
@@ -272,11 +291,8 @@ fn a_wrong_key_is_refused_before_an_older_store_is_migrated() {
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(&format!(
-            "DROP TABLE pki_jobs;
-             ALTER TABLE devices DROP COLUMN control_mode;
-             ALTER TABLE devices DROP COLUMN provisioning_path;
-             ALTER TABLE devices DROP COLUMN pki_chain;
-             ALTER TABLE devices DROP COLUMN setup_certificate_sha256;
+            "DROP TABLE job_claims;
+             DROP TABLE periodic_turns;
              PRAGMA user_version = {};",
             schema::SCHEMA_VERSION - 1
         ))

@@ -16,6 +16,12 @@
 //!   are checked (no used PID without its device, no device without its used PID,
 //!   every device that committed recorded, and logging in with the credential vprov
 //!   recorded for it, over TLS pinned to its certificate).
+//! - with `--nodes N`, N `vprov serve` nodes on the one store (named `node0`…, hellos
+//!   on 127.0.0.2…), every device saying each hello to all of them; with
+//!   `--kill-node`, the first node is killed with SIGKILL once a third of the devices
+//!   are recorded and not restarted: the others must finish its jobs (after its
+//!   claims' lease, `--lease-ms`), and the invariants are checked as for `--kill`.
+//!   CPU and RSS figures are the last node's.
 //!
 //! Build in release mode and run: `cargo build --release --workspace &&
 //! target/release/loadrun --devices 1000`. Everything stays on loopback and stops by
@@ -83,6 +89,17 @@ struct Args {
     /// are printed beside the PSK ones
     #[arg(long, default_value_t = 0)]
     pki: u32,
+    /// `vprov serve` nodes on the one store
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// With --nodes 2 or more: kill the first node with SIGKILL once a third of the
+    /// devices are recorded (not restarted), then check the invariants
+    #[arg(long)]
+    kill_node: bool,
+    /// With --nodes 2 or more: `[cluster] lease_ms`, how long a dead node's claims
+    /// keep its jobs from the others
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
 }
 
 /// `--pki N`: imports a throwaway chain for `example.com` into the store; returns the
@@ -394,6 +411,8 @@ fn start_server(
     config: &Path,
     hello_listen: &str,
     device_port: u16,
+    node: Option<&str>,
+    metrics_listen: &str,
 ) -> anyhow::Result<(ServerProcess, SocketAddr)> {
     let mut child = vprov(data)?
         .arg("--config")
@@ -406,6 +425,8 @@ fn start_server(
             "127.0.0.1:0",
         ])
         .args(["--device-port", &device_port.to_string()])
+        .args(["--metrics-listen", metrics_listen])
+        .args(node.map(|n| ["--node", n]).into_iter().flatten())
         .env("VPROV_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(match std::env::var_os("LOADRUN_SERVER_LOG") {
@@ -435,58 +456,6 @@ fn start_server(
 /// A random moment for the next SIGKILL: 0.3 to 3 s away.
 fn random_pause() -> Duration {
     Duration::from_millis(300 + rand::random::<u64>() % 2700)
-}
-
-/// The fault run's invariants; returns how many committed devices were checked.
-async fn check_invariants(data: &Path, sim: &Simulator, device_port: u16) -> anyhow::Result<usize> {
-    use vprov_core::store::{Store, StoreOptions};
-    let store = Store::open(&StoreOptions::new(data))?;
-    let db = data.join("vprov.db");
-    let orphans = count(
-        &db,
-        "SELECT count(*) FROM provisioning_keys k WHERE k.state = 'used'
-         AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.uuid = k.device_uuid)",
-    );
-    anyhow::ensure!(orphans == 0, "{orphans} used PIDs have no device record");
-    let unbound = count(
-        &db,
-        "SELECT count(*) FROM devices d WHERE NOT EXISTS
-         (SELECT 1 FROM provisioning_keys k WHERE k.device_uuid = d.uuid AND k.state = 'used')",
-    );
-    anyhow::ensure!(unbound == 0, "{unbound} devices have no used PID");
-    let ca = store.ca_certificate()?.context("no CA in the store")?;
-    let timeouts = vprov_core::device::DeviceTimeouts {
-        connect: Duration::from_secs(10),
-        request: Duration::from_secs(10),
-    };
-    let mut checked = 0;
-    for report in sim.reports().into_iter().filter(|r| r.committed) {
-        let access = store
-            .device_access(&report.uuid)?
-            .with_context(|| format!("device {} committed but is not recorded", report.uuid))?;
-        let addr = SocketAddr::new(report.address.into(), device_port);
-        let mut session = vprov_core::device::AmtSession::connect_tls(
-            addr,
-            &ca,
-            access.certificate_der.as_deref(),
-            &access.admin_user,
-            &access.password,
-            timeouts,
-        )
-        .await
-        .with_context(|| format!("device {}: cannot log in", report.uuid))?;
-        let uuid =
-            vprov_core::hello::DeviceUuid(session.get_uuid().await.with_context(|| {
-                format!("device {} refuses its recorded credential", report.uuid)
-            })?);
-        anyhow::ensure!(
-            uuid.to_string() == report.uuid,
-            "device {} is {uuid}",
-            report.uuid
-        );
-        checked += 1;
-    }
-    Ok(checked)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -530,6 +499,9 @@ impl Drop for ServerProcess {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     vprov_tests::sim::raise_nofile();
+    if args.nodes == 0 || (args.kill > 0 && args.nodes > 1) || (args.kill_node && args.nodes < 2) {
+        bail!("--nodes must be at least 1, --kill needs one node, --kill-node at least two");
+    }
     if args.pki > 0 && args.kill > 0 {
         bail!("--kill checks PSK invariants (every device has its used PID): run it without --pki");
     }
@@ -591,11 +563,41 @@ fn main() -> anyhow::Result<()> {
              [hello]\nmax_connections = 4096\nper_source_burst = 50\nper_source_per_second = 50.0\n\
              [provisioning]\n{max_jobs}commit_wait_ms = 200\n\
              confirm_timeout_ms = 60000\nstep_timeout_ms = 60000\nconnect_timeout_ms = 30000\n\
-             [metrics]\nlisten = \"{metrics_addr}\"\n\
-             {pki_config}"
+             {pki_config}[cluster]\nlease_ms = {lease_ms}\n",
+            lease_ms = args.lease_ms
         ),
     )?;
-    let (server, hello_addr) = start_server(&data, &config, "127.0.0.1:0", device_port)?;
+    // Every node but the last (whose figures are measured).
+    let mut others = Vec::new();
+    for i in 0..args.nodes - 1 {
+        let listen = format!("127.0.0.{}:0", 2 + i);
+        let name = format!("node{i}");
+        others.push(start_server(
+            &data,
+            &config,
+            &listen,
+            device_port,
+            Some(&name),
+            "off",
+        )?);
+    }
+    let (listen, name) = match args.nodes {
+        1 => ("127.0.0.1:0".to_string(), None),
+        n => (
+            format!("127.0.0.{}:0", 1 + n),
+            Some(format!("node{}", n - 1)),
+        ),
+    };
+    // Only the measured node offers /metrics (its figures are scraped).
+    let metrics_listen = metrics_addr.to_string();
+    let (server, hello_addr) = start_server(
+        &data,
+        &config,
+        &listen,
+        device_port,
+        name.as_deref(),
+        &metrics_listen,
+    )?;
     let mut server = server;
     let mut server_pid = server.0.id();
     let db = data.join("vprov.db");
@@ -618,6 +620,7 @@ fn main() -> anyhow::Result<()> {
         .chain(pki_specs.into_iter().map(Ok))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut sim_config = SimConfig::new(hello_addr, pool);
+    sim_config.also_to = others.iter().map(|(_, addr)| *addr).collect();
     sim_config.device_port = device_port;
     sim_config.time_scale = 0.05;
     sim_config.restart_delay = Duration::from_millis(100);
@@ -664,8 +667,14 @@ fn main() -> anyhow::Result<()> {
             let _ = old.0.kill();
             let _ = old.0.wait();
             std::mem::forget(old);
-            let (restarted, _) =
-                start_server(&data, &config, &hello_addr.to_string(), device_port)?;
+            let (restarted, _) = start_server(
+                &data,
+                &config,
+                &hello_addr.to_string(),
+                device_port,
+                None,
+                &metrics_listen,
+            )?;
             server = restarted;
             server_pid = server.0.id();
             eprintln!(
@@ -675,6 +684,16 @@ fn main() -> anyhow::Result<()> {
                 args.kill
             );
             next_kill = Instant::now() + random_pause();
+        }
+        if args.kill_node && !others.is_empty() && recorded >= u64::from(n) / 3 {
+            let (mut first, _) = others.remove(0);
+            let _ = first.0.kill();
+            let _ = first.0.wait();
+            std::mem::forget(first);
+            eprintln!(
+                "  {:.1} s: killed node0 with {recorded} devices recorded; the others finish its jobs",
+                started.elapsed().as_secs_f64()
+            );
         }
         let reporting = last_report.elapsed() >= Duration::from_secs(5);
         if reporting || progress.at.elapsed() >= Duration::from_secs(args.stall) {
@@ -756,13 +775,21 @@ fn main() -> anyhow::Result<()> {
         cpu_used * 1000.0 / f64::from(total),
         own_cpu * 1000.0 / f64::from(total)
     );
-    if args.kill > 0 {
-        let checked = rt.block_on(check_invariants(&data, &sim, device_port))?;
+    if args.kill > 0 || args.kill_node {
+        let checked = rt.block_on(vprov_tests::invariants::check(
+            &data,
+            &sim.reports(),
+            device_port,
+        ))?;
+        let kills = if args.kill_node {
+            "node0 killed with SIGKILL, not restarted".to_string()
+        } else {
+            format!("{} SIGKILLs", args.kill)
+        };
         println!(
-            "fault run: {} SIGKILLs; invariants hold: {checked} committed devices recorded and \
+            "fault run: {kills}; invariants hold: {checked} committed devices recorded and \
              logged into with their recorded credential, no used PID without its device, \
-             no device without its used PID",
-            args.kill
+             no device without its used PID"
         );
     }
     drop(sim);

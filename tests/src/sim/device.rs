@@ -60,6 +60,9 @@ pub struct DeviceReport {
     pub psk_identity_seen: Option<String>,
     /// `SetAdminAclEntryEx` succeeded.
     pub admin_password_changed: bool,
+    /// How often `SetAdminAclEntryEx` succeeded: once per provisioning job that got
+    /// that far (two jobs on one device show as two).
+    pub admin_password_changes: u32,
     pub host_name: String,
     pub domain_name: String,
     /// `SetHighAccuracyTimeSynch` succeeded.
@@ -140,6 +143,7 @@ pub struct State {
     /// HA1 = MD5(user:realm:password) of the current admin credential.
     pub ha1: [u8; 16],
     pub admin_password_changed: bool,
+    pub admin_password_changes: u32,
     pub host_name: String,
     pub domain_name: String,
     pub clock_offset_s: i64,
@@ -295,6 +299,7 @@ impl Device {
             admin_user: ADMIN_USER.to_string(),
             ha1: digest::ha1(ADMIN_USER, &realm, &password),
             admin_password_changed: false,
+            admin_password_changes: 0,
             host_name: spec.host_name.clone(),
             domain_name: spec.domain_name.clone(),
             clock_offset_s: config.clock_offset_s,
@@ -420,6 +425,7 @@ impl Device {
             last_hello_error: st.last_hello_error.clone(),
             psk_identity_seen: st.psk_identity.clone(),
             admin_password_changed: st.admin_password_changed,
+            admin_password_changes: st.admin_password_changes,
             host_name: st.host_name.clone(),
             domain_name: st.domain_name.clone(),
             clock_synced: st.clock_synced,
@@ -559,12 +565,28 @@ pub async fn run(dev: Arc<Device>, listener: TcpListener, config: Arc<SimConfig>
         Ok(ctx) => ctx,
         Err(e) => return dev.record_error(format!("TLS setup after commit: {e}")),
     };
-    match bind(dev.spec.address, port) {
+    match rebind(dev.spec.address, port).await {
         Ok(listener) => serve(listener, ctx, dev, http::Server::Provisioned, None).await,
         Err(e) => dev.record_error(format!(
             "cannot bind {}:{port} after commit: {e}",
             dev.spec.address
         )),
+    }
+}
+
+/// Binds the port again after the restart, retrying for up to a second: the setup
+/// connections' tasks were aborted, but a socket of one may be closed a moment
+/// later (a client killed mid-request leaves its connection's task to be dropped).
+async fn rebind(addr: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match bind(addr, port) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bound => return bound,
+        }
     }
 }
 
@@ -633,12 +655,14 @@ async fn hellos(dev: Arc<Device>, config: Arc<SimConfig>) {
             Some(p) => pki::encode_hello(retry, &dev.spec.uuid, &p.trusted),
             None => hello::encode(retry, &dev.spec.uuid, &pid).to_vec(),
         };
-        match hello::send(dev.spec.address, config.server, &message).await {
-            Ok(()) => dev.state().hellos_sent += 1,
-            Err(e) => {
-                let mut st = dev.state();
-                st.hellos_failed += 1;
-                st.last_hello_error = Some(e.to_string());
+        for server in std::iter::once(config.server).chain(config.also_to.iter().copied()) {
+            match hello::send(dev.spec.address, server, &message).await {
+                Ok(()) => dev.state().hellos_sent += 1,
+                Err(e) => {
+                    let mut st = dev.state();
+                    st.hellos_failed += 1;
+                    st.last_hello_error = Some(e.to_string());
+                }
             }
         }
         if retry == hello::MAX_RETRY {

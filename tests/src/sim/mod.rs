@@ -406,6 +406,9 @@ impl fmt::Debug for DeviceSpec {
 pub struct SimConfig {
     /// Where hellos go (the provisioning server's hello listener).
     pub server: SocketAddr,
+    /// Further hello listeners every hello also goes to (several vprov nodes behind
+    /// one load balancer: a device's hellos may reach any of them).
+    pub also_to: Vec<SocketAddr>,
     /// TLS port every device listens on, on its own address. 0 = pick a free port on
     /// the first device's address and use it for all (see [`Simulator::device_port`]).
     pub device_port: u16,
@@ -439,6 +442,7 @@ impl SimConfig {
     pub fn new(server: SocketAddr, key_pool: Arc<KeyPool>) -> SimConfig {
         SimConfig {
             server,
+            also_to: Vec::new(),
             device_port: DEFAULT_DEVICE_PORT,
             time_scale: 1.0,
             restart_delay: DEFAULT_RESTART_DELAY,

@@ -1066,6 +1066,7 @@ fn call(
                     st.admin_user = user;
                     st.ha1 = ha1;
                     st.admin_password_changed = true;
+                    st.admin_password_changes += 1;
                     if dev.spec.behaviour.acl_change_resets_nonces {
                         st.nonces.clear();
                     }

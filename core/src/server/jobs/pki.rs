@@ -99,12 +99,18 @@ impl JobManager {
                 continue;
             };
             let keys = pki_keys(&intent.device_uuid, address);
-            if !self.inner.claim(&keys) {
+            let job = super::JobRecord::Pki(intent.id);
+            if self.inner.tried_resume(job, false) || !self.inner.claim(&keys) {
                 continue;
             }
             let inner = self.inner.clone();
             tokio::spawn(async move {
-                inner.resume_pki(intent, address).await;
+                if inner.claim_store(&keys, None).await {
+                    if !inner.tried_resume(job, true) {
+                        inner.resume_pki(intent, address).await;
+                    }
+                    inner.release_store(&keys).await;
+                }
                 inner.release(&keys);
             });
         }
@@ -126,8 +132,11 @@ impl JobManager {
             let (uuid, pid) = (hello.uuid.to_string(), PKI_JOB_PID.to_string());
             if !inner.backing_off(uuid, pid, hello.address).await {
                 if let Ok((_slot, _running)) = inner.slot().await {
-                    if !inner.stopping.load(Ordering::Relaxed) {
+                    if !inner.stopping.load(Ordering::Relaxed)
+                        && inner.claim_store(&keys, None).await
+                    {
                         inner.run_pki(hello).await;
+                        inner.release_store(&keys).await;
                     }
                 }
             }
@@ -320,6 +329,7 @@ impl Inner {
         let device = SocketAddr::new(hello.address, self.settings.device_port);
         let session = self.connect_pki(device, setup).await?;
         let mut job = JobContext {
+            keys: pki_keys(&hello.uuid.to_string(), hello.address),
             hello_uuid: hello.uuid,
             address: hello.address,
             device,
