@@ -120,6 +120,16 @@ impl Context {
             data_dir: self.config.data_dir.clone(),
             key,
             busy_timeout: self.config.busy_timeout,
+            // VPROV_STORE_URL wins over `[store] url`.
+            url: std::env::var("VPROV_STORE_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .or_else(|| {
+                    self.config
+                        .store_url
+                        .as_ref()
+                        .map(|u| u.expose().to_string())
+                }),
         }
     }
 }

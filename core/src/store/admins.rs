@@ -2,7 +2,7 @@
 //! the credentials they sign in with — console sessions and bearer tokens — of which
 //! only SHA-256 hashes are kept.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::records::audit;
 use super::{now_ms, Store, StoreError};
@@ -201,7 +201,7 @@ impl Store {
     pub fn credential(&self, token_sha256: &[u8; 32]) -> Result<Option<Credential>, StoreError> {
         let row: Option<(String, String, String)> = self
             .conn
-            .prepare_cached(
+            .prepare(
                 "SELECT c.admin, a.role, c.kind FROM admin_credentials c
                  JOIN admins a ON a.name = c.admin
                  WHERE c.token_sha256 = ?1 AND (c.expires_at IS NULL OR c.expires_at > ?2)",

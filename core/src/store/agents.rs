@@ -2,10 +2,10 @@
 //! the first time vprov reaches the device over SSH (trust on first use) and replaced
 //! only by an admin, and the hash of the device's latest agent enrollment token.
 
+use super::db::{params, OptionalExtension};
 use base64::Engine as _;
 use rand::rngs::OsRng;
 use rand::RngCore;
-use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 

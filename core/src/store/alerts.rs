@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::records::{audit, parse_col, Severity};
@@ -238,7 +238,7 @@ impl Store {
         .filter(|s| filter.min_severity.is_none_or(|min| *s >= min))
         .map(Severity::as_str)
         .collect();
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn.prepare(
             "SELECT id, at, last_seen, count, severity, source, message, pid, device_uuid,
                     address, acknowledged_at, acknowledged_by
              FROM alerts WHERE severity IN (SELECT value FROM json_each(?1))
@@ -374,35 +374,34 @@ fn group_batch(alerts: &[NewAlert]) -> Vec<BatchGroup> {
 /// The statements storing a batch's groups in one transaction: a repeat of an
 /// unacknowledged alert bumps its row, anything else inserts one.
 struct AlertWriter<'t> {
-    tx: &'t rusqlite::Transaction<'t>,
-    find: rusqlite::CachedStatement<'t>,
-    bump: rusqlite::CachedStatement<'t>,
-    insert: rusqlite::CachedStatement<'t>,
+    find: super::db::Statement<'t>,
+    bump: super::db::Statement<'t>,
+    insert: super::db::Statement<'t>,
     now: i64,
     notice_ms: Option<i64>,
 }
 
 impl<'t> AlertWriter<'t> {
     fn prepare(
-        tx: &'t rusqlite::Transaction<'t>,
+        tx: &'t super::db::Transaction<'t>,
         now: i64,
         notice_ms: Option<i64>,
     ) -> Result<AlertWriter<'t>, StoreError> {
         Ok(AlertWriter {
-            tx,
-            find: tx.prepare_cached(
+            find: tx.prepare(
                 "SELECT id, at, count, notified_at FROM alerts
                  WHERE agg_key = ?1 AND acknowledged_at IS NULL",
             )?,
-            bump: tx.prepare_cached(
+            bump: tx.prepare(
                 "UPDATE alerts SET count = count + ?2, last_seen = ?3, message = ?4,
                         notified_at = ?5
                  WHERE id = ?1",
             )?,
-            insert: tx.prepare_cached(
+            insert: tx.prepare(
                 "INSERT INTO alerts (at, last_seen, count, notified_at, agg_key, severity,
                                      source, message, pid, device_uuid, address)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 RETURNING id",
             )?,
             now,
             notice_ms,
@@ -450,21 +449,24 @@ impl<'t> AlertWriter<'t> {
     /// Stores `group` as a new row.
     fn insert(&mut self, group: &BatchGroup, a: &NewAlert) -> Result<StoredAlert, StoreError> {
         let now = self.now;
-        self.insert.execute(params![
-            now,
-            group.count,
-            self.notice_ms.map(|_| now),
-            &group.key[..],
-            a.severity.as_str(),
-            a.source.as_ref(),
-            a.message,
-            a.pid,
-            a.device_uuid,
-            a.address
-        ])?;
+        let id = self.insert.query_row(
+            params![
+                now,
+                group.count,
+                self.notice_ms.map(|_| now),
+                &group.key[..],
+                a.severity.as_str(),
+                a.source.as_ref(),
+                a.message,
+                a.pid,
+                a.device_uuid,
+                a.address
+            ],
+            |r| r.get(0),
+        )?;
         Ok(StoredAlert {
             index: group.index,
-            id: self.tx.last_insert_rowid(),
+            id,
             count: group.count,
             first_seen: now,
             last_seen: now,

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::{now_ms, Store, StoreError};
 

@@ -9,7 +9,7 @@
 //! device (control mode ACM, path PKI, chain, setup certificate fingerprint) and
 //! removes the intent in one transaction.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -42,7 +42,7 @@ pub fn check_chain_name(name: &str) -> Result<(), StoreError> {
 const COLUMNS: &str = "name, common_name, domain, chain_pem, root_sha1, root_sha256, root_sha384,
                        not_after, imported_at, imported_by";
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainRecord> {
+fn record(r: &super::db::Row<'_>) -> super::db::Result<ChainRecord> {
     Ok(ChainRecord {
         name: r.get(0)?,
         common_name: r.get(1)?,
@@ -249,7 +249,7 @@ impl Store {
     fn pki_jobs_where(
         &self,
         condition: &str,
-        args: &[&dyn rusqlite::ToSql],
+        args: &[&dyn super::db::ToSql],
     ) -> Result<Vec<PkiJobIntent>, StoreError> {
         type Row = (
             i64,

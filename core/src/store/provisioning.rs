@@ -7,7 +7,7 @@
 //! to the device and removes the intent in one transaction; failure removes the
 //! intent and leaves the PID available.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use serde_json::json;
 
 use super::keys::KeyState;
@@ -205,9 +205,9 @@ impl Store {
     fn jobs_where(
         &self,
         condition: &str,
-        args: &[&dyn rusqlite::ToSql],
+        args: &[&dyn super::db::ToSql],
     ) -> Result<Vec<JobIntent>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT id, pid, device_uuid, address, step, new_password_sealed, certificate_der
              FROM provisioning_jobs WHERE {condition} ORDER BY id"
         ))?;
@@ -232,13 +232,9 @@ impl Store {
                         context: "job_password".into(),
                     })
                 })?);
-            let pid = pid.parse().map_err(|_| {
-                StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-                    1,
-                    "pid".into(),
-                    rusqlite::types::Type::Text,
-                ))
-            })?;
+            let pid = pid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("a job's PID {pid:?}")))?;
             jobs.push(JobIntent {
                 id,
                 pid,
@@ -373,7 +369,7 @@ impl Store {
         }
         tx.commit()?;
         self.certificate_authority()?
-            .ok_or_else(|| StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or_else(|| StoreError::Db(super::db::Error::NoRows))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use super::db::{params, OptionalExtension, Transaction};
 
 use super::{now_ms, Store, StoreError};
 use crate::password::ProvisioningPassword;
@@ -197,9 +197,11 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
-pub(super) fn parse_col<T: FromStr>(idx: usize, text: String) -> rusqlite::Result<T> {
-    text.parse()
-        .map_err(|_| rusqlite::Error::InvalidColumnType(idx, text, rusqlite::types::Type::Text))
+pub(super) fn parse_col<T: FromStr>(idx: usize, text: String) -> super::db::Result<T> {
+    text.parse().map_err(|_| super::db::Error::Column {
+        index: idx,
+        message: format!("unexpected value {text:?}"),
+    })
 }
 
 impl Store {
@@ -244,13 +246,7 @@ impl Store {
         let text = std::str::from_utf8(&plain).ok();
         text.and_then(|t| ProvisioningPassword::new(t).ok())
             .map(Some)
-            .ok_or_else(|| {
-                StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-                    0,
-                    "sealed provisioning password".into(),
-                    rusqlite::types::Type::Blob,
-                ))
-            })
+            .ok_or_else(|| StoreError::Corrupt("the sealed provisioning password".into()))
     }
 
     /// Whether the provisioning password is set and when it changed.
@@ -284,7 +280,7 @@ impl Store {
         state: Option<DeviceState>,
         uuid: Option<&str>,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn.prepare(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
                     provisioned_pid, provisioned_at, last_contact_at, reachable,
                     agent_profile, k.fingerprint, control_mode, provisioning_path, pki_chain
