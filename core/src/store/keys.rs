@@ -317,8 +317,9 @@ impl Store {
         let count: u64 = tx
             .query_row(
                 "SELECT count(*) FROM provisioning_keys
-                 WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
-                   AND (?3 IS NULL OR pid = ?3)",
+                 WHERE (CAST(?1 AS BIGINT) IS NULL OR batch_id = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR pid = ?3)",
                 params![
                     filter.batch,
                     filter.state.map(KeyState::as_str),
@@ -360,8 +361,9 @@ impl Store {
         let result = self.conn.query_each(
             "SELECT pid, batch_id, state, device_uuid, state_changed_at, pps_sealed
              FROM provisioning_keys
-             WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
-               AND (?3 IS NULL OR pid = ?3)
+             WHERE (CAST(?1 AS BIGINT) IS NULL OR batch_id = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR pid = ?3)
              ORDER BY seq",
             params![
                 filter.batch,

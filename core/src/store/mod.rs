@@ -21,6 +21,7 @@ mod admins;
 mod agents;
 mod alerts;
 mod backoff;
+mod copy;
 pub mod db;
 mod keys;
 mod open;
@@ -48,6 +49,7 @@ pub use alerts::{
     MAX_MESSAGE_BYTES,
 };
 pub use backoff::JobBackoff;
+pub use copy::{copy_store, CopyReport};
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
 pub use open::redact as redact_url;
 pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};

@@ -403,115 +403,121 @@ impl Store {
 mod tests {
     use super::*;
     use crate::pki::chain::tests::{build, Recipe, NOW};
-    use crate::store::StoreOptions;
+    use crate::store::testdb::engines;
 
     #[test]
     fn a_chain_round_trips_with_its_key_sealed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let (certs, key) = build(&Recipe::default());
-        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
-        let rec = store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap();
-        assert_eq!(rec.domain, "example.com");
-        assert_eq!(rec.root, chain.summary().root);
-        assert!(store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap_err()
-            .to_string()
-            .contains("exists already"));
-        assert!(store
-            .add_provisioning_chain("bad name", &chain, "cli:test")
-            .is_err());
+        for engine in engines() {
+            let dir = engine.dir.path();
+            let mut store = engine.open();
+            let (certs, key) = build(&Recipe::default());
+            let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+            let rec = store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap();
+            assert_eq!(rec.domain, "example.com");
+            assert_eq!(rec.root, chain.summary().root);
+            assert!(store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap_err()
+                .to_string()
+                .contains("exists already"));
+            assert!(store
+                .add_provisioning_chain("bad name", &chain, "cli:test")
+                .is_err());
 
-        let key = store.provisioning_chain_key("example").unwrap();
-        let again = ProvisioningChain::from_stored(&rec.chain_pem, &key, NOW).unwrap();
-        assert_eq!(again.summary(), chain.summary());
-        // The key is sealed: its DER is nowhere in the database file.
-        drop(store);
-        let db = std::fs::read(dir.path().join(crate::store::DB_FILE)).unwrap();
-        let wal = std::fs::read(dir.path().join("vprov.db-wal")).unwrap_or_default();
-        let needle = &key[40..72];
-        for bytes in [&db, &wal] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+            let key = store.provisioning_chain_key("example").unwrap();
+            let again = ProvisioningChain::from_stored(&rec.chain_pem, &key, NOW).unwrap();
+            assert_eq!(again.summary(), chain.summary());
+            // The key is sealed: its DER is nowhere in the database file.
+            drop(store);
+            // (The SQLite file, read raw: PostgreSQL keeps its files to itself.)
+            if engine.pg.is_none() {
+                let bytes = crate::store::tests::all_store_bytes(dir);
+                let needle = &key[40..72];
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+            }
+            let mut store = engine.open();
+            assert_eq!(store.provisioning_chains().unwrap().len(), 1);
+            assert!(store
+                .remove_provisioning_chain("example", "cli:test")
+                .unwrap());
+            assert!(!store
+                .remove_provisioning_chain("example", "cli:test")
+                .unwrap());
+            assert!(store.provisioning_chains().unwrap().is_empty());
         }
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        assert_eq!(store.provisioning_chains().unwrap().len(), 1);
-        assert!(store
-            .remove_provisioning_chain("example", "cli:test")
-            .unwrap());
-        assert!(!store
-            .remove_provisioning_chain("example", "cli:test")
-            .unwrap());
-        assert!(store.provisioning_chains().unwrap().is_empty());
     }
 
     #[test]
     fn pki_job_intents_keep_the_credential_and_complete_into_an_acm_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let uuid = "8c2f7d4e-0000-4000-8000-0000000000aa";
-        let first = store
-            .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
-            .unwrap();
-        assert!(!first.resumed);
-        // A failure before the credential step drops the intent ...
-        store.abandon_pki_job(first.id).unwrap();
-        assert!(store.pending_pki_jobs().unwrap().is_empty());
-        // ... after it, the intent and its credential stay for the next attempt.
-        let job = store
-            .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
-            .unwrap();
-        store.set_pki_job_step(job.id, "credential").unwrap();
-        store.abandon_pki_job(job.id).unwrap();
-        let again = store
-            .begin_pki_job(uuid, "127.0.0.10", "corp", "Other!Passw0rd")
-            .unwrap();
-        assert!(again.resumed);
-        assert_eq!(again.new_password.as_str(), "N3w!Passw0rd");
-        assert_eq!(again.address, "127.0.0.10");
-        // Once committed, a hello from elsewhere does not move it.
-        store.set_pki_job_fingerprint(again.id, &[7; 32]).unwrap();
-        store.set_pki_job_step(again.id, "commit").unwrap();
-        let committed = store
-            .begin_pki_job(uuid, "127.0.0.99", "other", "x")
-            .unwrap();
-        assert_eq!(
-            (committed.address.as_str(), committed.chain_name.as_str()),
-            ("127.0.0.10", "corp")
-        );
-        assert_eq!(committed.setup_certificate_sha256, Some(vec![7; 32]));
-        let device = ProvisionedDevice {
-            uuid: uuid.into(),
-            host_name: Some("amt-1".into()),
-            address: committed.address.clone(),
-            amt_version: Some("19.0.5".into()),
-            admin_user: "admin".into(),
-            certificate_der: vec![1, 2, 3],
-        };
-        let pki = PkiProvisioning {
-            chain_name: committed.chain_name.clone(),
-            setup_certificate_sha256: vec![7; 32],
-        };
-        store
-            .complete_pki_job(committed.id, &device, &pki, &committed.new_password)
-            .unwrap();
-        assert!(store.pending_pki_jobs().unwrap().is_empty());
-        let record = store.device(uuid).unwrap().unwrap();
-        assert_eq!(
-            (
-                record.control_mode.as_str(),
-                record.provisioning_path.as_str(),
-                record.pki_chain.as_deref(),
-                record.provisioned_pid
-            ),
-            ("acm", "pki", Some("corp"), None)
-        );
-        let access = store.device_access(uuid).unwrap().unwrap();
-        assert_eq!(access.password.as_str(), "N3w!Passw0rd");
-        drop(store);
-        let db = std::fs::read(dir.path().join(crate::store::DB_FILE)).unwrap();
-        assert!(!db.windows(12).any(|w| w == b"N3w!Passw0rd"));
+        for engine in engines() {
+            let dir = engine.dir.path();
+            let mut store = engine.open();
+            let uuid = "8c2f7d4e-0000-4000-8000-0000000000aa";
+            let first = store
+                .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
+                .unwrap();
+            assert!(!first.resumed);
+            // A failure before the credential step drops the intent ...
+            store.abandon_pki_job(first.id).unwrap();
+            assert!(store.pending_pki_jobs().unwrap().is_empty());
+            // ... after it, the intent and its credential stay for the next attempt.
+            let job = store
+                .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
+                .unwrap();
+            store.set_pki_job_step(job.id, "credential").unwrap();
+            store.abandon_pki_job(job.id).unwrap();
+            let again = store
+                .begin_pki_job(uuid, "127.0.0.10", "corp", "Other!Passw0rd")
+                .unwrap();
+            assert!(again.resumed);
+            assert_eq!(again.new_password.as_str(), "N3w!Passw0rd");
+            assert_eq!(again.address, "127.0.0.10");
+            // Once committed, a hello from elsewhere does not move it.
+            store.set_pki_job_fingerprint(again.id, &[7; 32]).unwrap();
+            store.set_pki_job_step(again.id, "commit").unwrap();
+            let committed = store
+                .begin_pki_job(uuid, "127.0.0.99", "other", "x")
+                .unwrap();
+            assert_eq!(
+                (committed.address.as_str(), committed.chain_name.as_str()),
+                ("127.0.0.10", "corp")
+            );
+            assert_eq!(committed.setup_certificate_sha256, Some(vec![7; 32]));
+            let device = ProvisionedDevice {
+                uuid: uuid.into(),
+                host_name: Some("amt-1".into()),
+                address: committed.address.clone(),
+                amt_version: Some("19.0.5".into()),
+                admin_user: "admin".into(),
+                certificate_der: vec![1, 2, 3],
+            };
+            let pki = PkiProvisioning {
+                chain_name: committed.chain_name.clone(),
+                setup_certificate_sha256: vec![7; 32],
+            };
+            store
+                .complete_pki_job(committed.id, &device, &pki, &committed.new_password)
+                .unwrap();
+            assert!(store.pending_pki_jobs().unwrap().is_empty());
+            let record = store.device(uuid).unwrap().unwrap();
+            assert_eq!(
+                (
+                    record.control_mode.as_str(),
+                    record.provisioning_path.as_str(),
+                    record.pki_chain.as_deref(),
+                    record.provisioned_pid
+                ),
+                ("acm", "pki", Some("corp"), None)
+            );
+            let access = store.device_access(uuid).unwrap().unwrap();
+            assert_eq!(access.password.as_str(), "N3w!Passw0rd");
+            drop(store);
+            if engine.pg.is_none() {
+                let db = crate::store::tests::all_store_bytes(dir);
+                assert!(!db.windows(12).any(|w| w == b"N3w!Passw0rd"));
+            }
+        }
     }
 }

@@ -285,7 +285,8 @@ impl Store {
                     provisioned_pid, provisioned_at, last_contact_at, reachable,
                     agent_profile, k.fingerprint, control_mode, provisioning_path, pki_chain
              FROM devices LEFT JOIN device_host_keys k ON k.device_uuid = uuid
-             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
         )?;
         let rows = stmt.query_map(params![state.map(DeviceState::as_str), uuid], |r| {

@@ -4,6 +4,7 @@
 //! a line on stderr, unless `VPROV_TEST_REQUIRE_PG` is set (`scripts/test.sh`), when
 //! it fails.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Store, StoreOptions};
@@ -25,7 +26,11 @@ impl PgDatabase {
                     std::env::var_os("VPROV_TEST_REQUIRE_PG").is_none(),
                     "VPROV_TEST_REQUIRE_PG is set but VPROV_TEST_PG_URL is not: no PostgreSQL server to test the store on"
                 );
-                eprintln!("SKIPPED the PostgreSQL half: VPROV_TEST_PG_URL is not set (scripts/test.sh runs a cluster)");
+                // Straight to stderr: the test harness captures eprintln!.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED the PostgreSQL half: VPROV_TEST_PG_URL is not set (scripts/test.sh runs a cluster)"
+                );
                 return None;
             }
         };
