@@ -39,6 +39,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The store's PostgreSQL tests run a throwaway cluster (scripts/pg-cluster.sh) with
 # Debian's server binaries, which live in /usr/lib/postgresql/<major>/bin.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# ... and makes its TLS certificate with the openssl command.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
 
 sudo=()

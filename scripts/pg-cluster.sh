@@ -7,7 +7,9 @@
 #                                     connections (pg_isready), prints its URL
 #   scripts/pg-cluster.sh stop DIR    stops it (fast shutdown) and removes DIR
 #
-# The cluster's superuser is `vprov` with password `vprov`, loopback only (scram). Run
+# The cluster's superuser is `vprov` with password `vprov`, loopback only (scram). It
+# also accepts TLS (ssl=on) with a certificate for 127.0.0.1 from a throwaway CA made
+# here, DIR/ca.crt (pass it as `sslrootcert`). Run
 # as root, the server runs as the unprivileged `postgres` user (root cannot run
 # postgres); otherwise as the calling user. The binaries are found through
 # `pg_config --bindir` or /usr/lib/postgresql/*/bin (Debian keeps them off PATH).
@@ -69,11 +71,23 @@ start)
     cat "$dir/initdb.log" >&2
     exit 1
   }
+  # TLS: a throwaway CA (DIR/ca.crt) and its certificate for the loopback address the
+  # cluster listens on (a self-signed server certificate is not a valid trust anchor).
+  as_owner sh -c "cd '$dir' && umask 077 &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=vprov-test-ca \
+      -keyout ca.key -out ca.crt &&
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr &&
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.crt" >"$dir/openssl.log" 2>&1 || {
+    cat "$dir/openssl.log" >&2
+    exit 1
+  }
   # A busy machine may take the chosen port between here and the bind: try a few.
   for _ in 1 2 3 4 5; do
     port=$(free_port)
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" >/dev/null; then
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" >/dev/null; then
       break
     fi
     port=

@@ -6,6 +6,7 @@
 //! executable (`cargo build --workspace` or `scripts/test.sh` builds it first).
 
 pub mod api;
+pub mod pg;
 pub mod rig;
 pub mod sim;
 pub mod sshd;

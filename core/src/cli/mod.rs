@@ -9,6 +9,7 @@ mod pki;
 mod plugins;
 mod records;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,9 @@ enum Command {
     /// Provisioning certificate chains for PKI remote configuration (AMT 11+ hellos)
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// The store itself: copy it between SQLite and PostgreSQL
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Everything a subcommand needs to open the store.
@@ -170,5 +174,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(cmd) => admin::admin(cmd, &ctx),
         Command::Ca(cmd) => admin::ca(cmd, &ctx),
         Command::Pki(cmd) => pki::run(cmd, &ctx),
+        Command::Store(cmd) => store::run(cmd, &ctx),
     }
 }

@@ -112,6 +112,16 @@ const ROWS_PER_INSERT: usize = 64;
 const GENERATION_CACHE_KIB: i64 = 32 * 1024;
 const DEFAULT_CACHE_KIB: i64 = 2000;
 
+/// An INSERT of `rows` keys. Rows go in INSERTs of up to ROWS_PER_INSERT pairs: one
+/// statement per row would spend most of the time in per-statement overhead.
+fn insert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
+         VALUES {values} ON CONFLICT (pid) DO NOTHING"
+    )
+}
+
 fn pps_context(pid: &Pid) -> String {
     format!("pps:{}", pid.as_str())
 }
@@ -164,15 +174,6 @@ impl Store {
             |r| r.get(0),
         )?;
         {
-            // Rows go in INSERTs of up to ROWS_PER_INSERT pairs: one statement per
-            // row would spend most of the time in SQLite's per-statement overhead.
-            let insert_sql = |rows: usize| {
-                let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
-                format!(
-                    "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
-                     VALUES {values} ON CONFLICT (pid) DO NOTHING"
-                )
-            };
             let mut full = tx.prepare(&insert_sql(ROWS_PER_INSERT))?;
             let mut generator = KeyGenerator::default();
             let mut stored = 0u64;

@@ -527,3 +527,41 @@ fn concurrent_first_opens_of_a_postgres_store_initialise_it_once() {
     store.generate_batch(3, None, "t", |_| {}).unwrap();
     assert_eq!(store.batches().unwrap()[0].available, 3);
 }
+
+/// `sslmode=require` connects over TLS, verified against `sslrootcert` (the test
+/// cluster's self-signed certificate, `VPROV_TEST_PG_CA`); without that root the
+/// server is not trusted and nothing is opened.
+#[test]
+fn a_postgres_store_over_tls_verifies_the_server_certificate() {
+    let Some(pg) = testdb::PgDatabase::create() else {
+        return;
+    };
+    let Some(ca) = std::env::var_os("VPROV_TEST_PG_CA") else {
+        assert!(
+            std::env::var_os("VPROV_TEST_REQUIRE_PG").is_none(),
+            "VPROV_TEST_REQUIRE_PG is set but VPROV_TEST_PG_CA is not"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.url = Some(format!("{}?sslmode=require", pg.url));
+    let err = Store::open(&options).unwrap_err();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+    assert!(!err.to_string().contains("vprov:vprov@"), "{err}");
+    options.url = Some(format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url,
+        ca.to_str().unwrap()
+    ));
+    let store = Store::open(&options).unwrap();
+    let tls: bool = store
+        .conn
+        .query_row(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(tls);
+}
