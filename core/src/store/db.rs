@@ -8,7 +8,10 @@
 //! - Parameters are `?N` (numbered from 1), bound with [`params!`] or an array; they
 //!   become `$N` for PostgreSQL (a `?` inside a '…' string literal stays). Plain `?`
 //!   is numbered in order. Values are [`Value`]s: 64-bit integers, text, bytes, NULL;
-//!   a `bool` binds as an integer (or as a boolean where PostgreSQL expects one).
+//!   a `bool` binds as an integer (or as a boolean where PostgreSQL expects one);
+//!   test it as `CAST(?N AS BIGINT) <> 0`, never as a bare condition.
+//! - A parameter PostgreSQL cannot type from its surroundings (`?1 IS NULL OR x = ?1`
+//!   types `?1` twice) gets a cast: `CAST(?1 AS BIGINT) IS NULL OR x = ?1`.
 //! - Columns are `BIGINT`/`INTEGER` (SQLite) and `BIGINT` (PostgreSQL) for integers,
 //!   `BLOB`/`BYTEA` for bytes: the DDL is per engine (`schema.rs`), the queries not.
 //! - `INSERT … ON CONFLICT (…) DO NOTHING`/`DO UPDATE SET x = excluded.x` and
@@ -27,7 +30,10 @@
 //! with its device, intent recorded before action) are argued for one writer at a
 //! time; this keeps that argument true on PostgreSQL without per-query `FOR UPDATE`
 //! audits or serialization-failure retries. Writers wait up to the busy timeout
-//! (`lock_timeout`) and then fail with `Busy`, as on SQLite.
+//! (`lock_timeout`) and then fail with `Busy`, as on SQLite. A single statement
+//! outside a transaction (a job's step, a device's last contact) does not take the
+//! lock: it is atomic by itself and must not depend on an earlier read — anything
+//! that reads to decide a write belongs in a transaction.
 //!
 //! **Connections.** One `Db` is one connection, owned by one thread (the PostgreSQL
 //! client sits in a `RefCell` so that reads take `&self` as with rusqlite). The server
@@ -447,7 +453,8 @@ impl PgConn {
 
 enum Engine {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<PgConn>),
+    // Boxed: the client is several times the size of an SQLite connection.
+    Postgres(Box<RefCell<PgConn>>),
 }
 
 /// One database connection of either engine. See the module docs.
@@ -466,7 +473,7 @@ impl Db {
 
     pub fn postgres(client: postgres::Client, busy_timeout: Duration) -> Db {
         Db {
-            engine: Engine::Postgres(RefCell::new(PgConn::new(client))),
+            engine: Engine::Postgres(Box::new(RefCell::new(PgConn::new(client)))),
             busy_timeout,
         }
     }

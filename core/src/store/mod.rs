@@ -76,8 +76,8 @@ pub enum KeySource {
     Hex(Zeroizing<String>),
 }
 
-/// How to open a store.
-#[derive(Debug, Clone)]
+/// How to open a store. Its `Debug` shows neither the key nor the URL's password.
+#[derive(Clone)]
 pub struct StoreOptions {
     pub data_dir: PathBuf,
     /// `None`: the key file `master.key` in the data directory.
@@ -87,6 +87,17 @@ pub struct StoreOptions {
     /// A PostgreSQL URL (`postgres://…`, `[store] url` or `VPROV_STORE_URL`); `None`:
     /// SQLite, `vprov.db` in the data directory.
     pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("data_dir", &self.data_dir)
+            .field("key", &self.key.as_ref().map(|_| "(given)"))
+            .field("busy_timeout", &self.busy_timeout)
+            .field("url", &self.url.as_deref().map(open::redact))
+            .finish()
+    }
 }
 
 impl StoreOptions {

@@ -166,6 +166,15 @@ mod tests {
     }
 
     #[test]
+    fn store_options_print_no_password() {
+        let mut options = StoreOptions::new("/d");
+        options.url = Some("postgres://v:s3cret@db/x".into());
+        let shown = format!("{options:?}");
+        assert!(shown.contains("postgres://v:***@db/x"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
     fn sslrootcert_is_taken_out_of_the_url() {
         assert_eq!(
             take_param(

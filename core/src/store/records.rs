@@ -472,7 +472,7 @@ impl Store {
     pub fn set_device_reachable(&mut self, uuid: &str, reachable: bool) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE devices SET reachable = ?2,
-                    last_contact_at = CASE WHEN ?2 THEN ?3 ELSE last_contact_at END
+                    last_contact_at = CASE WHEN CAST(?2 AS BIGINT) <> 0 THEN ?3 ELSE last_contact_at END
              WHERE uuid = ?1",
             params![uuid, reachable, now_ms()],
         )?;

@@ -565,3 +565,26 @@ fn a_postgres_store_over_tls_verifies_the_server_certificate() {
         .unwrap();
     assert!(tls);
 }
+
+/// The management writes outside transactions (reachability, inventory, contact) on
+/// every engine: a boolean parameter is tested as `CAST(?N AS BIGINT) <> 0`, which
+/// both accept.
+#[test]
+fn reachability_inventory_and_contact_are_recorded() {
+    for engine in engines() {
+        let (mut store, uuid) = store_with_device(&engine);
+        store.set_device_reachable(&uuid, true).unwrap();
+        let seen = store.device(&uuid).unwrap().unwrap();
+        assert_eq!(seen.reachable, Some(true), "{}", engine.name);
+        assert!(seen.last_contact_at.is_some());
+        store.set_device_reachable(&uuid, false).unwrap();
+        assert_eq!(store.device(&uuid).unwrap().unwrap().reachable, Some(false));
+        store.set_device_inventory(&uuid, "{\"cpu\":1}").unwrap();
+        assert_eq!(
+            store.device_inventory(&uuid).unwrap().unwrap().0,
+            "{\"cpu\":1}"
+        );
+        store.touch_device(&uuid).unwrap();
+        store.abandon_password_change(&uuid).unwrap();
+    }
+}
