@@ -520,10 +520,11 @@ fn count(db: &StoreAt, sql: &str) -> u64 {
                 .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
                 .unwrap_or(0)
         }
+        // PostgreSQL sums to NUMERIC: the figure is cast to BIGINT.
         StoreAt::Url(url) => postgres::Client::connect(url, postgres::NoTls)
-            .and_then(|mut c| c.query_one(sql, &[]))
-            .map(|r| r.get::<_, i64>(0) as u64)
-            .unwrap_or(0),
+            .and_then(|mut c| c.query_one(&format!("SELECT CAST(({sql}) AS BIGINT)"), &[]))
+            .and_then(|r| r.try_get::<_, i64>(0))
+            .map_or(0, |n| n as u64),
     }
 }
 
