@@ -35,6 +35,12 @@ command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 # The console's end-to-end test drives Debian's Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+
+# The store's PostgreSQL tests run a throwaway cluster (scripts/pg-cluster.sh) with
+# Debian's server binaries, which live in /usr/lib/postgresql/<major>/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# ... and makes its TLS certificate with the openssl command.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
 
 sudo=()

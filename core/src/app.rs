@@ -686,6 +686,7 @@ mod tests {
             data_dir: config.data_dir.clone(),
             key: None,
             busy_timeout: config.busy_timeout,
+            url: None,
         };
         let plain = server_settings(&config, options.clone(), &Overrides::default());
         assert_eq!(plain.jobs.device_port, config.provisioning.device_port);

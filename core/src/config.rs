@@ -359,6 +359,25 @@ pub struct ProvisioningConfig {
 struct StoreSection {
     busy_timeout_ms: Option<u64>,
     master_key_file: Option<PathBuf>,
+    url: Option<String>,
+}
+
+/// A PostgreSQL store URL (`[store] url`). It may hold a password, so it prints
+/// redacted (`Debug` too).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL itself, password and all: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::redact_url(&self.0))
+    }
 }
 
 /// The resolved configuration (before command-line and environment overrides,
@@ -371,6 +390,8 @@ pub struct Config {
     pub busy_timeout: Duration,
     /// Master key file; `None` means `master.key` in the data directory.
     pub master_key_file: Option<PathBuf>,
+    /// A PostgreSQL store (`[store] url`); `None`: SQLite in the data directory.
+    pub store_url: Option<StoreUrl>,
     pub hello: HelloConfig,
     pub provisioning: ProvisioningConfig,
     pub plugins: PluginsConfig,
@@ -408,6 +429,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             busy_timeout: Duration::from_millis(DEFAULT_BUSY_TIMEOUT_MS),
             master_key_file: None,
+            store_url: None,
             hello: HelloConfig {
                 listen: DEFAULT_HELLO_LISTEN.parse().expect("valid default address"),
                 max_connections: 1024,
@@ -502,6 +524,21 @@ impl Config {
             key,
             message,
         };
+        let store_url = match file.store.url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(StoreUrl(url))
+            }
+            Some(url) => {
+                return Err(invalid(
+                    "store.url",
+                    format!(
+                        "must be a postgres:// or postgresql:// URL, got {}",
+                        crate::store::redact_url(&url)
+                    ),
+                ))
+            }
+            None => None,
+        };
         let hello = hello_section(file.hello, defaults.hello, &invalid)?;
         let provisioning =
             provisioning_section(file.provisioning, defaults.provisioning, &invalid)?;
@@ -546,6 +583,7 @@ impl Config {
             data_dir: file.data_dir.unwrap_or(defaults.data_dir),
             busy_timeout: Duration::from_millis(busy_ms),
             master_key_file: file.store.master_key_file,
+            store_url,
             hello,
             provisioning,
             plugins,
@@ -891,6 +929,21 @@ mod tests {
         assert!(err.to_string().contains("busy_timeout"), "{err}");
         let err = Config::parse("[store]\nbusy_timeout_ms = 0\n", Path::new("x")).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        let err = Config::parse(
+            "[store]\nurl = \"mysql://u:hunter2@db/x\"\n",
+            Path::new("x"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("store.url"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let c = Config::parse(
+            "[store]\nurl = \"postgres://u:hunter2@db/x\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let url = c.store_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "postgres://u:hunter2@db/x");
+        assert!(!format!("{c:?}").contains("hunter2"));
         let err = Config::parse("data_dir = [", Path::new("x")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         assert!(matches!(

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod invariants;
+pub mod pg;
 pub mod rig;
 pub mod sim;
 pub mod sshd;

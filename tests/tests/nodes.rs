@@ -150,6 +150,7 @@ fn a_node_killed_mid_run_has_its_jobs_finished_by_the_survivor_whose_console_see
         .rt
         .block_on(vprov_tests::invariants::check(
             &rig.s.data_dir(),
+            None,
             &reports,
             rig.device_port,
         ))

@@ -9,6 +9,7 @@ mod pki;
 mod plugins;
 mod records;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,9 @@ enum Command {
     /// Provisioning certificate chains for PKI remote configuration (AMT 11+ hellos)
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// The store itself: copy it between SQLite and PostgreSQL
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Everything a subcommand needs to open the store.
@@ -144,6 +148,16 @@ impl Context {
             data_dir: self.config.data_dir.clone(),
             key,
             busy_timeout: self.config.busy_timeout,
+            // VPROV_STORE_URL wins over `[store] url`.
+            url: std::env::var("VPROV_STORE_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .or_else(|| {
+                    self.config
+                        .store_url
+                        .as_ref()
+                        .map(|u| u.expose().to_string())
+                }),
         }
     }
 }
@@ -184,5 +198,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(cmd) => admin::admin(cmd, &ctx),
         Command::Ca(cmd) => admin::ca(cmd, &ctx),
         Command::Pki(cmd) => pki::run(cmd, &ctx),
+        Command::Store(cmd) => store::run(cmd, &ctx),
     }
 }

@@ -2,7 +2,7 @@
 //! the credentials they sign in with — console sessions and bearer tokens — of which
 //! only SHA-256 hashes are kept.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::records::audit;
 use super::{now_ms, Store, StoreError};
@@ -201,7 +201,7 @@ impl Store {
     pub fn credential(&self, token_sha256: &[u8; 32]) -> Result<Option<Credential>, StoreError> {
         let row: Option<(String, String, String)> = self
             .conn
-            .prepare_cached(
+            .prepare(
                 "SELECT c.admin, a.role, c.kind FROM admin_credentials c
                  JOIN admins a ON a.name = c.admin
                  WHERE c.token_sha256 = ?1 AND (c.expires_at IS NULL OR c.expires_at > ?2)",
@@ -240,82 +240,85 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testdb::{engines, TestEngine};
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::StoreOptions::new(dir.path())).unwrap();
-        (dir, store)
+    fn store(engine: &TestEngine) -> Store {
+        engine.open()
     }
 
     #[test]
     fn accounts_are_added_once_listed_and_removed_with_their_credentials() {
-        let (_dir, mut s) = store();
-        s.add_admin("ann", "$argon2id$x", Role::Admin, "t").unwrap();
-        assert!(s
-            .add_admin("ann", "$argon2id$y", Role::Operator, "t")
-            .is_err());
-        s.add_admin("olaf", "$argon2id$z", Role::Operator, "t")
+        for engine in engines() {
+            let mut s = store(&engine);
+            s.add_admin("ann", "$argon2id$x", Role::Admin, "t").unwrap();
+            assert!(s
+                .add_admin("ann", "$argon2id$y", Role::Operator, "t")
+                .is_err());
+            s.add_admin("olaf", "$argon2id$z", Role::Operator, "t")
+                .unwrap();
+            let token = [7u8; 32];
+            s.add_credential(
+                &token,
+                "olaf",
+                CredentialKind::Token,
+                Some("ci"),
+                None,
+                "cli:t",
+            )
             .unwrap();
-        let token = [7u8; 32];
-        s.add_credential(
-            &token,
-            "olaf",
-            CredentialKind::Token,
-            Some("ci"),
-            None,
-            "cli:t",
-        )
-        .unwrap();
-        let issued = &s.audit_log(1).unwrap()[0];
-        assert_eq!(
-            (issued.action.as_str(), issued.actor.as_str()),
-            ("admin.token_issued", "cli:t")
-        );
-        let listed = s.admins().unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!((listed[1].role, listed[1].tokens), (Role::Operator, 1));
-        assert_eq!(
-            s.admin_password_hash("ann").unwrap(),
-            Some(("$argon2id$x".to_string(), Role::Admin))
-        );
-        assert_eq!(
-            s.credential(&token).unwrap().map(|c| c.admin),
-            Some("olaf".to_string())
-        );
-        s.remove_admin("olaf", "t").unwrap();
-        assert_eq!(s.credential(&token).unwrap(), None);
-        assert!(s.remove_admin("olaf", "t").is_err());
+            let issued = &s.audit_log(1).unwrap()[0];
+            assert_eq!(
+                (issued.action.as_str(), issued.actor.as_str()),
+                ("admin.token_issued", "cli:t")
+            );
+            let listed = s.admins().unwrap();
+            assert_eq!(listed.len(), 2);
+            assert_eq!((listed[1].role, listed[1].tokens), (Role::Operator, 1));
+            assert_eq!(
+                s.admin_password_hash("ann").unwrap(),
+                Some(("$argon2id$x".to_string(), Role::Admin))
+            );
+            assert_eq!(
+                s.credential(&token).unwrap().map(|c| c.admin),
+                Some("olaf".to_string())
+            );
+            s.remove_admin("olaf", "t").unwrap();
+            assert_eq!(s.credential(&token).unwrap(), None);
+            assert!(s.remove_admin("olaf", "t").is_err());
+        }
     }
 
     #[test]
     fn expired_sessions_do_not_count_and_sign_out_removes_them() {
-        let (_dir, mut s) = store();
-        s.add_admin("ann", "h", Role::Admin, "t").unwrap();
-        let (live, old) = ([1u8; 32], [2u8; 32]);
-        s.add_credential(
-            &live,
-            "ann",
-            CredentialKind::Session,
-            None,
-            Some(now_ms() + 60_000),
-            "t",
-        )
-        .unwrap();
-        s.add_credential(
-            &old,
-            "ann",
-            CredentialKind::Session,
-            None,
-            Some(now_ms() - 1),
-            "t",
-        )
-        .unwrap();
-        assert_eq!(
-            s.credential(&live).unwrap().map(|c| c.kind),
-            Some(CredentialKind::Session)
-        );
-        assert_eq!(s.credential(&old).unwrap(), None);
-        s.remove_session(&live).unwrap();
-        assert_eq!(s.credential(&live).unwrap(), None);
+        for engine in engines() {
+            let mut s = store(&engine);
+            s.add_admin("ann", "h", Role::Admin, "t").unwrap();
+            let (live, old) = ([1u8; 32], [2u8; 32]);
+            s.add_credential(
+                &live,
+                "ann",
+                CredentialKind::Session,
+                None,
+                Some(now_ms() + 60_000),
+                "t",
+            )
+            .unwrap();
+            s.add_credential(
+                &old,
+                "ann",
+                CredentialKind::Session,
+                None,
+                Some(now_ms() - 1),
+                "t",
+            )
+            .unwrap();
+            assert_eq!(
+                s.credential(&live).unwrap().map(|c| c.kind),
+                Some(CredentialKind::Session)
+            );
+            assert_eq!(s.credential(&old).unwrap(), None);
+            s.remove_session(&live).unwrap();
+            assert_eq!(s.credential(&live).unwrap(), None);
+        }
     }
 }

@@ -2,10 +2,10 @@
 //! the first time vprov reaches the device over SSH (trust on first use) and replaced
 //! only by an admin, and the hash of the device's latest agent enrollment token.
 
+use super::db::{params, OptionalExtension};
 use base64::Engine as _;
 use rand::rngs::OsRng;
 use rand::RngCore;
-use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -207,6 +207,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testdb::engines;
     use crate::store::tests::store_with_device;
 
     // Made with `ssh-keygen -t ed25519`; `ssh-keygen -l` prints the first one's
@@ -231,58 +232,65 @@ mod tests {
 
     #[test]
     fn a_host_key_is_recorded_on_first_use_and_a_different_one_is_flagged() {
-        let (_dir, mut store, uuid) = store_with_device();
-        let key = SshPublicKey::parse(ED25519).unwrap();
-        let other = SshPublicKey::parse(OTHER).unwrap();
-        let first = store.check_host_key(&uuid, &key, "t").unwrap();
-        assert_eq!(
-            first,
-            HostKeyStatus::FirstUse {
-                fingerprint: key.fingerprint()
-            }
-        );
-        assert!(matches!(
-            store.check_host_key(&uuid, &key, "t").unwrap(),
-            HostKeyStatus::Matches { .. }
-        ));
-        assert_eq!(
-            store.check_host_key(&uuid, &other, "t").unwrap(),
-            HostKeyStatus::Changed {
-                recorded: key.fingerprint()
-            }
-        );
-        // The changed key did not replace the record.
-        let listed = store.device(&uuid).unwrap().unwrap();
-        assert_eq!(listed.ssh_host_key, Some(key.fingerprint()));
-        assert_eq!(
-            store.forget_host_key(&uuid, "t").unwrap(),
-            Some(key.fingerprint())
-        );
-        assert!(matches!(
-            store.check_host_key(&uuid, &other, "t").unwrap(),
-            HostKeyStatus::FirstUse { .. }
-        ));
-        assert!(matches!(
-            store.check_host_key("nope", &key, "t"),
-            Err(StoreError::UnknownDevice(_))
-        ));
+        for engine in engines() {
+            let (mut store, uuid) = store_with_device(&engine);
+            let key = SshPublicKey::parse(ED25519).unwrap();
+            let other = SshPublicKey::parse(OTHER).unwrap();
+            let first = store.check_host_key(&uuid, &key, "t").unwrap();
+            assert_eq!(
+                first,
+                HostKeyStatus::FirstUse {
+                    fingerprint: key.fingerprint()
+                }
+            );
+            assert!(matches!(
+                store.check_host_key(&uuid, &key, "t").unwrap(),
+                HostKeyStatus::Matches { .. }
+            ));
+            assert_eq!(
+                store.check_host_key(&uuid, &other, "t").unwrap(),
+                HostKeyStatus::Changed {
+                    recorded: key.fingerprint()
+                }
+            );
+            // The changed key did not replace the record.
+            let listed = store.device(&uuid).unwrap().unwrap();
+            assert_eq!(listed.ssh_host_key, Some(key.fingerprint()));
+            assert_eq!(
+                store.forget_host_key(&uuid, "t").unwrap(),
+                Some(key.fingerprint())
+            );
+            assert!(matches!(
+                store.check_host_key(&uuid, &other, "t").unwrap(),
+                HostKeyStatus::FirstUse { .. }
+            ));
+            assert!(matches!(
+                store.check_host_key("nope", &key, "t"),
+                Err(StoreError::UnknownDevice(_))
+            ));
+        }
     }
 
     #[test]
     fn only_the_latest_enroll_token_matches_and_only_its_hash_is_stored() {
-        let (dir, mut store, uuid) = store_with_device();
-        let first = store.issue_enroll_token(&uuid, "lab", "t").unwrap();
-        let second = store.issue_enroll_token(&uuid, "lab", "t").unwrap();
-        assert_eq!(second.len(), 43);
-        assert_ne!(*first, *second);
-        assert!(store.enroll_token_matches(&uuid, &second).unwrap());
-        assert!(!store.enroll_token_matches(&uuid, &first).unwrap());
-        assert!(matches!(
-            store.issue_enroll_token("nope", "lab", "t"),
-            Err(StoreError::UnknownDevice(_))
-        ));
-        drop(store);
-        let bytes = crate::store::tests::all_store_bytes(dir.path());
-        assert!(!bytes.windows(second.len()).any(|w| w == second.as_bytes()));
+        for engine in engines() {
+            let (mut store, uuid) = store_with_device(&engine);
+            let first = store.issue_enroll_token(&uuid, "lab", "t").unwrap();
+            let second = store.issue_enroll_token(&uuid, "lab", "t").unwrap();
+            assert_eq!(second.len(), 43);
+            assert_ne!(*first, *second);
+            assert!(store.enroll_token_matches(&uuid, &second).unwrap());
+            assert!(!store.enroll_token_matches(&uuid, &first).unwrap());
+            assert!(matches!(
+                store.issue_enroll_token("nope", "lab", "t"),
+                Err(StoreError::UnknownDevice(_))
+            ));
+            drop(store);
+            // The SQLite file, read raw (PostgreSQL keeps its files to itself).
+            if engine.pg.is_none() {
+                let bytes = crate::store::tests::all_store_bytes(engine.dir.path());
+                assert!(!bytes.windows(second.len()).any(|w| w == second.as_bytes()));
+            }
+        }
     }
 }

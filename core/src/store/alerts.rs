@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::records::{audit, parse_col, Severity};
@@ -228,7 +228,7 @@ impl Store {
 
     /// Alerts matching `filter`, the one seen last first.
     pub fn alerts_where(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
-        let levels: Vec<&str> = [
+        let mut levels: Vec<Option<&str>> = [
             Severity::Info,
             Severity::Warning,
             Severity::Error,
@@ -236,19 +236,24 @@ impl Store {
         ]
         .into_iter()
         .filter(|s| filter.min_severity.is_none_or(|min| *s >= min))
-        .map(Severity::as_str)
+        .map(|s| Some(s.as_str()))
         .collect();
-        let mut stmt = self.conn.prepare_cached(
+        // Four places, NULL where a level is not wanted (NULL matches nothing).
+        levels.resize(4, None);
+        let mut stmt = self.conn.prepare(
             "SELECT id, at, last_seen, count, severity, source, message, pid, device_uuid,
                     address, acknowledged_at, acknowledged_by
-             FROM alerts WHERE severity IN (SELECT value FROM json_each(?1))
-               AND (?2 IS NULL OR (acknowledged_at IS NOT NULL) = ?2)
-               AND last_seen >= ?3
-             ORDER BY last_seen DESC, id DESC LIMIT ?4",
+             FROM alerts WHERE severity IN (?1, ?2, ?3, ?4)
+               AND (CAST(?5 AS BIGINT) IS NULL
+                    OR (CASE WHEN acknowledged_at IS NULL THEN 0 ELSE 1 END) = ?5)
+               AND last_seen >= ?6
+             ORDER BY last_seen DESC, id DESC LIMIT ?7",
         )?;
-        let levels = serde_json::to_string(&levels).expect("a list of strings serialises");
         let params = params![
-            levels,
+            levels[0],
+            levels[1],
+            levels[2],
+            levels[3],
             filter.acknowledged,
             filter.seen_since.unwrap_or(i64::MIN),
             filter.limit
@@ -374,35 +379,34 @@ fn group_batch(alerts: &[NewAlert]) -> Vec<BatchGroup> {
 /// The statements storing a batch's groups in one transaction: a repeat of an
 /// unacknowledged alert bumps its row, anything else inserts one.
 struct AlertWriter<'t> {
-    tx: &'t rusqlite::Transaction<'t>,
-    find: rusqlite::CachedStatement<'t>,
-    bump: rusqlite::CachedStatement<'t>,
-    insert: rusqlite::CachedStatement<'t>,
+    find: super::db::Statement<'t>,
+    bump: super::db::Statement<'t>,
+    insert: super::db::Statement<'t>,
     now: i64,
     notice_ms: Option<i64>,
 }
 
 impl<'t> AlertWriter<'t> {
     fn prepare(
-        tx: &'t rusqlite::Transaction<'t>,
+        tx: &'t super::db::Transaction<'t>,
         now: i64,
         notice_ms: Option<i64>,
     ) -> Result<AlertWriter<'t>, StoreError> {
         Ok(AlertWriter {
-            tx,
-            find: tx.prepare_cached(
+            find: tx.prepare(
                 "SELECT id, at, count, notified_at FROM alerts
                  WHERE agg_key = ?1 AND acknowledged_at IS NULL",
             )?,
-            bump: tx.prepare_cached(
+            bump: tx.prepare(
                 "UPDATE alerts SET count = count + ?2, last_seen = ?3, message = ?4,
                         notified_at = ?5
                  WHERE id = ?1",
             )?,
-            insert: tx.prepare_cached(
+            insert: tx.prepare(
                 "INSERT INTO alerts (at, last_seen, count, notified_at, agg_key, severity,
                                      source, message, pid, device_uuid, address)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 RETURNING id",
             )?,
             now,
             notice_ms,
@@ -450,21 +454,24 @@ impl<'t> AlertWriter<'t> {
     /// Stores `group` as a new row.
     fn insert(&mut self, group: &BatchGroup, a: &NewAlert) -> Result<StoredAlert, StoreError> {
         let now = self.now;
-        self.insert.execute(params![
-            now,
-            group.count,
-            self.notice_ms.map(|_| now),
-            &group.key[..],
-            a.severity.as_str(),
-            a.source.as_ref(),
-            a.message,
-            a.pid,
-            a.device_uuid,
-            a.address
-        ])?;
+        let id = self.insert.query_row(
+            params![
+                now,
+                group.count,
+                self.notice_ms.map(|_| now),
+                &group.key[..],
+                a.severity.as_str(),
+                a.source.as_ref(),
+                a.message,
+                a.pid,
+                a.device_uuid,
+                a.address
+            ],
+            |r| r.get(0),
+        )?;
         Ok(StoredAlert {
             index: group.index,
-            id: self.tx.last_insert_rowid(),
+            id,
             count: group.count,
             first_seen: now,
             last_seen: now,
@@ -476,12 +483,10 @@ impl<'t> AlertWriter<'t> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreOptions;
+    use crate::store::testdb::{engines, TestEngine};
 
-    fn new_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        (dir, store)
+    fn new_store(engine: &TestEngine) -> Store {
+        engine.open()
     }
 
     fn alert(message: &str, address: &str) -> NewAlert {
@@ -499,66 +504,70 @@ mod tests {
 
     #[test]
     fn repeats_of_an_unacknowledged_alert_are_one_row_with_a_count() {
-        let (_dir, mut store) = new_store();
-        let failed = alert(
-            "provisioning failed at step login: 401 after 3 tries",
-            "10.0.0.1",
-        );
-        let stored = store
-            .insert_alerts(std::slice::from_ref(&failed), NOTICE)
-            .unwrap();
-        assert!(stored[0].notify);
-        for _ in 0..9 {
-            let again = store
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let failed = alert(
+                "provisioning failed at step login: 401 after 3 tries",
+                "10.0.0.1",
+            );
+            let stored = store
                 .insert_alerts(std::slice::from_ref(&failed), NOTICE)
                 .unwrap();
-            assert_eq!(again[0].id, stored[0].id);
-            assert!(
-                !again[0].notify,
-                "repeats are not told again within the interval"
+            assert!(stored[0].notify);
+            for _ in 0..9 {
+                let again = store
+                    .insert_alerts(std::slice::from_ref(&failed), NOTICE)
+                    .unwrap();
+                assert_eq!(again[0].id, stored[0].id);
+                assert!(
+                    !again[0].notify,
+                    "repeats are not told again within the interval"
+                );
+            }
+            // Numbers do not make another cause; the latest message is kept.
+            let numbers = alert(
+                "provisioning failed at step login: 401 after 4 tries",
+                "10.0.0.1",
             );
+            store
+                .insert_alerts(std::slice::from_ref(&numbers), NOTICE)
+                .unwrap();
+            // Another address, step or severity is another alert.
+            let elsewhere = alert(
+                "provisioning failed at step login: 401 after 3 tries",
+                "10.0.0.2",
+            );
+            let other_step = alert(
+                "provisioning failed at step commit: 401 after 3 tries",
+                "10.0.0.1",
+            );
+            let mut critical = failed.clone();
+            critical.severity = Severity::Critical;
+            store
+                .insert_alerts(&[elsewhere, other_step, critical], NOTICE)
+                .unwrap();
+            let all = store.alerts(None, 100).unwrap();
+            assert_eq!(all.len(), 4, "{all:#?}");
+            let first = all.iter().find(|a| a.id == stored[0].id).unwrap();
+            assert_eq!(first.count, 11);
+            assert_eq!(first.message, numbers.message);
+            assert!(first.last_seen >= first.at);
         }
-        // Numbers do not make another cause; the latest message is kept.
-        let numbers = alert(
-            "provisioning failed at step login: 401 after 4 tries",
-            "10.0.0.1",
-        );
-        store
-            .insert_alerts(std::slice::from_ref(&numbers), NOTICE)
-            .unwrap();
-        // Another address, step or severity is another alert.
-        let elsewhere = alert(
-            "provisioning failed at step login: 401 after 3 tries",
-            "10.0.0.2",
-        );
-        let other_step = alert(
-            "provisioning failed at step commit: 401 after 3 tries",
-            "10.0.0.1",
-        );
-        let mut critical = failed.clone();
-        critical.severity = Severity::Critical;
-        store
-            .insert_alerts(&[elsewhere, other_step, critical], NOTICE)
-            .unwrap();
-        let all = store.alerts(None, 100).unwrap();
-        assert_eq!(all.len(), 4, "{all:#?}");
-        let first = all.iter().find(|a| a.id == stored[0].id).unwrap();
-        assert_eq!(first.count, 11);
-        assert_eq!(first.message, numbers.message);
-        assert!(first.last_seen >= first.at);
     }
 
     #[test]
     fn same_alerts_in_one_batch_are_one_write_and_one_notice() {
-        let (_dir, mut store) = new_store();
-        let a = alert("no provisioning password", "10.0.0.1");
-        let stored = store
-            .insert_alerts(&[a.clone(), a.clone(), a], NOTICE)
-            .unwrap();
-        assert_eq!(stored.len(), 1);
-        assert_eq!((stored[0].count, stored[0].index), (3, 2));
-        assert!(stored[0].notify);
-        assert_eq!(store.alerts(None, 10).unwrap()[0].count, 3);
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let a = alert("no provisioning password", "10.0.0.1");
+            let stored = store
+                .insert_alerts(&[a.clone(), a.clone(), a], NOTICE)
+                .unwrap();
+            assert_eq!(stored.len(), 1);
+            assert_eq!((stored[0].count, stored[0].index), (3, 2));
+            assert!(stored[0].notify);
+            assert_eq!(store.alerts(None, 10).unwrap()[0].count, 3);
+        }
     }
 
     /// Several serve nodes on one store: each passes on the alerts it stores, and
@@ -566,140 +575,152 @@ mod tests {
     /// node within the interval is not passed on twice.
     #[test]
     fn two_nodes_storing_one_alert_pass_it_on_once() {
-        let (_dir, mut a, mut b) = crate::store::tests::open_pair();
-        let alert = alert("provisioning failed", "10.0.0.1");
-        assert!(
-            a.insert_alerts(std::slice::from_ref(&alert), NOTICE)
-                .unwrap()[0]
-                .notify
-        );
-        let repeat = b
-            .insert_alerts(std::slice::from_ref(&alert), NOTICE)
-            .unwrap();
-        assert_eq!(repeat[0].count, 2);
-        assert!(!repeat[0].notify);
+        for engine in engines() {
+            let (mut a, mut b) = (engine.open(), engine.open());
+            let alert = alert("provisioning failed", "10.0.0.1");
+            assert!(
+                a.insert_alerts(std::slice::from_ref(&alert), NOTICE)
+                    .unwrap()[0]
+                    .notify
+            );
+            let repeat = b
+                .insert_alerts(std::slice::from_ref(&alert), NOTICE)
+                .unwrap();
+            assert_eq!(repeat[0].count, 2);
+            assert!(!repeat[0].notify);
+        }
     }
 
     #[test]
     fn a_repeat_after_the_interval_is_told_again_and_one_without_sinks_never() {
-        let (_dir, mut store) = new_store();
-        let a = alert("unreachable", "10.0.0.1");
-        assert!(!store.insert_alerts(std::slice::from_ref(&a), None).unwrap()[0].notify);
-        // Never told (no sink saw it): the server's next repeat is told.
-        assert!(
-            store
-                .insert_alerts(std::slice::from_ref(&a), NOTICE)
-                .unwrap()[0]
-                .notify
-        );
-        assert!(
-            !store
-                .insert_alerts(std::slice::from_ref(&a), NOTICE)
-                .unwrap()[0]
-                .notify
-        );
-        // An interval of zero has always elapsed.
-        assert!(store.insert_alerts(&[a], Some(Duration::ZERO)).unwrap()[0].notify);
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let a = alert("unreachable", "10.0.0.1");
+            assert!(!store.insert_alerts(std::slice::from_ref(&a), None).unwrap()[0].notify);
+            // Never told (no sink saw it): the server's next repeat is told.
+            assert!(
+                store
+                    .insert_alerts(std::slice::from_ref(&a), NOTICE)
+                    .unwrap()[0]
+                    .notify
+            );
+            assert!(
+                !store
+                    .insert_alerts(std::slice::from_ref(&a), NOTICE)
+                    .unwrap()[0]
+                    .notify
+            );
+            // An interval of zero has always elapsed.
+            assert!(store.insert_alerts(&[a], Some(Duration::ZERO)).unwrap()[0].notify);
+        }
     }
 
     #[test]
     fn an_acknowledged_alert_is_not_reopened_by_a_repeat() {
-        let (_dir, mut store) = new_store();
-        let a = alert("mismatch", "10.0.0.1");
-        let first = store
-            .insert_alerts(&[a.clone(), a.clone()], NOTICE)
-            .unwrap()[0]
-            .id;
-        assert!(store.acknowledge_alert(first, "ann").unwrap());
-        let second = store.insert_alerts(&[a], NOTICE).unwrap();
-        assert_ne!(second[0].id, first);
-        assert!(second[0].notify);
-        let all = store.alerts(None, 10).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all.iter().find(|r| r.id == first).unwrap().count, 2);
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let a = alert("mismatch", "10.0.0.1");
+            let first = store
+                .insert_alerts(&[a.clone(), a.clone()], NOTICE)
+                .unwrap()[0]
+                .id;
+            assert!(store.acknowledge_alert(first, "ann").unwrap());
+            let second = store.insert_alerts(&[a], NOTICE).unwrap();
+            assert_ne!(second[0].id, first);
+            assert!(second[0].notify);
+            let all = store.alerts(None, 10).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!(all.iter().find(|r| r.id == first).unwrap().count, 2);
+        }
     }
 
     #[test]
     fn huge_texts_are_stored_capped() {
-        let (_dir, mut store) = new_store();
-        let mut a = alert(&format!("fault: {}", "\r\nX".repeat(400_000)), "10.0.0.1");
-        a.source = "plugin:".to_string().repeat(100).into();
-        store.insert_alerts(&[a], None).unwrap();
-        let stored = &store.alerts(None, 1).unwrap()[0];
-        assert!(
-            stored.message.len() <= MAX_MESSAGE_BYTES,
-            "{}",
-            stored.message.len()
-        );
-        assert!(stored.message.ends_with("bytes in all]"));
-        assert!(stored.source.len() <= MAX_FIELD_BYTES);
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let mut a = alert(&format!("fault: {}", "\r\nX".repeat(400_000)), "10.0.0.1");
+            a.source = "plugin:".to_string().repeat(100).into();
+            store.insert_alerts(&[a], None).unwrap();
+            let stored = &store.alerts(None, 1).unwrap()[0];
+            assert!(
+                stored.message.len() <= MAX_MESSAGE_BYTES,
+                "{}",
+                stored.message.len()
+            );
+            assert!(stored.message.ends_with("bytes in all]"));
+            assert!(stored.source.len() <= MAX_FIELD_BYTES);
+        }
     }
 
     #[test]
     fn pruning_keeps_the_newest_rows_and_drops_old_ones() {
-        let (_dir, mut store) = new_store();
-        let many: Vec<NewAlert> = (0..50)
-            .map(|i| alert("unknown PID", &format!("10.0.1.{i}")))
-            .collect();
-        let stored = store.insert_alerts(&many, None).unwrap();
-        let keep = AlertRetention {
-            max_age: Some(Duration::from_secs(3600)),
-            max_rows: 20,
-        };
-        assert_eq!(store.prune_alerts(&keep).unwrap(), 30);
-        let left = store.alerts(None, 100).unwrap();
-        assert_eq!(left.len(), 20);
-        assert!(left.iter().all(|a| a.id >= stored[30].id));
-        store
-            .conn
-            .execute(
-                "UPDATE alerts SET last_seen = last_seen - 7200000 WHERE id % 2 = 0",
-                [],
-            )
-            .unwrap();
-        assert_eq!(store.prune_alerts(&keep).unwrap(), 10);
-        assert_eq!(store.alerts(None, 100).unwrap().len(), 10);
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let many: Vec<NewAlert> = (0..50)
+                .map(|i| alert("unknown PID", &format!("10.0.1.{i}")))
+                .collect();
+            let stored = store.insert_alerts(&many, None).unwrap();
+            let keep = AlertRetention {
+                max_age: Some(Duration::from_secs(3600)),
+                max_rows: 20,
+            };
+            assert_eq!(store.prune_alerts(&keep).unwrap(), 30);
+            let left = store.alerts(None, 100).unwrap();
+            assert_eq!(left.len(), 20);
+            assert!(left.iter().all(|a| a.id >= stored[30].id));
+            store
+                .conn
+                .execute(
+                    "UPDATE alerts SET last_seen = last_seen - 7200000 WHERE id % 2 = 0",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(store.prune_alerts(&keep).unwrap(), 10);
+            assert_eq!(store.alerts(None, 100).unwrap().len(), 10);
+        }
     }
 
     #[test]
     fn acknowledging_many_is_all_or_nothing_and_audited() {
-        let (_dir, mut store) = new_store();
-        let stored = store
-            .insert_alerts(&[alert("a", "10.0.0.1"), alert("b", "10.0.0.1")], None)
-            .unwrap();
-        let a = stored[0].id;
-        assert!(matches!(
-            store.acknowledge_alerts(&[a, 999], "ann"),
-            Err(StoreError::UnknownAlert(999))
-        ));
-        assert_eq!(
+        for engine in engines() {
+            let mut store = new_store(&engine);
+            let stored = store
+                .insert_alerts(&[alert("a", "10.0.0.1"), alert("b", "10.0.0.1")], None)
+                .unwrap();
+            let a = stored[0].id;
+            assert!(matches!(
+                store.acknowledge_alerts(&[a, 999], "ann"),
+                Err(StoreError::UnknownAlert(999))
+            ));
+            assert_eq!(
+                store
+                    .alerts_where(&AlertFilter {
+                        acknowledged: Some(true),
+                        limit: 9,
+                        ..Default::default()
+                    })
+                    .unwrap()
+                    .len(),
+                0
+            );
+            assert_eq!(store.acknowledge_alerts(&[a, a], "ann").unwrap(), 1);
             store
-                .alerts_where(&AlertFilter {
-                    acknowledged: Some(true),
-                    limit: 9,
-                    ..Default::default()
-                })
+                .insert_alerts(&[alert("c", "10.0.0.1")], None)
+                .unwrap();
+            assert_eq!(store.acknowledge_all_alerts("bob").unwrap(), 2);
+            assert_eq!(store.acknowledge_all_alerts("bob").unwrap(), 0);
+            assert!(store
+                .alerts(None, 10)
                 .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(store.acknowledge_alerts(&[a, a], "ann").unwrap(), 1);
-        store
-            .insert_alerts(&[alert("c", "10.0.0.1")], None)
-            .unwrap();
-        assert_eq!(store.acknowledge_all_alerts("bob").unwrap(), 2);
-        assert_eq!(store.acknowledge_all_alerts("bob").unwrap(), 0);
-        assert!(store
-            .alerts(None, 10)
-            .unwrap()
-            .iter()
-            .all(|r| r.acknowledged_at.is_some()));
-        let actions: Vec<String> = store
-            .audit_log(10)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.action)
-            .collect();
-        assert_eq!(actions, ["alert.acknowledge_all", "alert.acknowledge"]);
+                .iter()
+                .all(|r| r.acknowledged_at.is_some()));
+            let actions: Vec<String> = store
+                .audit_log(10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.action)
+                .collect();
+            assert_eq!(actions, ["alert.acknowledge_all", "alert.acknowledge"]);
+        }
     }
 }

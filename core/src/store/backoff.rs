@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::{now_ms, Store, StoreError};
 
@@ -161,51 +161,53 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testdb::engines;
 
     #[test]
     fn the_wait_doubles_per_cause_and_pid_and_clears() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&super::super::StoreOptions::new(dir.path())).unwrap();
-        let (base, max) = (Duration::from_secs(10), Duration::from_secs(25));
-        let u = "8c2f7d4e-0000-4000-8000-000000000001";
-        const A: &str = "127.0.0.5";
-        let wait = |b: &JobBackoff| b.retry_at - now_ms();
-        let first = store
-            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
-            .unwrap();
-        assert_eq!(first.failures, 1);
-        assert!((9_000..=10_000).contains(&wait(&first)));
-        let second = store
-            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
-            .unwrap();
-        assert_eq!(second.failures, 2);
-        assert!((19_000..=20_000).contains(&wait(&second)));
-        let third = store
-            .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
-            .unwrap();
-        assert!((24_000..=25_000).contains(&wait(&third)), "capped");
-        // Another cause starts again from the base.
-        let other = store
-            .record_job_failure(u, "0000037M", A, "GetUuid", base, max)
-            .unwrap();
-        assert_eq!(other.failures, 1);
-        // Only hellos with the same PID from the same address wait.
-        assert!(store.job_backoff(u, "0000037M", A).unwrap().is_some());
-        assert!(store.job_backoff(u, "0000046N", A).unwrap().is_none());
-        assert!(store
-            .job_backoff(u, "0000037M", "127.0.0.66")
-            .unwrap()
-            .is_none());
-        let retried = store.retry_device(u, "cli:root").unwrap().unwrap();
-        assert_eq!(retried.cause, "GetUuid");
-        assert!(store.job_backoff(u, "0000037M", A).unwrap().is_none());
-        assert!(store.retry_device(u, "cli:root").unwrap().is_none());
-        let audit = store.audit_log(10).unwrap();
-        assert_eq!(audit[0].action, "device.retry");
-        store
-            .record_job_failure(u, "0000037M", A, "x", base, max)
-            .unwrap();
-        assert!(store.clear_job_backoff(u).unwrap());
-        assert!(!store.clear_job_backoff(u).unwrap());
+        for engine in engines() {
+            let mut store = engine.open();
+            let (base, max) = (Duration::from_secs(10), Duration::from_secs(25));
+            let u = "8c2f7d4e-0000-4000-8000-000000000001";
+            const A: &str = "127.0.0.5";
+            let wait = |b: &JobBackoff| b.retry_at - now_ms();
+            let first = store
+                .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
+                .unwrap();
+            assert_eq!(first.failures, 1);
+            assert!((9_000..=10_000).contains(&wait(&first)));
+            let second = store
+                .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
+                .unwrap();
+            assert_eq!(second.failures, 2);
+            assert!((19_000..=20_000).contains(&wait(&second)));
+            let third = store
+                .record_job_failure(u, "0000037M", A, "CommitChanges", base, max)
+                .unwrap();
+            assert!((24_000..=25_000).contains(&wait(&third)), "capped");
+            // Another cause starts again from the base.
+            let other = store
+                .record_job_failure(u, "0000037M", A, "GetUuid", base, max)
+                .unwrap();
+            assert_eq!(other.failures, 1);
+            // Only hellos with the same PID from the same address wait.
+            assert!(store.job_backoff(u, "0000037M", A).unwrap().is_some());
+            assert!(store.job_backoff(u, "0000046N", A).unwrap().is_none());
+            assert!(store
+                .job_backoff(u, "0000037M", "127.0.0.66")
+                .unwrap()
+                .is_none());
+            let retried = store.retry_device(u, "cli:root").unwrap().unwrap();
+            assert_eq!(retried.cause, "GetUuid");
+            assert!(store.job_backoff(u, "0000037M", A).unwrap().is_none());
+            assert!(store.retry_device(u, "cli:root").unwrap().is_none());
+            let audit = store.audit_log(10).unwrap();
+            assert_eq!(audit[0].action, "device.retry");
+            store
+                .record_job_failure(u, "0000037M", A, "x", base, max)
+                .unwrap();
+            assert!(store.clear_job_backoff(u).unwrap());
+            assert!(!store.clear_job_backoff(u).unwrap());
+        }
     }
 }

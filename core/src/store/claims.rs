@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::{now_ms, Store, StoreError};
 
@@ -197,7 +197,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{new_available_pid, open_pair};
+    use crate::store::testdb::engines;
+    use crate::store::tests::new_available_pid;
 
     fn keys(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -207,92 +208,100 @@ mod tests {
 
     #[test]
     fn a_claim_is_exclusive_until_its_lease_expires() {
-        let (_dir, mut a, mut b) = open_pair();
-        let job = keys(&["pid P @127.0.0.2", "device U @127.0.0.2"]);
-        assert_eq!(
-            a.claim_job(&job, None, "a", LEASE).unwrap(),
-            ClaimOutcome::Claimed
-        );
-        // Another node, from another connection (process), cannot take it...
-        assert_eq!(
-            b.claim_job(&job, None, "b", LEASE).unwrap(),
-            ClaimOutcome::HeldBy("a".into())
-        );
-        // ...nor any job sharing one key with it, and such a refusal takes nothing.
-        let overlapping = keys(&["pid Q @127.0.0.2", "device U @127.0.0.2"]);
-        assert_eq!(
-            b.claim_job(&overlapping, None, "b", LEASE).unwrap(),
-            ClaimOutcome::HeldBy("a".into())
-        );
-        assert_eq!(b.claim_holder("pid Q @127.0.0.2").unwrap(), None);
-        // The holder itself may take it again (a restart under the same node name).
-        assert_eq!(
-            a.claim_job(&job, None, "a", LEASE).unwrap(),
-            ClaimOutcome::Claimed
-        );
-        // Once the lease expired (a node that died), another node takes it over.
-        assert_eq!(a.renew_claims("a", Duration::ZERO).unwrap(), 2);
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(
-            b.claim_job(&job, None, "b", LEASE).unwrap(),
-            ClaimOutcome::Claimed
-        );
-        assert_eq!(b.claim_holder(&job[1]).unwrap().as_deref(), Some("b"));
-        // The old holder learns it lost the job before it commits anything.
-        assert!(!a.confirm_claim(&job, "a", LEASE).unwrap());
-        assert!(b.confirm_claim(&job, "b", LEASE).unwrap());
-        // Releasing by the wrong node does nothing; by the holder frees the keys.
-        a.release_claims(&job, "a").unwrap();
-        assert_eq!(b.claim_holder(&job[0]).unwrap().as_deref(), Some("b"));
-        b.release_claims(&job, "b").unwrap();
-        assert_eq!(
-            a.claim_job(&job, None, "a", LEASE).unwrap(),
-            ClaimOutcome::Claimed
-        );
+        for engine in engines() {
+            let (mut a, mut b) = (engine.open(), engine.open());
+            let job = keys(&["pid P @127.0.0.2", "device U @127.0.0.2"]);
+            assert_eq!(
+                a.claim_job(&job, None, "a", LEASE).unwrap(),
+                ClaimOutcome::Claimed
+            );
+            // Another node, from another connection (process), cannot take it...
+            assert_eq!(
+                b.claim_job(&job, None, "b", LEASE).unwrap(),
+                ClaimOutcome::HeldBy("a".into())
+            );
+            // ...nor any job sharing one key with it, and such a refusal takes nothing.
+            let overlapping = keys(&["pid Q @127.0.0.2", "device U @127.0.0.2"]);
+            assert_eq!(
+                b.claim_job(&overlapping, None, "b", LEASE).unwrap(),
+                ClaimOutcome::HeldBy("a".into())
+            );
+            assert_eq!(b.claim_holder("pid Q @127.0.0.2").unwrap(), None);
+            // The holder itself may take it again (a restart under the same node name).
+            assert_eq!(
+                a.claim_job(&job, None, "a", LEASE).unwrap(),
+                ClaimOutcome::Claimed
+            );
+            // Once the lease expired (a node that died), another node takes it over.
+            assert_eq!(a.renew_claims("a", Duration::ZERO).unwrap(), 2);
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(
+                b.claim_job(&job, None, "b", LEASE).unwrap(),
+                ClaimOutcome::Claimed
+            );
+            assert_eq!(b.claim_holder(&job[1]).unwrap().as_deref(), Some("b"));
+            // The old holder learns it lost the job before it commits anything.
+            assert!(!a.confirm_claim(&job, "a", LEASE).unwrap());
+            assert!(b.confirm_claim(&job, "b", LEASE).unwrap());
+            // Releasing by the wrong node does nothing; by the holder frees the keys.
+            a.release_claims(&job, "a").unwrap();
+            assert_eq!(b.claim_holder(&job[0]).unwrap().as_deref(), Some("b"));
+            b.release_claims(&job, "b").unwrap();
+            assert_eq!(
+                a.claim_job(&job, None, "a", LEASE).unwrap(),
+                ClaimOutcome::Claimed
+            );
+        }
     }
 
     #[test]
     fn renewing_keeps_own_claims_and_clears_expired_ones() {
-        let (_dir, mut a, mut b) = open_pair();
-        a.claim_job(&keys(&["x"]), None, "a", Duration::ZERO)
-            .unwrap();
-        b.claim_job(&keys(&["y"]), None, "b", LEASE).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(b.renew_claims("b", LEASE).unwrap(), 1);
-        // a's expired claim is gone; b's is kept.
-        assert_eq!(a.claim_holder("x").unwrap(), None);
-        assert_eq!(a.renew_claims("a", LEASE).unwrap(), 0);
-        assert_eq!(a.claim_holder("y").unwrap().as_deref(), Some("b"));
+        for engine in engines() {
+            let (mut a, mut b) = (engine.open(), engine.open());
+            a.claim_job(&keys(&["x"]), None, "a", Duration::ZERO)
+                .unwrap();
+            b.claim_job(&keys(&["y"]), None, "b", LEASE).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(b.renew_claims("b", LEASE).unwrap(), 1);
+            // a's expired claim is gone; b's is kept.
+            assert_eq!(a.claim_holder("x").unwrap(), None);
+            assert_eq!(a.renew_claims("a", LEASE).unwrap(), 0);
+            assert_eq!(a.claim_holder("y").unwrap().as_deref(), Some("b"));
+        }
     }
 
     #[test]
     fn a_pid_that_is_no_longer_available_is_not_claimed() {
-        let (_dir, mut a, _b) = open_pair();
-        let pid = new_available_pid(&mut a);
-        let job = keys(&["pid @x"]);
-        assert_eq!(
-            a.claim_job(&job, Some("no-such-pid"), "a", LEASE).unwrap(),
-            ClaimOutcome::PidTaken
-        );
-        assert_eq!(a.claim_holder("pid @x").unwrap(), None);
-        assert_eq!(
-            a.claim_job(&job, Some(&pid), "a", LEASE).unwrap(),
-            ClaimOutcome::Claimed
-        );
+        for engine in engines() {
+            let (mut a, _b) = (engine.open(), engine.open());
+            let pid = new_available_pid(&mut a);
+            let job = keys(&["pid @x"]);
+            assert_eq!(
+                a.claim_job(&job, Some("no-such-pid"), "a", LEASE).unwrap(),
+                ClaimOutcome::PidTaken
+            );
+            assert_eq!(a.claim_holder("pid @x").unwrap(), None);
+            assert_eq!(
+                a.claim_job(&job, Some(&pid), "a", LEASE).unwrap(),
+                ClaimOutcome::Claimed
+            );
+        }
     }
 
     #[test]
     fn a_turn_is_taken_once_per_interval_across_nodes() {
-        let (_dir, mut a, mut b) = open_pair();
-        let hour = Duration::from_secs(3600);
-        assert!(a.take_turn("reachability", "a", hour).unwrap());
-        assert!(!b.take_turn("reachability", "b", hour).unwrap());
-        assert!(!a.take_turn("reachability", "a", hour).unwrap());
-        // Other tasks are independent.
-        assert!(b.take_turn("pki_expiry", "b", hour).unwrap());
-        // Once due, whichever node asks first takes it.
-        assert!(b.take_turn("alert_prune", "b", Duration::ZERO).unwrap());
-        assert!(a.take_turn("alert_prune", "a", hour).unwrap());
-        assert!(!b.take_turn("alert_prune", "b", hour).unwrap());
+        for engine in engines() {
+            let (mut a, mut b) = (engine.open(), engine.open());
+            let hour = Duration::from_secs(3600);
+            assert!(a.take_turn("reachability", "a", hour).unwrap());
+            assert!(!b.take_turn("reachability", "b", hour).unwrap());
+            assert!(!a.take_turn("reachability", "a", hour).unwrap());
+            // Other tasks are independent.
+            assert!(b.take_turn("pki_expiry", "b", hour).unwrap());
+            // Once due, whichever node asks first takes it.
+            assert!(b.take_turn("alert_prune", "b", Duration::ZERO).unwrap());
+            assert!(a.take_turn("alert_prune", "a", hour).unwrap());
+            assert!(!b.take_turn("alert_prune", "b", hour).unwrap());
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension, Value};
 use serde_json::json;
 
 use super::{now_ms, Store, StoreError};
@@ -112,6 +112,16 @@ const ROWS_PER_INSERT: usize = 64;
 const GENERATION_CACHE_KIB: i64 = 32 * 1024;
 const DEFAULT_CACHE_KIB: i64 = 2000;
 
+/// An INSERT of `rows` keys. Rows go in INSERTs of up to ROWS_PER_INSERT pairs: one
+/// statement per row would spend most of the time in per-statement overhead.
+fn insert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
+         VALUES {values} ON CONFLICT (pid) DO NOTHING"
+    )
+}
+
 fn pps_context(pid: &Pid) -> String {
     format!("pps:{}", pid.as_str())
 }
@@ -136,11 +146,14 @@ impl Store {
         // A page cache that holds the whole PID index (about 20 bytes a key) while
         // the batch goes in: random PIDs touch index pages all over, and a page
         // spilled to the log early is written again each time it changes.
-        self.conn
-            .pragma_update(None, "cache_size", -GENERATION_CACHE_KIB)?;
+        // (SQLite only: PostgreSQL's buffers are the server's.)
+        if let Some(conn) = self.conn.as_sqlite() {
+            conn.pragma_update(None, "cache_size", -GENERATION_CACHE_KIB)?;
+        }
         let result = self.insert_batch(count, comment, actor, now, &key, &mut progress);
-        self.conn
-            .pragma_update(None, "cache_size", -DEFAULT_CACHE_KIB)?;
+        if let Some(conn) = self.conn.as_sqlite() {
+            conn.pragma_update(None, "cache_size", -DEFAULT_CACHE_KIB)?;
+        }
         result
     }
 
@@ -154,21 +167,13 @@ impl Store {
         progress: &mut impl FnMut(u64),
     ) -> Result<BatchSummary, StoreError> {
         let tx = self.write_tx()?;
-        tx.execute(
-            "INSERT INTO key_batches (created_at, comment, size) VALUES (?1, ?2, ?3)",
+        let batch_id: i64 = tx.query_row(
+            "INSERT INTO key_batches (created_at, comment, size) VALUES (?1, ?2, ?3)
+             RETURNING id",
             params![now, comment, count],
+            |r| r.get(0),
         )?;
-        let batch_id = tx.last_insert_rowid();
         {
-            // Rows go in INSERTs of up to ROWS_PER_INSERT pairs: one statement per
-            // row would spend most of the time in SQLite's per-statement overhead.
-            let insert_sql = |rows: usize| {
-                let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
-                format!(
-                    "INSERT INTO provisioning_keys (pid, batch_id, pps_sealed, state_changed_at)
-                     VALUES {values} ON CONFLICT (pid) DO NOTHING"
-                )
-            };
             let mut full = tx.prepare(&insert_sql(ROWS_PER_INSERT))?;
             let mut generator = KeyGenerator::default();
             let mut stored = 0u64;
@@ -182,21 +187,23 @@ impl Store {
                     let sealed = key.seal(&pps_context(&pair.pid), pair.pps.expose_bytes());
                     rows.push((pair.pid.as_str().to_string(), sealed));
                 }
-                let values = rows.iter().flat_map(|(pid, sealed)| {
-                    [
-                        rusqlite::types::ToSqlOutput::from(pid.as_str()),
-                        rusqlite::types::ToSqlOutput::from(batch_id),
-                        rusqlite::types::ToSqlOutput::from(sealed.as_slice()),
-                        rusqlite::types::ToSqlOutput::from(now),
-                    ]
-                });
+                let values: Vec<Value> = rows
+                    .drain(..)
+                    .flat_map(|(pid, sealed)| {
+                        [
+                            Value::Text(pid),
+                            Value::Integer(batch_id),
+                            Value::Blob(sealed),
+                            Value::Integer(now),
+                        ]
+                    })
+                    .collect();
                 // A PID already issued (in any batch, any state) is skipped and drawn
                 // again in the next round.
                 let inserted = if want == ROWS_PER_INSERT {
-                    full.execute(rusqlite::params_from_iter(values))?
+                    full.execute(values)?
                 } else {
-                    tx.prepare_cached(&insert_sql(want))?
-                        .execute(rusqlite::params_from_iter(values))?
+                    tx.execute(&insert_sql(want), values)?
                 };
                 stored += inserted as u64;
                 if stored - reported >= 1024 {
@@ -311,8 +318,9 @@ impl Store {
         let count: u64 = tx
             .query_row(
                 "SELECT count(*) FROM provisioning_keys
-                 WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
-                   AND (?3 IS NULL OR pid = ?3)",
+                 WHERE (CAST(?1 AS BIGINT) IS NULL OR batch_id = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR pid = ?3)",
                 params![
                     filter.batch,
                     filter.state.map(KeyState::as_str),
@@ -341,31 +349,41 @@ impl Store {
         reveal: bool,
         mut f: impl FnMut(KeyRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT pid, batch_id, state, device_uuid, state_changed_at, pps_sealed
-                 FROM provisioning_keys
-                 WHERE (?1 IS NULL OR batch_id = ?1) AND (?2 IS NULL OR state = ?2)
-                   AND (?3 IS NULL OR pid = ?3)
-                 ORDER BY seq",
-            )
-            .map_err(StoreError::from)?;
-        let mut rows = stmt
-            .query(params![
+        /// The store's error or the caller's, kept apart while rows stream.
+        enum Failed<E> {
+            Store(StoreError),
+            Caller(E),
+        }
+        impl<E> From<super::db::Error> for Failed<E> {
+            fn from(e: super::db::Error) -> Self {
+                Failed::Store(e.into())
+            }
+        }
+        let result = self.conn.query_each(
+            "SELECT pid, batch_id, state, device_uuid, state_changed_at, pps_sealed
+             FROM provisioning_keys
+             WHERE (CAST(?1 AS BIGINT) IS NULL OR batch_id = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR pid = ?3)
+             ORDER BY seq",
+            params![
                 filter.batch,
                 filter.state.map(KeyState::as_str),
                 filter.pid.as_ref().map(Pid::as_str)
-            ])
-            .map_err(StoreError::from)?;
-        while let Some(row) = rows.next().map_err(StoreError::from)? {
-            let record = self.key_record(row, reveal)?;
-            f(record)?;
+            ],
+            |row| {
+                let record = self.key_record(row, reveal).map_err(Failed::Store)?;
+                f(record).map_err(Failed::Caller)
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failed::Store(e)) => Err(e.into()),
+            Err(Failed::Caller(e)) => Err(e),
         }
-        Ok(())
     }
 
-    fn key_record(&self, row: &rusqlite::Row<'_>, reveal: bool) -> Result<KeyRecord, StoreError> {
+    fn key_record(&self, row: &super::db::Row<'_>, reveal: bool) -> Result<KeyRecord, StoreError> {
         let pid: String = row.get(0)?;
         let pid: Pid = pid.parse().map_err(|_| corrupt("pid"))?;
         let state: String = row.get(2)?;

@@ -22,7 +22,10 @@ mod agents;
 mod alerts;
 mod backoff;
 mod claims;
+mod copy;
+pub mod db;
 mod keys;
+mod open;
 mod pki;
 mod provisioning;
 mod records;
@@ -32,8 +35,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use zeroize::Zeroizing;
+
+use db::{Db, OptionalExtension};
 
 use crate::secrets::{MasterKey, SecretError};
 use schema::SchemaState;
@@ -46,7 +51,9 @@ pub use alerts::{
 };
 pub use backoff::{JobBackoff, PKI_JOB_PID};
 pub use claims::ClaimOutcome;
+pub use copy::{copy_store, CopyReport};
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};
+pub use open::redact as redact_url;
 pub use pki::{check_chain_name, ChainRecord, PkiJobIntent, PkiProvisioning};
 pub use provisioning::{JobIntent, JobStep, PidLookup, ProvisionedDevice};
 pub use records::{
@@ -71,14 +78,28 @@ pub enum KeySource {
     Hex(Zeroizing<String>),
 }
 
-/// How to open a store.
-#[derive(Debug, Clone)]
+/// How to open a store. Its `Debug` shows neither the key nor the URL's password.
+#[derive(Clone)]
 pub struct StoreOptions {
     pub data_dir: PathBuf,
     /// `None`: the key file `master.key` in the data directory.
     pub key: Option<KeySource>,
     /// How long a writer waits for another process's write transaction.
     pub busy_timeout: Duration,
+    /// A PostgreSQL URL (`postgres://…`, `[store] url` or `VPROV_STORE_URL`); `None`:
+    /// SQLite, `vprov.db` in the data directory.
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("data_dir", &self.data_dir)
+            .field("key", &self.key.as_ref().map(|_| "(given)"))
+            .field("busy_timeout", &self.busy_timeout)
+            .field("url", &self.url.as_deref().map(open::redact))
+            .finish()
+    }
 }
 
 impl StoreOptions {
@@ -88,6 +109,7 @@ impl StoreOptions {
             data_dir: data_dir.into(),
             key: None,
             busy_timeout: Duration::from_secs(30),
+            url: None,
         }
     }
 }
@@ -103,7 +125,7 @@ pub enum StoreError {
     },
     #[error("{path} is not a vprov store: it is not an SQLite database (corrupt or foreign file); it was left untouched")]
     NotADatabase { path: PathBuf },
-    #[error("{path} is not a vprov store: it is another application's SQLite database (application_id {application_id:#x}); it was left untouched")]
+    #[error("{path} is not a vprov store: it is another application's database (application_id {application_id:#x}); it was left untouched")]
     ForeignDatabase { path: PathBuf, application_id: i32 },
     #[error("{path} was written by a newer vprov (schema {found}, this build knows up to {supported}); upgrade vprov")]
     NewerSchema {
@@ -115,6 +137,8 @@ pub enum StoreError {
     MissingKey { db: PathBuf, key: PathBuf },
     #[error("the master key does not match the store {db}: it was created with a different key; every vprov process on one store (each serve node too) must use the store's key: its master.key file or the same VPROV_MASTER_KEY")]
     WrongKey { db: PathBuf },
+    #[error("cannot connect to the PostgreSQL store {url}: {message}")]
+    Connect { url: String, message: String },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("the store is busy: another vprov process held it for longer than the busy timeout")]
@@ -124,7 +148,7 @@ pub enum StoreError {
     #[error("the store's database file is damaged (SQLite finds it malformed): restore vprov.db from a backup; vprov changed nothing")]
     Damaged,
     #[error("store error: {0}")]
-    Sqlite(rusqlite::Error),
+    Db(db::Error),
     #[error("no key batch with id {0}")]
     BatchNotFound(i64),
     #[error("unknown PID {0}")]
@@ -146,7 +170,19 @@ impl From<rusqlite::Error> for StoreError {
             Some(DatabaseBusy) | Some(DatabaseLocked) => StoreError::Busy,
             Some(DiskFull) => StoreError::DiskFull,
             Some(DatabaseCorrupt) => StoreError::Damaged,
-            _ => StoreError::Sqlite(e),
+            _ => StoreError::Db(db::Error::Sqlite(e)),
+        }
+    }
+}
+
+impl From<db::Error> for StoreError {
+    fn from(e: db::Error) -> Self {
+        match e {
+            db::Error::Sqlite(e) => StoreError::from(e),
+            // lock_not_available (lock_timeout), serialization/deadlock failures.
+            e if e.postgres_busy() => StoreError::Busy,
+            e if e.sqlstate() == Some("53100") => StoreError::DiskFull,
+            e => StoreError::Db(e),
         }
     }
 }
@@ -167,7 +203,7 @@ pub fn now_ms() -> i64 {
 
 /// An open store. See the module docs for its guarantees.
 pub struct Store {
-    conn: Connection,
+    conn: Db,
     key: MasterKey,
     db_path: PathBuf,
 }
@@ -183,10 +219,18 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or, in an empty data directory, creates) the store.
     pub fn open(options: &StoreOptions) -> Result<Store, StoreError> {
+        if let Some(url) = &options.url {
+            return open::open_postgres(options, url);
+        }
         let dir = &options.data_dir;
         let (db_path, existed) = prepare_db_file(dir)?;
         let not_db = |e: rusqlite::Error| open_error(e, &db_path, dir);
         let conn = connect(&db_path, existed, options.busy_timeout).map_err(not_db)?;
+        let conn = Db::sqlite(conn, options.busy_timeout);
+        let not_db = |e: db::Error| match e {
+            db::Error::Sqlite(e) => open_error(e, &db_path, dir),
+            e => StoreError::from(e),
+        };
         let state = schema::inspect(&conn).map_err(not_db)?;
         check_schema(&state, &db_path)?;
         let is_new = state == SchemaState::Empty;
@@ -213,30 +257,39 @@ impl Store {
     fn configure(&mut self, dir: &Path) -> Result<(), StoreError> {
         let db_path = self.db_path.clone();
         let not_db = |e: rusqlite::Error| open_error(e, &db_path, dir);
-        // WAL: readers never block the writer, and two processes can share the file.
-        self.conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
-            .map_err(not_db)?;
-        // FULL: a committed transaction survives power loss (no lost provisioning).
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        // Enforce the REFERENCES clauses of the schema.
-        self.conn.pragma_update(None, "foreign_keys", true)?;
-        // Statement journals (one per multi-row INSERT) and temporary indexes stay in
-        // memory: they are small, and a temporary file costs a write per page.
-        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
-        schema::migrate(&mut self.conn).map(drop).map_err(not_db)
+        if let Some(conn) = self.conn.as_sqlite() {
+            // WAL: readers never block the writer, and two processes can share the file.
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+                .map_err(not_db)?;
+            // FULL: a committed transaction survives power loss (no lost provisioning).
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            // Enforce the REFERENCES clauses of the schema.
+            conn.pragma_update(None, "foreign_keys", true)?;
+            // Statement journals (one per multi-row INSERT) and temporary indexes stay
+            // in memory: they are small, and a temporary file costs a write per page.
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
+        }
+        schema::migrate(&mut self.conn)
+            .map(drop)
+            .map_err(|e| match e {
+                db::Error::Sqlite(e) => not_db(e),
+                e => StoreError::from(e),
+            })
     }
 
     /// Opens the store if its data directory holds one; `None` (and nothing created)
     /// otherwise. For commands that only consult a store when there is one.
     pub fn open_existing(options: &StoreOptions) -> Result<Option<Store>, StoreError> {
+        if options.url.is_some() {
+            return Store::open(options).map(Some);
+        }
         if !database_exists(&options.data_dir.join(DB_FILE))? {
             return Ok(None);
         }
         Store::open(options).map(Some)
     }
 
-    /// Path of the database file.
+    /// Path of the database file (PostgreSQL: its URL, password redacted).
     pub fn db_path(&self) -> &Path {
         &self.db_path
     }
@@ -255,7 +308,8 @@ impl Store {
             None => {
                 let sealed = self.key.seal(KEY_CHECK_CONTEXT, KEY_CHECK_PLAINTEXT);
                 self.conn.execute(
-                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('key_check', ?1)",
+                    "INSERT INTO meta (name, value) VALUES ('key_check', ?1)
+                     ON CONFLICT (name) DO NOTHING",
                     [&sealed],
                 )?;
                 self.conn
@@ -273,10 +327,8 @@ impl Store {
     }
 
     /// Starts a write transaction (waiting for other writers up to the busy timeout).
-    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    fn write_tx(&mut self) -> Result<db::Transaction<'_>, StoreError> {
+        Ok(self.conn.transaction()?)
     }
 }
 
@@ -323,7 +375,11 @@ fn database_exists(path: &Path) -> Result<bool, StoreError> {
     }
 }
 
-fn resolve_key(options: &StoreOptions, db: &Path, is_new: bool) -> Result<MasterKey, StoreError> {
+pub(super) fn resolve_key(
+    options: &StoreOptions,
+    db: &Path,
+    is_new: bool,
+) -> Result<MasterKey, StoreError> {
     let path = match &options.key {
         Some(KeySource::Hex(hex)) => return Ok(MasterKey::from_hex(hex, "VPROV_MASTER_KEY")?),
         Some(KeySource::File(path)) => path.clone(),
@@ -413,7 +469,7 @@ fn open_error(e: rusqlite::Error, db_path: &Path, dir: &Path) -> StoreError {
 }
 
 /// Refuses another application's database and a store written by a newer vprov.
-fn check_schema(state: &SchemaState, db_path: &Path) -> Result<(), StoreError> {
+pub(super) fn check_schema(state: &SchemaState, db_path: &Path) -> Result<(), StoreError> {
     match *state {
         SchemaState::Foreign { application_id } => Err(StoreError::ForeignDatabase {
             path: db_path.to_path_buf(),
@@ -430,5 +486,7 @@ fn check_schema(state: &SchemaState, db_path: &Path) -> Result<(), StoreError> {
     }
 }
 
+#[cfg(test)]
+mod testdb;
 #[cfg(test)]
 mod tests;

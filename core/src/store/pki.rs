@@ -11,7 +11,7 @@
 
 use std::net::Ipv4Addr;
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -48,7 +48,7 @@ pub fn check_chain_name(name: &str) -> Result<(), StoreError> {
 const COLUMNS: &str = "name, common_name, domain, chain_pem, root_sha1, root_sha256, root_sha384,
                        not_after, imported_at, imported_by";
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainRecord> {
+fn record(r: &super::db::Row<'_>) -> super::db::Result<ChainRecord> {
     Ok(ChainRecord {
         name: r.get(0)?,
         common_name: r.get(1)?,
@@ -306,7 +306,7 @@ impl Store {
     fn pki_jobs_where(
         &self,
         condition: &str,
-        args: &[&dyn rusqlite::ToSql],
+        args: &[&dyn super::db::ToSql],
     ) -> Result<Vec<PkiJobIntent>, StoreError> {
         type Row = (
             i64,
@@ -460,123 +460,128 @@ impl Store {
 mod tests {
     use super::*;
     use crate::pki::chain::tests::{build, Recipe, NOW};
-    use crate::store::{StoreOptions, PKI_JOB_PID};
+    use crate::store::testdb::engines;
+    use crate::store::PKI_JOB_PID;
 
     #[test]
     fn a_chain_round_trips_with_its_key_sealed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let (certs, key) = build(&Recipe::default());
-        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
-        let rec = store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap();
-        assert_eq!(rec.domain, "example.com");
-        assert_eq!(rec.root, chain.summary().root);
-        assert!(store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap_err()
-            .to_string()
-            .contains("exists already"));
-        assert!(store
-            .add_provisioning_chain("bad name", &chain, "cli:test")
-            .is_err());
+        for engine in engines() {
+            let dir = engine.dir.path();
+            let mut store = engine.open();
+            let (certs, key) = build(&Recipe::default());
+            let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+            let rec = store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap();
+            assert_eq!(rec.domain, "example.com");
+            assert_eq!(rec.root, chain.summary().root);
+            assert!(store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap_err()
+                .to_string()
+                .contains("exists already"));
+            assert!(store
+                .add_provisioning_chain("bad name", &chain, "cli:test")
+                .is_err());
 
-        let key = store.provisioning_chain_key("example").unwrap();
-        let again = ProvisioningChain::from_stored(&rec.chain_pem, &key, NOW).unwrap();
-        assert_eq!(again.summary(), chain.summary());
-        // The key is sealed: its DER is nowhere in the database file.
-        drop(store);
-        let db = std::fs::read(dir.path().join(crate::store::DB_FILE)).unwrap();
-        let wal = std::fs::read(dir.path().join("vprov.db-wal")).unwrap_or_default();
-        let needle = &key[40..72];
-        for bytes in [&db, &wal] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+            let key = store.provisioning_chain_key("example").unwrap();
+            let again = ProvisioningChain::from_stored(&rec.chain_pem, &key, NOW).unwrap();
+            assert_eq!(again.summary(), chain.summary());
+            // The key is sealed: its DER is nowhere in the database file.
+            drop(store);
+            // (The SQLite file, read raw: PostgreSQL keeps its files to itself.)
+            if engine.pg.is_none() {
+                let bytes = crate::store::tests::all_store_bytes(dir);
+                let needle = &key[40..72];
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+            }
+            let mut store = engine.open();
+            assert_eq!(store.provisioning_chains().unwrap().len(), 1);
+            assert!(store
+                .remove_provisioning_chain("example", "cli:test")
+                .unwrap());
+            assert!(!store
+                .remove_provisioning_chain("example", "cli:test")
+                .unwrap());
+            assert!(store.provisioning_chains().unwrap().is_empty());
         }
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        assert_eq!(store.provisioning_chains().unwrap().len(), 1);
-        assert!(store
-            .remove_provisioning_chain("example", "cli:test")
-            .unwrap());
-        assert!(!store
-            .remove_provisioning_chain("example", "cli:test")
-            .unwrap());
-        assert!(store.provisioning_chains().unwrap().is_empty());
     }
 
     #[test]
     fn a_new_chain_ends_the_wait_of_pki_devices_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let wait = std::time::Duration::from_secs(600);
-        let (pki, psk) = (
-            "8c2f7d4e-0000-4000-8000-0000000000b1",
-            "8c2f7d4e-0000-4000-8000-0000000000b2",
-        );
-        let a = "127.0.0.7";
-        store
-            .record_job_failure(
-                pki,
-                PKI_JOB_PID,
-                a,
-                "choose provisioning chain: x",
-                wait,
-                wait,
-            )
-            .unwrap();
-        store
-            .record_job_failure(psk, "0000037M", a, "CommitChanges: y", wait, wait)
-            .unwrap();
-        assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_some());
-        let (certs, key) = build(&Recipe::default());
-        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
-        store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap();
-        assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_none());
-        assert!(store.job_backoff(psk, "0000037M", a).unwrap().is_some());
+        for engine in engines() {
+            let mut store = engine.open();
+            let wait = std::time::Duration::from_secs(600);
+            let (pki, psk) = (
+                "8c2f7d4e-0000-4000-8000-0000000000b1",
+                "8c2f7d4e-0000-4000-8000-0000000000b2",
+            );
+            let a = "127.0.0.7";
+            store
+                .record_job_failure(
+                    pki,
+                    PKI_JOB_PID,
+                    a,
+                    "choose provisioning chain: x",
+                    wait,
+                    wait,
+                )
+                .unwrap();
+            store
+                .record_job_failure(psk, "0000037M", a, "CommitChanges: y", wait, wait)
+                .unwrap();
+            assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_some());
+            let (certs, key) = build(&Recipe::default());
+            let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+            store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap();
+            assert!(store.job_backoff(pki, PKI_JOB_PID, a).unwrap().is_none());
+            assert!(store.job_backoff(psk, "0000037M", a).unwrap().is_some());
+        }
     }
 
     #[test]
     fn a_setup_bin_needs_the_password_and_is_audited() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let (certs, key) = build(&Recipe::default());
-        let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
-        store
-            .add_provisioning_chain("example", &chain, "cli:test")
-            .unwrap();
-        let server = Ipv4Addr::new(10, 0, 0, 5);
-        assert!(store
-            .provisioning_setup_bin("nope", server, 9971, "api:ann")
-            .unwrap()
-            .is_none());
-        let err = store
-            .provisioning_setup_bin("example", server, 9971, "api:ann")
-            .unwrap_err();
-        assert!(err.to_string().contains("vprov password set"), "{err}");
-        assert_ne!(store.audit_log(1).unwrap()[0].action, "pki.setupbin");
-        let password = crate::password::ProvisioningPassword::new("Mebx!Passw0rd").unwrap();
-        store
-            .set_provisioning_password(&password, "cli:test")
-            .unwrap();
-        let (rec, bytes) = store
-            .provisioning_setup_bin("example", server, 9971, "api:ann")
-            .unwrap()
-            .unwrap();
-        assert_eq!(rec.name, "example");
-        let file = setupbin::SetupBin::decode(&bytes).unwrap();
-        assert_eq!(file.records.len(), 1);
-        let entry = audit_entry(&store);
-        assert_eq!(
-            (entry.0.as_str(), entry.1.as_str()),
-            ("api:ann", "pki.setupbin")
-        );
-        assert!(
-            !entry.2.contains("Mebx"),
-            "no secret in the audit: {}",
-            entry.2
-        );
+        for engine in engines() {
+            let mut store = engine.open();
+            let (certs, key) = build(&Recipe::default());
+            let chain = ProvisioningChain::from_parts(certs, key, NOW).unwrap();
+            store
+                .add_provisioning_chain("example", &chain, "cli:test")
+                .unwrap();
+            let server = Ipv4Addr::new(10, 0, 0, 5);
+            assert!(store
+                .provisioning_setup_bin("nope", server, 9971, "api:ann")
+                .unwrap()
+                .is_none());
+            let err = store
+                .provisioning_setup_bin("example", server, 9971, "api:ann")
+                .unwrap_err();
+            assert!(err.to_string().contains("vprov password set"), "{err}");
+            assert_ne!(store.audit_log(1).unwrap()[0].action, "pki.setupbin");
+            let password = crate::password::ProvisioningPassword::new("Mebx!Passw0rd").unwrap();
+            store
+                .set_provisioning_password(&password, "cli:test")
+                .unwrap();
+            let (rec, bytes) = store
+                .provisioning_setup_bin("example", server, 9971, "api:ann")
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.name, "example");
+            let file = setupbin::SetupBin::decode(&bytes).unwrap();
+            assert_eq!(file.records.len(), 1);
+            let entry = audit_entry(&store);
+            assert_eq!(
+                (entry.0.as_str(), entry.1.as_str()),
+                ("api:ann", "pki.setupbin")
+            );
+            assert!(
+                !entry.2.contains("Mebx"),
+                "no secret in the audit: {}",
+                entry.2
+            );
+        }
     }
 
     fn audit_entry(store: &Store) -> (String, String, String) {
@@ -586,69 +591,73 @@ mod tests {
 
     #[test]
     fn pki_job_intents_keep_the_credential_and_complete_into_an_acm_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let uuid = "8c2f7d4e-0000-4000-8000-0000000000aa";
-        let first = store
-            .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
-            .unwrap();
-        assert!(!first.resumed);
-        // A failure before the credential step drops the intent ...
-        store.abandon_pki_job(first.id).unwrap();
-        assert!(store.pending_pki_jobs().unwrap().is_empty());
-        // ... after it, the intent and its credential stay for the next attempt.
-        let job = store
-            .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
-            .unwrap();
-        store.set_pki_job_step(job.id, "credential").unwrap();
-        store.abandon_pki_job(job.id).unwrap();
-        let again = store
-            .begin_pki_job(uuid, "127.0.0.10", "corp", "Other!Passw0rd")
-            .unwrap();
-        assert!(again.resumed);
-        assert_eq!(again.new_password.as_str(), "N3w!Passw0rd");
-        assert_eq!(again.address, "127.0.0.10");
-        // Once committed, a hello from elsewhere does not move it.
-        store.set_pki_job_fingerprint(again.id, &[7; 32]).unwrap();
-        store.set_pki_job_step(again.id, "commit").unwrap();
-        let committed = store
-            .begin_pki_job(uuid, "127.0.0.99", "other", "x")
-            .unwrap();
-        assert_eq!(
-            (committed.address.as_str(), committed.chain_name.as_str()),
-            ("127.0.0.10", "corp")
-        );
-        assert_eq!(committed.setup_certificate_sha256, Some(vec![7; 32]));
-        let device = ProvisionedDevice {
-            uuid: uuid.into(),
-            host_name: Some("amt-1".into()),
-            address: committed.address.clone(),
-            amt_version: Some("19.0.5".into()),
-            admin_user: "admin".into(),
-            certificate_der: vec![1, 2, 3],
-        };
-        let pki = PkiProvisioning {
-            chain_name: committed.chain_name.clone(),
-            setup_certificate_sha256: vec![7; 32],
-        };
-        store
-            .complete_pki_job(committed.id, &device, &pki, &committed.new_password)
-            .unwrap();
-        assert!(store.pending_pki_jobs().unwrap().is_empty());
-        let record = store.device(uuid).unwrap().unwrap();
-        assert_eq!(
-            (
-                record.control_mode.as_str(),
-                record.provisioning_path.as_str(),
-                record.pki_chain.as_deref(),
-                record.provisioned_pid
-            ),
-            ("acm", "pki", Some("corp"), None)
-        );
-        let access = store.device_access(uuid).unwrap().unwrap();
-        assert_eq!(access.password.as_str(), "N3w!Passw0rd");
-        drop(store);
-        let db = std::fs::read(dir.path().join(crate::store::DB_FILE)).unwrap();
-        assert!(!db.windows(12).any(|w| w == b"N3w!Passw0rd"));
+        for engine in engines() {
+            let dir = engine.dir.path();
+            let mut store = engine.open();
+            let uuid = "8c2f7d4e-0000-4000-8000-0000000000aa";
+            let first = store
+                .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
+                .unwrap();
+            assert!(!first.resumed);
+            // A failure before the credential step drops the intent ...
+            store.abandon_pki_job(first.id).unwrap();
+            assert!(store.pending_pki_jobs().unwrap().is_empty());
+            // ... after it, the intent and its credential stay for the next attempt.
+            let job = store
+                .begin_pki_job(uuid, "127.0.0.9", "corp", "N3w!Passw0rd")
+                .unwrap();
+            store.set_pki_job_step(job.id, "credential").unwrap();
+            store.abandon_pki_job(job.id).unwrap();
+            let again = store
+                .begin_pki_job(uuid, "127.0.0.10", "corp", "Other!Passw0rd")
+                .unwrap();
+            assert!(again.resumed);
+            assert_eq!(again.new_password.as_str(), "N3w!Passw0rd");
+            assert_eq!(again.address, "127.0.0.10");
+            // Once committed, a hello from elsewhere does not move it.
+            store.set_pki_job_fingerprint(again.id, &[7; 32]).unwrap();
+            store.set_pki_job_step(again.id, "commit").unwrap();
+            let committed = store
+                .begin_pki_job(uuid, "127.0.0.99", "other", "x")
+                .unwrap();
+            assert_eq!(
+                (committed.address.as_str(), committed.chain_name.as_str()),
+                ("127.0.0.10", "corp")
+            );
+            assert_eq!(committed.setup_certificate_sha256, Some(vec![7; 32]));
+            let device = ProvisionedDevice {
+                uuid: uuid.into(),
+                host_name: Some("amt-1".into()),
+                address: committed.address.clone(),
+                amt_version: Some("19.0.5".into()),
+                admin_user: "admin".into(),
+                certificate_der: vec![1, 2, 3],
+            };
+            let pki = PkiProvisioning {
+                chain_name: committed.chain_name.clone(),
+                setup_certificate_sha256: vec![7; 32],
+            };
+            store
+                .complete_pki_job(committed.id, &device, &pki, &committed.new_password)
+                .unwrap();
+            assert!(store.pending_pki_jobs().unwrap().is_empty());
+            let record = store.device(uuid).unwrap().unwrap();
+            assert_eq!(
+                (
+                    record.control_mode.as_str(),
+                    record.provisioning_path.as_str(),
+                    record.pki_chain.as_deref(),
+                    record.provisioned_pid
+                ),
+                ("acm", "pki", Some("corp"), None)
+            );
+            let access = store.device_access(uuid).unwrap().unwrap();
+            assert_eq!(access.password.as_str(), "N3w!Passw0rd");
+            drop(store);
+            if engine.pg.is_none() {
+                let db = crate::store::tests::all_store_bytes(dir);
+                assert!(!db.windows(12).any(|w| w == b"N3w!Passw0rd"));
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! to the device and removes the intent in one transaction; failure removes the
 //! intent and leaves the PID available.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 use serde_json::json;
 
 use super::keys::KeyState;
@@ -205,9 +205,9 @@ impl Store {
     fn jobs_where(
         &self,
         condition: &str,
-        args: &[&dyn rusqlite::ToSql],
+        args: &[&dyn super::db::ToSql],
     ) -> Result<Vec<JobIntent>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT id, pid, device_uuid, address, step, new_password_sealed, certificate_der
              FROM provisioning_jobs WHERE {condition} ORDER BY id"
         ))?;
@@ -232,13 +232,9 @@ impl Store {
                         context: "job_password".into(),
                     })
                 })?);
-            let pid = pid.parse().map_err(|_| {
-                StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-                    1,
-                    "pid".into(),
-                    rusqlite::types::Type::Text,
-                ))
-            })?;
+            let pid = pid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("a job's PID {pid:?}")))?;
             jobs.push(JobIntent {
                 id,
                 pid,
@@ -361,7 +357,7 @@ impl Store {
         let sealed = self.key.seal("secret:ca_key", key_der);
         let tx = self.write_tx()?;
         let fresh = tx.execute(
-            "INSERT OR IGNORE INTO meta (name, value) VALUES ('ca_cert', ?1)",
+            "INSERT INTO meta (name, value) VALUES ('ca_cert', ?1) ON CONFLICT (name) DO NOTHING",
             [cert_der],
         )?;
         if fresh == 1 {
@@ -373,18 +369,18 @@ impl Store {
         }
         tx.commit()?;
         self.certificate_authority()?
-            .ok_or_else(|| StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or_else(|| StoreError::Db(super::db::Error::NoRows))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeviceState, KeyFilter, ManagementMode, StoreOptions};
+    use crate::store::testdb::{engines, TestEngine};
+    use crate::store::{DeviceState, KeyFilter, ManagementMode};
 
-    fn store_with_key() -> (tempfile::TempDir, Store, Pid) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&StoreOptions::new(dir.path())).unwrap();
+    fn store_with_key(engine: &TestEngine) -> (Store, Pid) {
+        let mut store = engine.open();
         store.generate_batch(2, None, "t", |_| {}).unwrap();
         let mut pid = None;
         store
@@ -393,129 +389,135 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        (dir, store, pid.unwrap())
+        (store, pid.unwrap())
     }
 
     #[test]
     fn a_job_commits_device_and_pid_together() {
-        let (_dir, mut store, pid) = store_with_key();
-        assert!(matches!(
-            store.lookup_pid(&pid).unwrap(),
-            PidLookup::Available(_)
-        ));
-        let job = store
-            .begin_job(&pid, "uuid-1", "127.0.0.5", "N3w!Password")
-            .unwrap()
-            .unwrap();
-        // A second attempt for the same PID reuses the first one's credential.
-        let again = store
-            .begin_job(&pid, "uuid-1", "127.0.0.5", "Other!Pass1")
-            .unwrap()
-            .unwrap();
-        assert!(!job.resumed);
-        assert!(again.resumed);
-        assert_eq!(again.id, job.id);
-        assert_eq!(again.new_password.as_str(), "N3w!Password");
-        let job = job.id;
-        store.set_job_step(job, JobStep::Commit).unwrap();
-        store.set_job_certificate(job, b"cert").unwrap();
-        let pending = store.pending_jobs().unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].step, JobStep::Commit);
-        assert_eq!(pending[0].new_password.as_str(), "N3w!Password");
-        assert_eq!(pending[0].certificate_der.as_deref(), Some(&b"cert"[..]));
+        for engine in engines() {
+            let (mut store, pid) = store_with_key(&engine);
+            assert!(matches!(
+                store.lookup_pid(&pid).unwrap(),
+                PidLookup::Available(_)
+            ));
+            let job = store
+                .begin_job(&pid, "uuid-1", "127.0.0.5", "N3w!Password")
+                .unwrap()
+                .unwrap();
+            // A second attempt for the same PID reuses the first one's credential.
+            let again = store
+                .begin_job(&pid, "uuid-1", "127.0.0.5", "Other!Pass1")
+                .unwrap()
+                .unwrap();
+            assert!(!job.resumed);
+            assert!(again.resumed);
+            assert_eq!(again.id, job.id);
+            assert_eq!(again.new_password.as_str(), "N3w!Password");
+            let job = job.id;
+            store.set_job_step(job, JobStep::Commit).unwrap();
+            store.set_job_certificate(job, b"cert").unwrap();
+            let pending = store.pending_jobs().unwrap();
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].step, JobStep::Commit);
+            assert_eq!(pending[0].new_password.as_str(), "N3w!Password");
+            assert_eq!(pending[0].certificate_der.as_deref(), Some(&b"cert"[..]));
 
-        let device = ProvisionedDevice {
-            uuid: "uuid-1".into(),
-            host_name: Some("pc-1".into()),
-            address: "127.0.0.5".into(),
-            amt_version: Some("8.1.40".into()),
-            admin_user: "admin".into(),
-            certificate_der: vec![1, 2, 3],
-        };
-        store.complete_job(job, &device, "N3w!Password").unwrap();
-        assert!(store.pending_jobs().unwrap().is_empty());
-        assert!(matches!(
-            store.lookup_pid(&pid).unwrap(),
-            PidLookup::Used { ref device_uuid } if device_uuid == "uuid-1"
-        ));
-        let devices = store.devices(&Default::default()).unwrap();
-        assert_eq!(devices[0].provisioned_pid.as_deref(), Some(pid.as_str()));
+            let device = ProvisionedDevice {
+                uuid: "uuid-1".into(),
+                host_name: Some("pc-1".into()),
+                address: "127.0.0.5".into(),
+                amt_version: Some("8.1.40".into()),
+                admin_user: "admin".into(),
+                certificate_der: vec![1, 2, 3],
+            };
+            store.complete_job(job, &device, "N3w!Password").unwrap();
+            assert!(store.pending_jobs().unwrap().is_empty());
+            assert!(matches!(
+                store.lookup_pid(&pid).unwrap(),
+                PidLookup::Used { ref device_uuid } if device_uuid == "uuid-1"
+            ));
+            let devices = store.devices(&Default::default()).unwrap();
+            assert_eq!(devices[0].provisioned_pid.as_deref(), Some(pid.as_str()));
 
-        // Moving devices is all or nothing, and audited per device.
-        let err = store
-            .set_device_management(
-                &["uuid-1", "nope"],
-                Some(ManagementMode::Agentless),
-                None,
-                "t",
-                serde_json::Value::Null,
-            )
-            .unwrap_err();
-        assert!(matches!(err, StoreError::UnknownDevice(ref u) if u == "nope"));
-        assert_eq!(
-            store.device("uuid-1").unwrap().unwrap().state,
-            DeviceState::Unmanaged
-        );
-        store
-            .set_device_management(
-                &["uuid-1"],
-                Some(ManagementMode::Agentless),
-                None,
-                "t",
-                serde_json::Value::Null,
-            )
-            .unwrap();
-        let d = store.device("uuid-1").unwrap().unwrap();
-        assert_eq!(d.state, DeviceState::Managed);
-        assert_eq!(d.management_mode.as_deref(), Some("agentless"));
-        store
-            .set_device_management(&["uuid-1"], None, None, "t", serde_json::Value::Null)
-            .unwrap();
-        let d = store.device("uuid-1").unwrap().unwrap();
-        assert_eq!((d.state, d.management_mode), (DeviceState::Unmanaged, None));
-        let actions: Vec<String> = store
-            .audit_log(10)
-            .unwrap()
-            .into_iter()
-            .map(|a| a.action)
-            .collect();
-        assert_eq!(&actions[..2], ["device.unmanage", "device.manage"]);
-        assert!(store.device("nope").unwrap().is_none());
+            // Moving devices is all or nothing, and audited per device.
+            let err = store
+                .set_device_management(
+                    &["uuid-1", "nope"],
+                    Some(ManagementMode::Agentless),
+                    None,
+                    "t",
+                    serde_json::Value::Null,
+                )
+                .unwrap_err();
+            assert!(matches!(err, StoreError::UnknownDevice(ref u) if u == "nope"));
+            assert_eq!(
+                store.device("uuid-1").unwrap().unwrap().state,
+                DeviceState::Unmanaged
+            );
+            store
+                .set_device_management(
+                    &["uuid-1"],
+                    Some(ManagementMode::Agentless),
+                    None,
+                    "t",
+                    serde_json::Value::Null,
+                )
+                .unwrap();
+            let d = store.device("uuid-1").unwrap().unwrap();
+            assert_eq!(d.state, DeviceState::Managed);
+            assert_eq!(d.management_mode.as_deref(), Some("agentless"));
+            store
+                .set_device_management(&["uuid-1"], None, None, "t", serde_json::Value::Null)
+                .unwrap();
+            let d = store.device("uuid-1").unwrap().unwrap();
+            assert_eq!((d.state, d.management_mode), (DeviceState::Unmanaged, None));
+            let actions: Vec<String> = store
+                .audit_log(10)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.action)
+                .collect();
+            assert_eq!(&actions[..2], ["device.unmanage", "device.manage"]);
+            assert!(store.device("nope").unwrap().is_none());
+        }
     }
 
     #[test]
     fn an_abandoned_job_leaves_the_pid_available() {
-        let (_dir, mut store, pid) = store_with_key();
-        let job = store.begin_job(&pid, "u", "a", "p").unwrap().unwrap();
-        store.abandon_job(job.id).unwrap();
-        assert!(matches!(
-            store.lookup_pid(&pid).unwrap(),
-            PidLookup::Available(_)
-        ));
-        store.revoke_pids(&[pid], "t").unwrap();
-        assert!(matches!(
-            store.lookup_pid(&pid).unwrap(),
-            PidLookup::Revoked
-        ));
-        assert!(store.begin_job(&pid, "u", "a", "p").unwrap().is_none());
-        assert!(matches!(
-            store.lookup_pid(&"0000037M".parse().unwrap()).unwrap(),
-            PidLookup::Unknown
-        ));
+        for engine in engines() {
+            let (mut store, pid) = store_with_key(&engine);
+            let job = store.begin_job(&pid, "u", "a", "p").unwrap().unwrap();
+            store.abandon_job(job.id).unwrap();
+            assert!(matches!(
+                store.lookup_pid(&pid).unwrap(),
+                PidLookup::Available(_)
+            ));
+            store.revoke_pids(&[pid], "t").unwrap();
+            assert!(matches!(
+                store.lookup_pid(&pid).unwrap(),
+                PidLookup::Revoked
+            ));
+            assert!(store.begin_job(&pid, "u", "a", "p").unwrap().is_none());
+            assert!(matches!(
+                store.lookup_pid(&"0000037M".parse().unwrap()).unwrap(),
+                PidLookup::Unknown
+            ));
+        }
     }
 
     #[test]
     fn the_first_ca_stored_wins() {
-        let (_dir, mut store, _) = store_with_key();
-        assert!(store.certificate_authority().unwrap().is_none());
-        let first = store
-            .store_certificate_authority(b"cert-a", b"key-a")
-            .unwrap();
-        let second = store
-            .store_certificate_authority(b"cert-b", b"key-b")
-            .unwrap();
-        assert_eq!(first, (b"cert-a".to_vec(), b"key-a".to_vec()));
-        assert_eq!(second, first);
+        for engine in engines() {
+            let (mut store, _) = store_with_key(&engine);
+            assert!(store.certificate_authority().unwrap().is_none());
+            let first = store
+                .store_certificate_authority(b"cert-a", b"key-a")
+                .unwrap();
+            let second = store
+                .store_certificate_authority(b"cert-b", b"key-b")
+                .unwrap();
+            assert_eq!(first, (b"cert-a".to_vec(), b"key-a".to_vec()));
+            assert_eq!(second, first);
+        }
     }
 }

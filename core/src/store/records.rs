@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use super::db::{params, OptionalExtension, Transaction};
 
 use super::{now_ms, Store, StoreError};
 use crate::password::ProvisioningPassword;
@@ -197,9 +197,11 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
-pub(super) fn parse_col<T: FromStr>(idx: usize, text: String) -> rusqlite::Result<T> {
-    text.parse()
-        .map_err(|_| rusqlite::Error::InvalidColumnType(idx, text, rusqlite::types::Type::Text))
+pub(super) fn parse_col<T: FromStr>(idx: usize, text: String) -> super::db::Result<T> {
+    text.parse().map_err(|_| super::db::Error::Column {
+        index: idx,
+        message: format!("unexpected value {text:?}"),
+    })
 }
 
 impl Store {
@@ -244,13 +246,7 @@ impl Store {
         let text = std::str::from_utf8(&plain).ok();
         text.and_then(|t| ProvisioningPassword::new(t).ok())
             .map(Some)
-            .ok_or_else(|| {
-                StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-                    0,
-                    "sealed provisioning password".into(),
-                    rusqlite::types::Type::Blob,
-                ))
-            })
+            .ok_or_else(|| StoreError::Corrupt("the sealed provisioning password".into()))
     }
 
     /// Whether the provisioning password is set and when it changed.
@@ -284,12 +280,13 @@ impl Store {
         state: Option<DeviceState>,
         uuid: Option<&str>,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn.prepare(
             "SELECT uuid, host_name, address, amt_version, state, management_mode,
                     provisioned_pid, provisioned_at, last_contact_at, reachable,
                     agent_profile, k.fingerprint, control_mode, provisioning_path, pki_chain
              FROM devices LEFT JOIN device_host_keys k ON k.device_uuid = uuid
-             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR uuid = ?2)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR uuid = ?2)
              ORDER BY provisioned_at DESC, uuid",
         )?;
         let rows = stmt.query_map(params![state.map(DeviceState::as_str), uuid], |r| {
@@ -475,7 +472,7 @@ impl Store {
     pub fn set_device_reachable(&mut self, uuid: &str, reachable: bool) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE devices SET reachable = ?2,
-                    last_contact_at = CASE WHEN ?2 THEN ?3 ELSE last_contact_at END
+                    last_contact_at = CASE WHEN CAST(?2 AS BIGINT) <> 0 THEN ?3 ELSE last_contact_at END
              WHERE uuid = ?1",
             params![uuid, reachable, now_ms()],
         )?;

@@ -1,3 +1,4 @@
+use super::testdb::{engines, TestEngine};
 use super::*;
 use crate::keys::Pid;
 use crate::password::ProvisioningPassword;
@@ -7,10 +8,9 @@ fn open(dir: &Path) -> Store {
     Store::open(&StoreOptions::new(dir)).unwrap()
 }
 
-/// A store in a temporary directory holding one provisioned device; its UUID.
-pub(super) fn store_with_device() -> (tempfile::TempDir, Store, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+/// A store on `engine` holding one provisioned device; its UUID.
+pub(super) fn store_with_device(engine: &TestEngine) -> (Store, String) {
+    let mut store = engine.open();
     store.generate_batch(1, None, "t", |_| {}).unwrap();
     let pid = all_pids(&store, &KeyFilter::default())[0];
     let uuid = "8c2f7d4e-0000-4000-8000-000000000001".to_string();
@@ -27,18 +27,11 @@ pub(super) fn store_with_device() -> (tempfile::TempDir, Store, String) {
         certificate_der: vec![1, 2, 3],
     };
     store.complete_job(job.id, &device, "N3w!Password").unwrap();
-    (dir, store, uuid)
+    (store, uuid)
 }
 
 /// Two connections to one new store in a temporary directory, as two server nodes
 /// (processes) sharing it have.
-pub(super) fn open_pair() -> (tempfile::TempDir, Store, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path());
-    let b = open(dir.path());
-    (dir, a, b)
-}
-
 /// The PID of a new available key in `store`.
 pub(super) fn new_available_pid(store: &mut Store) -> String {
     store.generate_batch(1, None, "t", |_| {}).unwrap();
@@ -90,122 +83,126 @@ fn first_open_creates_store_and_private_key_file() {
 
 #[test]
 fn pids_are_unique_within_and_across_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    let a = store
-        .generate_batch(3000, Some("first"), "test", |_| {})
-        .unwrap();
-    let b = store.generate_batch(3000, None, "test", |_| {}).unwrap();
-    assert_ne!(a.id, b.id);
-    let pids = all_pids(&store, &KeyFilter::default());
-    assert_eq!(pids.len(), 6000);
-    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 6000);
-    let only_a = all_pids(
-        &store,
-        &KeyFilter {
-            batch: Some(a.id),
-            state: None,
-            pid: None,
-        },
-    );
-    assert_eq!(only_a.len(), 3000);
-    let batches = store.batches().unwrap();
-    assert_eq!(batches.len(), 2);
-    assert_eq!(batches[0].comment.as_deref(), Some("first"));
-    assert_eq!(batches[0].available, 3000);
+    for engine in engines() {
+        let mut store = engine.open();
+        let a = store
+            .generate_batch(3000, Some("first"), "test", |_| {})
+            .unwrap();
+        let b = store.generate_batch(3000, None, "test", |_| {}).unwrap();
+        assert_ne!(a.id, b.id);
+        let pids = all_pids(&store, &KeyFilter::default());
+        assert_eq!(pids.len(), 6000);
+        assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 6000);
+        let only_a = all_pids(
+            &store,
+            &KeyFilter {
+                batch: Some(a.id),
+                state: None,
+                pid: None,
+            },
+        );
+        assert_eq!(only_a.len(), 3000);
+        let batches = store.batches().unwrap();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].comment.as_deref(), Some("first"));
+        assert_eq!(batches[0].available, 3000);
+    }
 }
 
 #[test]
 fn revealed_pps_match_their_pids_and_the_reveal_is_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    let batch = store.generate_batch(50, None, "alice", |_| {}).unwrap();
-    let mut seen = 0;
-    let filter = KeyFilter {
-        batch: Some(batch.id),
-        state: None,
-        pid: None,
-    };
-    store
-        .reveal_keys(&filter, "bob", |k| -> Result<(), StoreError> {
-            let pps = k.pps.expect("revealed");
-            // Re-parsing validates every check character.
-            assert!(pps.expose_dashed().parse::<crate::keys::Pps>().is_ok());
-            seen += 1;
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(seen, 50);
-    let audit = store.audit_log(10).unwrap();
-    assert_eq!(audit[0].action, "keys.reveal");
-    assert_eq!(audit[0].actor, "bob");
-    assert_eq!(audit[0].detail["count"], 50);
-    assert_eq!(audit[1].action, "keys.generate");
+    for engine in engines() {
+        let mut store = engine.open();
+        let batch = store.generate_batch(50, None, "alice", |_| {}).unwrap();
+        let mut seen = 0;
+        let filter = KeyFilter {
+            batch: Some(batch.id),
+            state: None,
+            pid: None,
+        };
+        store
+            .reveal_keys(&filter, "bob", |k| -> Result<(), StoreError> {
+                let pps = k.pps.expect("revealed");
+                // Re-parsing validates every check character.
+                assert!(pps.expose_dashed().parse::<crate::keys::Pps>().is_ok());
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, 50);
+        let audit = store.audit_log(10).unwrap();
+        assert_eq!(audit[0].action, "keys.reveal");
+        assert_eq!(audit[0].actor, "bob");
+        assert_eq!(audit[0].detail["count"], 50);
+        assert_eq!(audit[1].action, "keys.generate");
+    }
 }
 
 #[test]
 fn revoke_moves_keys_forward_only_and_unknown_pids_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    store.generate_batch(3, None, "t", |_| {}).unwrap();
-    let pids = all_pids(&store, &KeyFilter::default());
-    let unknown: Pid = "0000-037M".parse().unwrap();
-    let err = store.revoke_pids(&[pids[0], unknown], "t").unwrap_err();
-    assert!(matches!(err, StoreError::UnknownPid(ref p) if p == "0000-037M"));
-    let available = KeyFilter {
-        batch: None,
-        state: Some(KeyState::Available),
-        pid: None,
-    };
-    assert_eq!(all_pids(&store, &available).len(), 3);
+    for engine in engines() {
+        let mut store = engine.open();
+        store.generate_batch(3, None, "t", |_| {}).unwrap();
+        let pids = all_pids(&store, &KeyFilter::default());
+        let unknown: Pid = "0000-037M".parse().unwrap();
+        let err = store.revoke_pids(&[pids[0], unknown], "t").unwrap_err();
+        assert!(matches!(err, StoreError::UnknownPid(ref p) if p == "0000-037M"));
+        let available = KeyFilter {
+            batch: None,
+            state: Some(KeyState::Available),
+            pid: None,
+        };
+        assert_eq!(all_pids(&store, &available).len(), 3);
 
-    let out = store.revoke_pids(&[pids[0], pids[0]], "t").unwrap();
-    assert_eq!(out[0].1, RevokeOutcome::Revoked);
-    assert_eq!(out[1].1, RevokeOutcome::AlreadyRevoked);
-    assert_eq!(store.revoke_batch(1, "t").unwrap(), 2);
-    assert_eq!(all_pids(&store, &available).len(), 0);
-    assert!(matches!(
-        store.revoke_batch(9, "t"),
-        Err(StoreError::BatchNotFound(9))
-    ));
+        let out = store.revoke_pids(&[pids[0], pids[0]], "t").unwrap();
+        assert_eq!(out[0].1, RevokeOutcome::Revoked);
+        assert_eq!(out[1].1, RevokeOutcome::AlreadyRevoked);
+        assert_eq!(store.revoke_batch(1, "t").unwrap(), 2);
+        assert_eq!(all_pids(&store, &available).len(), 0);
+        assert!(matches!(
+            store.revoke_batch(9, "t"),
+            Err(StoreError::BatchNotFound(9))
+        ));
+    }
 }
 
 #[test]
 fn check_key_tells_a_pid_s_own_pps_from_another_s_and_the_pid_filter_finds_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    store.generate_batch(2, None, "t", |_| {}).unwrap();
-    let mut keys = Vec::new();
-    store
-        .reveal_keys(&KeyFilter::default(), "t", |k| -> Result<(), StoreError> {
-            keys.push((k.pid, k.pps.unwrap()));
-            Ok(())
-        })
-        .unwrap();
-    let ((a, a_pps), (b, b_pps)) = (&keys[0], &keys[1]);
-    let own = store.check_key(a, Some(a_pps)).unwrap().unwrap();
-    assert_eq!(own.pps_matches, Some(true));
-    assert_eq!((own.batch_id, own.state), (1, KeyState::Available));
-    assert_eq!(
+    for engine in engines() {
+        let mut store = engine.open();
+        store.generate_batch(2, None, "t", |_| {}).unwrap();
+        let mut keys = Vec::new();
         store
-            .check_key(a, Some(b_pps))
-            .unwrap()
-            .unwrap()
-            .pps_matches,
-        Some(false)
-    );
-    assert_eq!(store.check_key(b, None).unwrap().unwrap().pps_matches, None);
-    assert_eq!(
-        store
-            .check_key(&"0000-037M".parse().unwrap(), None)
-            .unwrap(),
-        None
-    );
-    let only_b = KeyFilter {
-        pid: Some(*b),
-        ..KeyFilter::default()
-    };
-    assert_eq!(all_pids(&store, &only_b), vec![*b]);
+            .reveal_keys(&KeyFilter::default(), "t", |k| -> Result<(), StoreError> {
+                keys.push((k.pid, k.pps.unwrap()));
+                Ok(())
+            })
+            .unwrap();
+        let ((a, a_pps), (b, b_pps)) = (&keys[0], &keys[1]);
+        let own = store.check_key(a, Some(a_pps)).unwrap().unwrap();
+        assert_eq!(own.pps_matches, Some(true));
+        assert_eq!((own.batch_id, own.state), (1, KeyState::Available));
+        assert_eq!(
+            store
+                .check_key(a, Some(b_pps))
+                .unwrap()
+                .unwrap()
+                .pps_matches,
+            Some(false)
+        );
+        assert_eq!(store.check_key(b, None).unwrap().unwrap().pps_matches, None);
+        assert_eq!(
+            store
+                .check_key(&"0000-037M".parse().unwrap(), None)
+                .unwrap(),
+            None
+        );
+        let only_b = KeyFilter {
+            pid: Some(*b),
+            ..KeyFilter::default()
+        };
+        assert_eq!(all_pids(&store, &only_b), vec![*b]);
+    }
 }
 
 #[test]
@@ -249,15 +246,16 @@ fn the_database_never_holds_a_plaintext_pps_or_password() {
 
 #[test]
 fn password_round_trip_and_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    assert!(!store.password_status().unwrap().set);
-    assert!(store.provisioning_password().unwrap().is_none());
-    let password = ProvisioningPassword::new("HeyH0Password!").unwrap();
-    store.set_provisioning_password(&password, "t").unwrap();
-    let status = store.password_status().unwrap();
-    assert!(status.set && status.changed_at.is_some());
-    assert_eq!(store.provisioning_password().unwrap(), Some(password));
+    for engine in engines() {
+        let mut store = engine.open();
+        assert!(!store.password_status().unwrap().set);
+        assert!(store.provisioning_password().unwrap().is_none());
+        let password = ProvisioningPassword::new("HeyH0Password!").unwrap();
+        store.set_provisioning_password(&password, "t").unwrap();
+        let status = store.password_status().unwrap();
+        assert!(status.set && status.changed_at.is_some());
+        assert_eq!(store.provisioning_password().unwrap(), Some(password));
+    }
 }
 
 #[test]
@@ -433,36 +431,169 @@ fn a_second_open_in_the_process_keeps_the_first_connections_locks() {
 /// recovery of a job whose device already committed.
 #[test]
 fn a_committed_intent_keeps_its_device_and_address() {
+    for engine in engines() {
+        let mut store = engine.open();
+        store.generate_batch(1, None, "t", |_| {}).unwrap();
+        let pid = all_pids(&store, &KeyFilter::default())[0];
+        let real = "8c2f7d4e-0000-4000-8000-000000000001";
+        let job = store
+            .begin_job(&pid, real, "127.0.0.5", "N3w!Password")
+            .unwrap()
+            .unwrap();
+        // Before the commit, the device's next hello may come from a new address.
+        let moved = store
+            .begin_job(&pid, real, "127.0.0.6", "ignored")
+            .unwrap()
+            .unwrap();
+        assert_eq!((moved.id, moved.address.as_str()), (job.id, "127.0.0.6"));
+        store
+            .set_job_step(job.id, crate::store::JobStep::Commit)
+            .unwrap();
+        let forged = store
+            .begin_job(
+                &pid,
+                "00000000-0000-0000-0000-00000000dead",
+                "127.0.0.66",
+                "x",
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(forged.device_uuid, real);
+        assert_eq!(forged.address, "127.0.0.6");
+        assert_eq!(forged.new_password.as_str(), "N3w!Password");
+        let pending = store.pending_jobs().unwrap();
+        assert_eq!(pending[0].address, "127.0.0.6");
+    }
+}
+
+/// PostgreSQL keeps the SQLite file's refusals: a wrong master key, another
+/// application's tables, a newer vprov's schema; each leaves the database as it was.
+#[test]
+fn a_postgres_store_refuses_a_wrong_key_a_foreign_database_and_a_newer_schema() {
+    let Some(pg) = testdb::PgDatabase::create() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
-    store.generate_batch(1, None, "t", |_| {}).unwrap();
-    let pid = all_pids(&store, &KeyFilter::default())[0];
-    let real = "8c2f7d4e-0000-4000-8000-000000000001";
-    let job = store
-        .begin_job(&pid, real, "127.0.0.5", "N3w!Password")
+    let mut options = StoreOptions::new(dir.path());
+    options.url = Some(pg.url.clone());
+    Store::open(&options)
         .unwrap()
+        .generate_batch(1, None, "t", |_| {})
         .unwrap();
-    // Before the commit, the device's next hello may come from a new address.
-    let moved = store
-        .begin_job(&pid, real, "127.0.0.6", "ignored")
-        .unwrap()
+    let mut wrong = options.clone();
+    wrong.key = Some(KeySource::Hex(Zeroizing::new("11".repeat(32))));
+    let err = Store::open(&wrong).unwrap_err();
+    assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+    assert!(err.to_string().contains("postgres://vprov:***@"), "{err}");
+    assert!(!err.to_string().contains("vprov:vprov@"), "{err}");
+
+    let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute("UPDATE vprov_schema SET version = version + 1")
         .unwrap();
-    assert_eq!((moved.id, moved.address.as_str()), (job.id, "127.0.0.6"));
-    store
-        .set_job_step(job.id, crate::store::JobStep::Commit)
+    let err = Store::open(&options).unwrap_err();
+    assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+
+    let foreign = testdb::PgDatabase::create().unwrap();
+    let mut admin = postgres::Client::connect(&foreign.url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute("CREATE TABLE customers (id BIGINT)")
         .unwrap();
-    let forged = store
-        .begin_job(
-            &pid,
-            "00000000-0000-0000-0000-00000000dead",
-            "127.0.0.66",
-            "x",
+    options.url = Some(foreign.url.clone());
+    let err = Store::open(&options).unwrap_err();
+    assert!(matches!(err, StoreError::ForeignDatabase { .. }), "{err}");
+    let tables: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()",
+            &[],
         )
         .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "the foreign database was written to");
+}
+
+/// Two processes (here: connections) opening one new PostgreSQL store at once
+/// initialise it once; both then share the schema and the key check.
+#[test]
+fn concurrent_first_opens_of_a_postgres_store_initialise_it_once() {
+    let Some(pg) = testdb::PgDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.url = Some(pg.url.clone());
+    options.key = Some(KeySource::Hex(Zeroizing::new("22".repeat(32))));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let options = options.clone();
+            std::thread::spawn(move || Store::open(&options).map(drop))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let mut store = Store::open(&options).unwrap();
+    store.generate_batch(3, None, "t", |_| {}).unwrap();
+    assert_eq!(store.batches().unwrap()[0].available, 3);
+}
+
+/// `sslmode=require` connects over TLS, verified against `sslrootcert` (the test
+/// cluster's self-signed certificate, `VPROV_TEST_PG_CA`); without that root the
+/// server is not trusted and nothing is opened.
+#[test]
+fn a_postgres_store_over_tls_verifies_the_server_certificate() {
+    let Some(pg) = testdb::PgDatabase::create() else {
+        return;
+    };
+    let Some(ca) = std::env::var_os("VPROV_TEST_PG_CA") else {
+        assert!(
+            std::env::var_os("VPROV_TEST_REQUIRE_PG").is_none(),
+            "VPROV_TEST_REQUIRE_PG is set but VPROV_TEST_PG_CA is not"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.url = Some(format!("{}?sslmode=require", pg.url));
+    let err = Store::open(&options).unwrap_err();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+    assert!(!err.to_string().contains("vprov:vprov@"), "{err}");
+    options.url = Some(format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url,
+        ca.to_str().unwrap()
+    ));
+    let store = Store::open(&options).unwrap();
+    let tls: bool = store
+        .conn
+        .query_row(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    assert_eq!(forged.device_uuid, real);
-    assert_eq!(forged.address, "127.0.0.6");
-    assert_eq!(forged.new_password.as_str(), "N3w!Password");
-    let pending = store.pending_jobs().unwrap();
-    assert_eq!(pending[0].address, "127.0.0.6");
+    assert!(tls);
+}
+
+/// The management writes outside transactions (reachability, inventory, contact) on
+/// every engine: a boolean parameter is tested as `CAST(?N AS BIGINT) <> 0`, which
+/// both accept.
+#[test]
+fn reachability_inventory_and_contact_are_recorded() {
+    for engine in engines() {
+        let (mut store, uuid) = store_with_device(&engine);
+        store.set_device_reachable(&uuid, true).unwrap();
+        let seen = store.device(&uuid).unwrap().unwrap();
+        assert_eq!(seen.reachable, Some(true), "{}", engine.name);
+        assert!(seen.last_contact_at.is_some());
+        store.set_device_reachable(&uuid, false).unwrap();
+        assert_eq!(store.device(&uuid).unwrap().unwrap().reachable, Some(false));
+        store.set_device_inventory(&uuid, "{\"cpu\":1}").unwrap();
+        assert_eq!(
+            store.device_inventory(&uuid).unwrap().unwrap().0,
+            "{\"cpu\":1}"
+        );
+        store.touch_device(&uuid).unwrap();
+        store.abandon_password_change(&uuid).unwrap();
+    }
 }

@@ -84,6 +84,10 @@ struct Args {
     /// while it provisions (restarting it each time), then check the invariants
     #[arg(long, default_value_t = 0)]
     kill: u32,
+    /// Run the server on this PostgreSQL store (an empty database) instead of SQLite
+    /// in a temporary data directory
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
     /// PKI devices (hello v3, AMT 11.8/15/19 profiles in turn) provisioned into Admin
     /// Control Mode in the same run, with a throwaway provisioning chain; their figures
     /// are printed beside the PSK ones
@@ -199,7 +203,18 @@ fn vprov(data: &Path) -> anyhow::Result<Command> {
     cmd.arg("--data-dir")
         .arg(data)
         .env_remove("VPROV_MASTER_KEY");
+    match STORE_URL.get().cloned().flatten() {
+        Some(url) => cmd.env("VPROV_STORE_URL", url),
+        None => cmd.env_remove("VPROV_STORE_URL"),
+    };
     Ok(cmd)
+}
+
+fn store_at(data: &Path) -> StoreAt {
+    match STORE_URL.get().cloned().flatten() {
+        Some(url) => StoreAt::Url(url),
+        None => StoreAt::File(data.join("vprov.db")),
+    }
 }
 
 fn run_ok(mut cmd: Command, stdin: Option<&str>) -> anyhow::Result<String> {
@@ -332,7 +347,7 @@ struct Progress {
 fn diagnose_stall(
     server: &mut ServerProcess,
     sim: &Simulator,
-    db: &Path,
+    db: &StoreAt,
     hello_addr: SocketAddr,
     cpu: &CpuMeter,
     last: &Progress,
@@ -466,22 +481,51 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
-/// The first column of every row `sql` returns, as text (empty on any error).
-fn query_rows(db: &Path, sql: &str) -> Vec<String> {
-    let rows = || -> rusqlite::Result<Vec<String>> {
-        let conn =
-            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect()
-    };
-    rows().unwrap_or_default()
+/// Where the run's store is read for progress: the SQLite file or, with
+/// `--store-url`, the PostgreSQL database.
+enum StoreAt {
+    File(PathBuf),
+    Url(String),
 }
 
-fn count(db: &Path, sql: &str) -> u64 {
-    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
-        .unwrap_or(0)
+/// `--store-url`, for every `vprov` this run starts (as `VPROV_STORE_URL`).
+static STORE_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The first column of every row `sql` returns, as text (empty on any error).
+fn query_rows(db: &StoreAt, sql: &str) -> Vec<String> {
+    match db {
+        StoreAt::File(path) => {
+            let rows = || -> rusqlite::Result<Vec<String>> {
+                let conn = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                let mut stmt = conn.prepare(sql)?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            };
+            rows().unwrap_or_default()
+        }
+        StoreAt::Url(url) => postgres::Client::connect(url, postgres::NoTls)
+            .and_then(|mut c| c.query(sql, &[]))
+            .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn count(db: &StoreAt, sql: &str) -> u64 {
+    match db {
+        StoreAt::File(path) => {
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+                .unwrap_or(0)
+        }
+        // PostgreSQL sums to NUMERIC: the figure is cast to BIGINT.
+        StoreAt::Url(url) => postgres::Client::connect(url, postgres::NoTls)
+            .and_then(|mut c| c.query_one(&format!("SELECT CAST(({sql}) AS BIGINT)"), &[]))
+            .and_then(|r| r.try_get::<_, i64>(0))
+            .map_or(0, |n| n as u64),
+    }
 }
 
 struct ServerProcess(Child);
@@ -502,6 +546,9 @@ fn main() -> anyhow::Result<()> {
     if args.nodes == 0 || (args.kill > 0 && args.nodes > 1) || (args.kill_node && args.nodes < 2) {
         bail!("--nodes must be at least 1, --kill needs one node, --kill-node at least two");
     }
+    STORE_URL
+        .set(args.store_url.clone())
+        .expect("set once, at the start");
     if args.pki > 0 && args.kill > 0 {
         bail!("--kill checks PSK invariants (every device has its used PID): run it without --pki");
     }
@@ -600,7 +647,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut server = server;
     let mut server_pid = server.0.id();
-    let db = data.join("vprov.db");
+    let db = store_at(&data);
 
     let rt = tokio::runtime::Runtime::new()?;
     let job_limit = scrape(metrics_addr, "vprov_jobs_limit").unwrap_or(0.0);
@@ -778,6 +825,7 @@ fn main() -> anyhow::Result<()> {
     if args.kill > 0 || args.kill_node {
         let checked = rt.block_on(vprov_tests::invariants::check(
             &data,
+            STORE_URL.get().cloned().flatten().as_deref(),
             &sim.reports(),
             device_port,
         ))?;
