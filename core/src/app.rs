@@ -484,17 +484,7 @@ pub async fn run(
     jobs.resume_pending().await;
     let leases = tokio::spawn(jobs.clone().keep_leases());
 
-    let expiry = tokio::spawn(pki_expiry::run(
-        store.clone(),
-        alerts.clone(),
-        settings.pki_expiry_warning_days,
-        node,
-        stop_rx.clone(),
-    ));
-    let checking = settings.reachability.clone().map(|r| {
-        let (store, alerts, stop) = (store.clone(), alerts.clone(), stop_rx.clone());
-        tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
-    });
+    let (expiry, checking) = spawn_periodic(&settings, &store, &alerts, ca_der, node, &stop_rx);
     let api = spawn_api(
         &settings,
         api_listener,
@@ -537,6 +527,30 @@ pub async fn run(
     .stop(settings.shutdown_grace)
     .await;
     Ok(())
+}
+
+/// Starts the periodic work: PKI expiry warnings, and the reachability check when it
+/// is on (each round taken by one node of several).
+fn spawn_periodic(
+    settings: &ServerSettings,
+    store: &StoreHandle,
+    alerts: &AlertLog,
+    ca_der: Arc<[u8]>,
+    node: Arc<str>,
+    stop: &watch::Receiver<bool>,
+) -> (JoinHandle<()>, Option<JoinHandle<()>>) {
+    let expiry = tokio::spawn(pki_expiry::run(
+        store.clone(),
+        alerts.clone(),
+        settings.pki_expiry_warning_days,
+        node,
+        stop.clone(),
+    ));
+    let checking = settings.reachability.clone().map(|r| {
+        let (store, alerts, stop) = (store.clone(), alerts.clone(), stop.clone());
+        tokio::spawn(reachability::run(store, alerts, ca_der, r, stop))
+    });
+    (expiry, checking)
 }
 
 /// Starts serving the admin API when it is on (settings, listener and TLS).

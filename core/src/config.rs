@@ -524,21 +524,7 @@ impl Config {
             key,
             message,
         };
-        let store_url = match file.store.url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Some(StoreUrl(url))
-            }
-            Some(url) => {
-                return Err(invalid(
-                    "store.url",
-                    format!(
-                        "must be a postgres:// or postgresql:// URL, got {}",
-                        crate::store::redact_url(&url)
-                    ),
-                ))
-            }
-            None => None,
-        };
+        let store_url = store_url(file.store.url, &invalid)?;
         let hello = hello_section(file.hello, defaults.hello, &invalid)?;
         let provisioning =
             provisioning_section(file.provisioning, defaults.provisioning, &invalid)?;
@@ -558,18 +544,7 @@ impl Config {
         let alerts = alerts_section(file.alerts, defaults.alerts, &invalid)?;
         let pki = pki_section(file.pki, defaults.pki, &invalid)?;
         let cluster = cluster_section(file.cluster, defaults.cluster, &invalid)?;
-        let metrics = MetricsConfig {
-            listen: match file.metrics.listen.as_deref() {
-                None | Some("") | Some("off") => None,
-                Some(text) => Some(text.parse().map_err(|_| {
-                    invalid(
-                        "metrics.listen",
-                        format!("{text:?} is not an address:port (or \"off\")"),
-                    )
-                })?),
-            },
-            bearer_token_file: file.metrics.bearer_token_file,
-        };
+        let metrics = metrics_section(file.metrics, &invalid)?;
         Ok(Config {
             cluster,
             metrics,
@@ -590,6 +565,46 @@ impl Config {
             export,
         })
     }
+}
+
+/// `[store] url`: a PostgreSQL URL (its password never in an error), or none.
+fn store_url(
+    url: Option<String>,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<StoreUrl>, ConfigError> {
+    match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Some(StoreUrl(url)))
+        }
+        Some(url) => Err(invalid(
+            "store.url",
+            format!(
+                "must be a postgres:// or postgresql:// URL, got {}",
+                crate::store::redact_url(&url)
+            ),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The `[metrics]` section, checked.
+fn metrics_section(
+    m: MetricsSection,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<MetricsConfig, ConfigError> {
+    let listen = match m.listen.as_deref() {
+        None | Some("") | Some("off") => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("{text:?} is not an address:port (or \"off\")"),
+            )
+        })?),
+    };
+    Ok(MetricsConfig {
+        listen,
+        bearer_token_file: m.bearer_token_file,
+    })
 }
 
 /// The `[hello]` section over its defaults, checked.
