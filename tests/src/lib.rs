@@ -65,12 +65,16 @@ pub fn bare_command() -> Command {
 /// A temporary data directory and helpers to run `vprov` on it.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL store every command of the sandbox uses (`VPROV_STORE_URL`);
+    /// `None`: SQLite in the data directory.
+    pub store_url: Option<String>,
 }
 
 impl Default for Sandbox {
     fn default() -> Self {
         Sandbox {
             dir: tempfile::tempdir().expect("temporary directory"),
+            store_url: None,
         }
     }
 }
@@ -121,7 +125,33 @@ impl Sandbox {
     pub fn command(&self) -> Command {
         let mut cmd = bare_command();
         cmd.arg("--data-dir").arg(self.data_dir());
+        if let Some(url) = &self.store_url {
+            cmd.env("VPROV_STORE_URL", url);
+        }
         cmd
+    }
+
+    /// A sandbox whose commands use the PostgreSQL store at `url` (the master key
+    /// stays in its data directory).
+    pub fn on_store(url: Option<String>) -> Sandbox {
+        Sandbox {
+            store_url: url,
+            ..Sandbox::default()
+        }
+    }
+
+    /// The one integer `sql` returns, read from the sandbox's store on either engine.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.store_url {
+            Some(url) => postgres::Client::connect(url, postgres::NoTls)
+                .and_then(|mut c| c.query_one(&format!("SELECT CAST(({sql}) AS BIGINT)"), &[]))
+                .and_then(|row| row.try_get(0))
+                .expect("a count from the PostgreSQL store"),
+            None => self
+                .sqlite()
+                .query_row(sql, [], |r| r.get(0))
+                .expect("a count from the SQLite store"),
+        }
     }
 
     /// Runs `vprov <args>`.

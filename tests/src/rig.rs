@@ -28,7 +28,11 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(keys: u32, extra_config: &str) -> Rig {
-        let s = Sandbox::default();
+        Rig::on(Sandbox::default(), keys, extra_config)
+    }
+
+    /// [`Rig::new`] on a given sandbox (e.g. one on PostgreSQL: [`Sandbox::on_store`]).
+    pub fn on(s: Sandbox, keys: u32, extra_config: &str) -> Rig {
         s.run(&["keys", "generate", "--count", &keys.to_string()])
             .ok();
         s.run_with_stdin(
@@ -91,7 +95,8 @@ impl Rig {
 
     /// One of several `vprov serve` nodes on the rig's store, named `name`, taking
     /// hellos on `ip` (and its API on 127.0.0.1), each on a free port. The store is
-    /// the rig's data directory: every node and CLI command of the rig uses it.
+    /// the rig's (its data directory, or its PostgreSQL database): every node and CLI
+    /// command of the rig uses it.
     pub fn serve_node(&self, name: &str, ip: Ipv4Addr) -> Server {
         self.s.serve(
             &format!("{ip}:0"),

@@ -494,3 +494,15 @@ fn a_password_on_stdin_with_surrounding_whitespace_is_refused() {
     )
     .ok();
 }
+
+/// A SIGTERM sent the moment the listening line appears (a service manager's stop
+/// right after start, a test's) stops the server cleanly: the handler is in place
+/// before the line is printed, not only once the server has finished starting.
+#[test]
+fn serve_stops_cleanly_on_a_sigterm_sent_as_soon_as_it_listens() {
+    let s = Sandbox::default();
+    for _ in 0..10 {
+        let server = s.serve("127.0.0.1:0", &["--api-listen", "off"]);
+        assert_eq!(server.stop(), 0, "vprov serve was killed by its SIGTERM");
+    }
+}

@@ -4,7 +4,9 @@
 //! SIGKILL must have its jobs finished by the other, and the console's live updates
 //! on one node must show what the other did.
 //!
-//! The store is the rig's (`Rig::serve_node`): the nodes share its data directory.
+//! The store is the rig's (`Rig::serve_node`): the nodes share its data directory,
+//! or, in the `…_on_postgres` tests, one PostgreSQL database (`VPROV_TEST_PG_URL`;
+//! `scripts/test.sh` runs a cluster and requires it).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use vprov_tests::api::ApiClient;
 use vprov_tests::eventually;
+use vprov_tests::pg::PgDatabase;
 use vprov_tests::rig::Rig;
+use vprov_tests::Sandbox;
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -25,23 +29,36 @@ fn recorded(rig: &Rig) -> usize {
 
 /// Provisioning intents left in the store (jobs not finished).
 fn pending_intents(rig: &Rig) -> i64 {
-    rig.s
-        .sqlite()
-        .query_row("SELECT count(*) FROM provisioning_jobs", [], |r| r.get(0))
-        .unwrap()
+    rig.s.count("SELECT count(*) FROM provisioning_jobs")
+}
+
+/// A rig on SQLite (`pg` none) or on the PostgreSQL database `pg`.
+fn rig_on(pg: Option<&PgDatabase>, keys: usize, config: &str) -> Rig {
+    Rig::on(
+        Sandbox::on_store(pg.map(|p| p.url.clone())),
+        keys as u32,
+        config,
+    )
 }
 
 #[test]
 fn two_nodes_on_one_store_provision_each_device_exactly_once() {
+    exactly_once(None, Ipv4Addr::new(127, 91, 0, 1));
+}
+
+#[test]
+fn two_nodes_on_one_postgres_database_provision_each_device_exactly_once() {
+    if let Some(pg) = PgDatabase::create() {
+        exactly_once(Some(&pg), Ipv4Addr::new(127, 93, 0, 1));
+    }
+}
+
+fn exactly_once(pg: Option<&PgDatabase>, devices: Ipv4Addr) {
     const N: usize = 120;
-    let rig = Rig::new(N as u32, "[cluster]\nlease_ms = 5000\n");
+    let rig = rig_on(pg, N, "[cluster]\nlease_ms = 5000\n");
     let a = rig.serve_node("a", NODE_A);
     let b = rig.serve_node("b", NODE_B);
-    let sim = rig.simulate_nodes(
-        &[&a, &b],
-        rig.specs(0..N, Ipv4Addr::new(127, 91, 0, 1)),
-        0.001,
-    );
+    let sim = rig.simulate_nodes(&[&a, &b], rig.specs(0..N, devices), 0.001);
     let reports = rig.wait_all(&sim, Duration::from_secs(180));
     for r in &reports {
         assert!(r.committed && r.confirmed, "not provisioned: {r:?}");
@@ -61,12 +78,7 @@ fn two_nodes_on_one_store_provision_each_device_exactly_once() {
     assert_eq!(a.stop(), 0);
     assert_eq!(b.stop(), 0);
     // Every job released its claims.
-    let claims: i64 = rig
-        .s
-        .sqlite()
-        .query_row("SELECT count(*) FROM job_claims", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(claims, 0);
+    assert_eq!(rig.s.count("SELECT count(*) FROM job_claims"), 0);
 }
 
 /// Reads the device events of an event stream on a thread: the UUIDs.
@@ -91,11 +103,23 @@ fn device_events(api: &ApiClient) -> mpsc::Receiver<String> {
 
 #[test]
 fn a_node_killed_mid_run_has_its_jobs_finished_by_the_survivor_whose_console_sees_all() {
+    killed_mid_run(None, Ipv4Addr::new(127, 92, 0, 1));
+}
+
+#[test]
+fn a_node_killed_mid_run_on_postgres_has_its_jobs_finished_by_the_survivor() {
+    if let Some(pg) = PgDatabase::create() {
+        killed_mid_run(Some(&pg), Ipv4Addr::new(127, 94, 0, 1));
+    }
+}
+
+fn killed_mid_run(pg: Option<&PgDatabase>, devices: Ipv4Addr) {
     const N: usize = 150;
     // A job the dead node left may fail once on the survivor (e.g. the device still
     // restarting): its next hello retries soon.
-    let rig = Rig::new(
-        N as u32,
+    let rig = rig_on(
+        pg,
+        N,
         "retry_backoff_ms = 500\n[cluster]\nlease_ms = 2000\n",
     );
     rig.s.add_admin("olaf", "admin", "Olaf!Passw0rd-1");
@@ -108,13 +132,12 @@ fn a_node_killed_mid_run_has_its_jobs_finished_by_the_survivor_whose_console_see
         "",
         "the stream is ready first"
     );
-    let specs = rig.specs(0..N, Ipv4Addr::new(127, 92, 0, 1));
+    let specs = rig.specs(0..N, devices);
     let sim = rig.simulate_nodes(&[&a, &b], specs, 0.002);
     // Killed mid-job: some devices recorded, and node a holding claims of others
     // (read straight from the store: the run is over in seconds).
     let held = eventually(Duration::from_secs(120), "node a mid-run", || {
-        let db = rig.s.sqlite();
-        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let count = |sql: &str| rig.s.count(sql);
         let held = count("SELECT count(*) FROM job_claims WHERE node = 'a'");
         (count("SELECT count(*) FROM devices") >= 10 && held >= 10).then_some(held)
     });
@@ -150,7 +173,7 @@ fn a_node_killed_mid_run_has_its_jobs_finished_by_the_survivor_whose_console_see
         .rt
         .block_on(vprov_tests::invariants::check(
             &rig.s.data_dir(),
-            None,
+            rig.s.store_url.as_deref(),
             &reports,
             rig.device_port,
         ))

@@ -82,6 +82,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         let server = app.bind().await?;
+        let shutdown = shutdown_signal();
         // One line on stdout each, for scripts and tests that bind port 0.
         let mut lines = vec![format!("listening for hellos on {}", server.hello_addr()?)];
         let api = server.api_addr()?;
@@ -100,7 +101,7 @@ pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             );
         }
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "vprov serving");
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     });
@@ -127,25 +128,35 @@ fn announce(lines: &[String]) {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// Registers for SIGINT (Ctrl-C) and SIGTERM at once and returns what resolves on
+/// either. Called before the listening lines are printed: a signal sent as soon as
+/// they appear (a service manager, a test) stops the server cleanly; registered any
+/// later, it would find the default action and kill the process mid-start.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            let received = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = received(term) => {}
+                _ = received(interrupt) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
