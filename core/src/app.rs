@@ -262,7 +262,8 @@ pub fn server_settings(
 /// A server ready to bind: the store is open, the data directory locked to it and
 /// the CA exists (clients fetch it to trust the admin API as soon as it listens).
 pub struct App {
-    store: Store,
+    /// The store's connections: one on SQLite, `[store] connections` on PostgreSQL.
+    stores: Vec<Store>,
     ca: CertificateAuthority,
     settings: ServerSettings,
     hello_listen: SocketAddr,
@@ -353,8 +354,18 @@ impl App {
                 "no provisioning password is set: devices cannot be provisioned until `vprov password set`"
             );
         }
+        // PostgreSQL: the pool's other connections (module docs of store_thread),
+        // opened here, before the async runtime starts (the sync client needs that).
+        let pool = match store_options.url {
+            Some(_) => config.store_connections,
+            None => 1,
+        };
+        let mut stores = vec![store];
+        for _ in 1..pool {
+            stores.push(Store::open(&store_options)?);
+        }
         Ok(App {
-            store,
+            stores,
             ca,
             settings,
             hello_listen: overrides.hello_listen.unwrap_or(config.hello.listen),
@@ -435,7 +446,7 @@ impl Bound {
             api,
             metrics,
         };
-        run(app.store, app.ca, listeners, app.settings, shutdown).await
+        run(app.stores, app.ca, listeners, app.settings, shutdown).await
     }
 }
 
@@ -449,9 +460,9 @@ pub struct Listeners {
 }
 
 /// Runs the server on already-bound listeners (hello, and admin API and metrics when
-/// they are on) until `shutdown` resolves.
+/// they are on) and connections to its store until `shutdown` resolves.
 pub async fn run(
-    store: Store,
+    stores: Vec<Store>,
     ca: CertificateAuthority,
     listeners: Listeners,
     settings: ServerSettings,
@@ -464,7 +475,7 @@ pub async fn run(
         _ => None,
     };
     let ca_der: Arc<[u8]> = ca.cert_der().into();
-    let store = StoreHandle::spawn(store);
+    let store = StoreHandle::spawn_pool(stores);
     let sinks = AlertSinks::default();
     sinks.report_depths();
     let node = settings.node.name.clone();

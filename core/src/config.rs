@@ -360,7 +360,11 @@ struct StoreSection {
     busy_timeout_ms: Option<u64>,
     master_key_file: Option<PathBuf>,
     url: Option<String>,
+    connections: Option<usize>,
 }
+
+/// Store connections of `vprov serve` on PostgreSQL unless configured.
+pub const DEFAULT_STORE_CONNECTIONS: usize = 4;
 
 /// A PostgreSQL store URL (`[store] url`). It may hold a password, so it prints
 /// redacted (`Debug` too).
@@ -392,6 +396,9 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// A PostgreSQL store (`[store] url`); `None`: SQLite in the data directory.
     pub store_url: Option<StoreUrl>,
+    /// Connections `vprov serve` keeps to a PostgreSQL store, each on a store thread
+    /// of its own (`[store] connections`); SQLite always has one.
+    pub store_connections: usize,
     pub hello: HelloConfig,
     pub provisioning: ProvisioningConfig,
     pub plugins: PluginsConfig,
@@ -430,6 +437,7 @@ impl Default for Config {
             busy_timeout: Duration::from_millis(DEFAULT_BUSY_TIMEOUT_MS),
             master_key_file: None,
             store_url: None,
+            store_connections: DEFAULT_STORE_CONNECTIONS,
             hello: HelloConfig {
                 listen: DEFAULT_HELLO_LISTEN.parse().expect("valid default address"),
                 max_connections: 1024,
@@ -525,6 +533,13 @@ impl Config {
             message,
         };
         let store_url = store_url(file.store.url, &invalid)?;
+        let store_connections = file.store.connections.unwrap_or(DEFAULT_STORE_CONNECTIONS);
+        if !(1..=64).contains(&store_connections) {
+            return Err(invalid(
+                "store.connections",
+                format!("must be between 1 and 64, got {store_connections}"),
+            ));
+        }
         let hello = hello_section(file.hello, defaults.hello, &invalid)?;
         let provisioning =
             provisioning_section(file.provisioning, defaults.provisioning, &invalid)?;
@@ -559,6 +574,7 @@ impl Config {
             busy_timeout: Duration::from_millis(busy_ms),
             master_key_file: file.store.master_key_file,
             store_url,
+            store_connections,
             hello,
             provisioning,
             plugins,
@@ -908,6 +924,18 @@ mod tests {
         .cluster;
         assert_eq!(cluster.node.as_deref(), Some("b-2"));
         assert_eq!(cluster.lease, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn store_connections_are_read_and_bounded() {
+        assert_eq!(Config::default().store_connections, DEFAULT_STORE_CONNECTIONS);
+        let c = Config::parse("[store]\nconnections = 8\n", Path::new("x")).unwrap();
+        assert_eq!(c.store_connections, 8);
+        for bad in ["0", "65"] {
+            let text = format!("[store]\nconnections = {bad}\n");
+            let err = Config::parse(&text, Path::new("x")).unwrap_err();
+            assert!(err.to_string().contains("store.connections"), "{err}");
+        }
     }
 
     #[test]

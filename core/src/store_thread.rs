@@ -3,6 +3,8 @@
 //! no two threads ever share the connection. Each call's round trip (queueing
 //! included) is timed into `vprov_store_call_duration_seconds`.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::Store;
@@ -22,16 +24,31 @@ pub struct StoreHandle {
 
 impl StoreHandle {
     /// Moves `store` onto its own thread. The thread ends when every handle is gone.
-    pub fn spawn(mut store: Store) -> StoreHandle {
-        let (tx, mut rx) = mpsc::channel::<Call>(1024);
-        std::thread::Builder::new()
-            .name("vprov-store".into())
-            .spawn(move || {
-                while let Some(call) = rx.blocking_recv() {
-                    call(&mut store);
-                }
-            })
-            .expect("spawning the store thread");
+    pub fn spawn(store: Store) -> StoreHandle {
+        StoreHandle::spawn_pool(vec![store])
+    }
+
+    /// Moves each of `stores` (connections to one store) onto a thread of its own;
+    /// each call runs on whichever thread is free first. The threads end when every
+    /// handle is gone.
+    pub fn spawn_pool(stores: Vec<Store>) -> StoreHandle {
+        let (tx, rx) = mpsc::channel::<Call>(1024);
+        let rx = Arc::new(Mutex::new(rx));
+        for (i, mut store) in stores.into_iter().enumerate() {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("vprov-store-{i}"))
+                .spawn(move || loop {
+                    // One free thread waits for the next call at a time; it lets the
+                    // others wait in turn as soon as it has one.
+                    let call = rx.lock().expect("store call queue").blocking_recv();
+                    match call {
+                        Some(call) => call(&mut store),
+                        None => return,
+                    }
+                })
+                .expect("spawning a store thread");
+        }
         StoreHandle { calls: tx }
     }
 
@@ -52,5 +69,40 @@ impl StoreHandle {
         let result = rx.await.map_err(|_| StoreClosed);
         crate::metrics::store_call(started.elapsed());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    /// Calls run side by side on a pool: two calls that each wait for the other
+    /// finish only if they run on two threads at once (on one they would wait
+    /// forever: the timeout turns that into a failure).
+    #[tokio::test]
+    async fn a_pool_runs_calls_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::new(dir.path());
+        let stores = vec![
+            Store::open(&options).unwrap(),
+            Store::open(&options).unwrap(),
+        ];
+        let pool = StoreHandle::spawn_pool(stores);
+        let meet = Arc::new(Barrier::new(2));
+        let call = |meet: Arc<Barrier>| {
+            pool.call(move |s| {
+                meet.wait();
+                s.devices(&Default::default()).map(|d| d.len())
+            })
+        };
+        let both = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(call(meet.clone()), call(meet))
+        })
+        .await
+        .expect("the two calls ran one after the other");
+        assert_eq!((both.0.unwrap().unwrap(), both.1.unwrap().unwrap()), (0, 0));
     }
 }

@@ -812,7 +812,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "server jobs: peak {peak_jobs} in flight, peak {peak_queued} hellos waiting for a slot \
          (/metrics every 250 ms); {} hellos met the job limit",
-        scrape(metrics_addr, "vprov_job_limit_reached_total").unwrap_or(0.0)
+        // A count: printed whole (a float counter of zero could print as "-0").
+        scrape(metrics_addr, "vprov_job_limit_reached_total").unwrap_or(0.0) as u64
     );
     let total = n + args.pki;
     let own_cpu = cpu_state(std::process::id()).map_or(0.0, |(_, s)| s) - own_cpu_at_start;
