@@ -928,7 +928,10 @@ mod tests {
 
     #[test]
     fn store_connections_are_read_and_bounded() {
-        assert_eq!(Config::default().store_connections, DEFAULT_STORE_CONNECTIONS);
+        assert_eq!(
+            Config::default().store_connections,
+            DEFAULT_STORE_CONNECTIONS
+        );
         let c = Config::parse("[store]\nconnections = 8\n", Path::new("x")).unwrap();
         assert_eq!(c.store_connections, 8);
         for bad in ["0", "65"] {
