@@ -135,11 +135,13 @@ fn killed_mid_run(pg: Option<&PgDatabase>, devices: Ipv4Addr) {
     let specs = rig.specs(0..N, devices);
     let sim = rig.simulate_nodes(&[&a, &b], specs, 0.002);
     // Killed mid-job: some devices recorded, and node a holding claims of others
-    // (read straight from the store: the run is over in seconds).
+    // (read straight from the store: the run is over in seconds). One claim is
+    // enough: both nodes get every hello, and on a busy machine the other node may
+    // win most of them.
     let held = eventually(Duration::from_secs(120), "node a mid-run", || {
         let count = |sql: &str| rig.s.count(sql);
         let held = count("SELECT count(*) FROM job_claims WHERE node = 'a'");
-        (count("SELECT count(*) FROM devices") >= 10 && held >= 10).then_some(held)
+        (count("SELECT count(*) FROM devices") >= 10 && held >= 1).then_some(held)
     });
     a.kill();
     eprintln!("node a killed holding {held} job claims");

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
@@ -24,9 +25,41 @@ use crate::views::{alert_json, device_json};
 
 /// How often the store is looked at for changes. Watching the store (not this
 /// server's own work) is what makes a stream on one serve node show what the other
-/// nodes on the store did; a store that can announce changes (PostgreSQL's
-/// LISTEN/NOTIFY) would end this wait early, in [`watch_store`]'s sleep.
+/// nodes on the store did. PostgreSQL announces every committed write
+/// (LISTEN/NOTIFY, `store/changes.rs`), which ends the wait at once; the periodic
+/// look stays, longer, in case an announcement is lost with a connection.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+const WATCH_INTERVAL_ANNOUNCED: Duration = Duration::from_secs(5);
+/// After an announcement, how long further writes are gathered into the same look
+/// (a burst of writes costs one look, at most ten a second).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Stops the change listener's thread when the watcher ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// On PostgreSQL, a listener that wakes the watcher on every committed write (of any
+/// node); `None` on SQLite or when the listener's thread cannot start.
+fn announcements(state: &ApiState) -> Option<(Arc<Notify>, StopOnDrop)> {
+    let url = state.settings.store_options.url.clone()?;
+    let changed = Arc::new(Notify::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = changed.clone();
+    match crate::store::spawn_change_listener(url, move || wake.notify_one(), stop.clone()) {
+        Ok(_) => Some((changed, StopOnDrop(stop))),
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the store change listener ({e}); looking every {WATCH_INTERVAL:?}"
+            );
+            None
+        }
+    }
+}
 
 /// One event: its SSE name (`device`, `alert`, `generation`, `ready`) and JSON data.
 #[derive(Debug, Clone)]
@@ -96,6 +129,29 @@ impl EventBus {
     }
 }
 
+/// Waits until the store should be looked at again: an announced change (and
+/// [`SETTLE`] for more), or the periodic look. `false` once the server stops.
+async fn next_look(changed: Option<&Notify>, stop: &mut watch::Receiver<bool>) -> bool {
+    let interval = match changed {
+        Some(_) => WATCH_INTERVAL_ANNOUNCED,
+        None => WATCH_INTERVAL,
+    };
+    let announcement = async {
+        match changed {
+            Some(changed) => {
+                changed.notified().await;
+                tokio::time::sleep(SETTLE).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => true,
+        _ = announcement => true,
+        _ = super::stopped(stop) => false,
+    }
+}
+
 /// Compares the store with what it last saw and publishes the differences, while
 /// anybody listens.
 pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
@@ -107,11 +163,9 @@ pub async fn watch_store(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) 
     let mut at_since: HashMap<i64, i64> = HashMap::new();
     // Until someone listens (again), only the baseline is kept current.
     let mut quiet = true;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-            _ = super::stopped(&mut stop) => return,
-        }
+    let announced = announcements(&state);
+    let changed = announced.as_ref().map(|(changed, _)| changed.clone());
+    while next_look(changed.as_deref(), &mut stop).await {
         if !state.events.listening() {
             quiet = true;
             continue;

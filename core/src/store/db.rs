@@ -674,7 +674,14 @@ pub struct Transaction<'d> {
 impl Transaction<'_> {
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
-        let result = self.db.execute_batch("COMMIT");
+        // PostgreSQL: announce the change to every listener (`store/changes.rs`); sent
+        // with the COMMIT (one round trip), delivered when it is visible.
+        let result = match self.db.engine {
+            Engine::Sqlite(_) => self.db.execute_batch("COMMIT"),
+            Engine::Postgres(_) => self
+                .db
+                .execute_batch(&format!("NOTIFY {}; COMMIT", super::changes::CHANNEL)),
+        };
         if result.is_err() {
             // A commit that failed (SQLite busy) leaves the transaction open.
             let _ = self.db.execute_batch("ROLLBACK");

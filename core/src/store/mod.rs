@@ -21,6 +21,7 @@ mod admins;
 mod agents;
 mod alerts;
 mod backoff;
+mod changes;
 mod claims;
 mod copy;
 pub mod db;
@@ -50,6 +51,7 @@ pub use alerts::{
     MAX_MESSAGE_BYTES,
 };
 pub use backoff::{JobBackoff, PKI_JOB_PID};
+pub use changes::spawn_change_listener;
 pub use claims::ClaimOutcome;
 pub use copy::{copy_store, CopyReport};
 pub use keys::{BatchSummary, KeyCheck, KeyFilter, KeyRecord, KeyState, RevokeOutcome};

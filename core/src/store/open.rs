@@ -79,7 +79,7 @@ pub(super) fn open_postgres(options: &StoreOptions, url: &str) -> Result<Store, 
 
 /// Connects to `url`. Must not run on a tokio runtime thread (the sync client runs
 /// its own runtime).
-fn connect(url: &str) -> Result<postgres::Client, StoreError> {
+pub(super) fn connect(url: &str) -> Result<postgres::Client, StoreError> {
     let fail = |message: String| StoreError::Connect {
         url: redact(url),
         message,
