@@ -42,10 +42,13 @@ impl StoreHandle {
                     // One free thread waits for the next call at a time; it lets the
                     // others wait in turn as soon as it has one.
                     let call = rx.lock().expect("store call queue").blocking_recv();
-                    match call {
-                        Some(call) => call(&mut store),
-                        None => return,
+                    let Some(call) = call else { return };
+                    match store.reconnect_if_lost() {
+                        Ok(true) => tracing::warn!("the store's connection was lost; reconnected"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("the store's connection was lost: {e}"),
                     }
+                    call(&mut store);
                 })
                 .expect("spawning a store thread");
         }

@@ -471,6 +471,19 @@ impl Db {
         }
     }
 
+    /// Whether this is a PostgreSQL connection the server has closed.
+    pub fn connection_lost(&self) -> bool {
+        match &self.engine {
+            Engine::Sqlite(_) => false,
+            Engine::Postgres(pg) => pg.borrow().client.is_closed(),
+        }
+    }
+
+    /// How long a writer waits for another's write transaction.
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
+    }
+
     pub fn postgres(client: postgres::Client, busy_timeout: Duration) -> Db {
         Db {
             engine: Engine::Postgres(Box::new(RefCell::new(PgConn::new(client)))),

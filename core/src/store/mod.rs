@@ -208,6 +208,9 @@ pub struct Store {
     conn: Db,
     key: MasterKey,
     db_path: PathBuf,
+    /// The PostgreSQL store's URL, to reconnect with ([`Store::reconnect_if_lost`]);
+    /// it may hold a password, so it is never printed.
+    url: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -241,6 +244,7 @@ impl Store {
             conn,
             key,
             db_path: db_path.clone(),
+            url: None,
         };
         // An existing store proves the key before anything is written to it (a
         // migration, even the journal mode); a new one records its check value below.

@@ -66,6 +66,7 @@ pub(super) fn open_postgres(options: &StoreOptions, url: &str) -> Result<Store, 
         conn,
         key,
         db_path: label,
+        url: Some(url.to_string()),
     };
     if !is_new {
         store.verify_key()?;
@@ -75,6 +76,24 @@ pub(super) fn open_postgres(options: &StoreOptions, url: &str) -> Result<Store, 
         store.verify_key()?;
     }
     Ok(store)
+}
+
+impl Store {
+    /// On PostgreSQL, replaces a connection the server closed (a restart, a fail-over,
+    /// an idle timeout) with a new one; `Ok(true)` when it did. The call that met the
+    /// closed connection failed with its error; the store thread calls this before
+    /// the next, so one failed call is what a lost connection costs.
+    pub fn reconnect_if_lost(&mut self) -> Result<bool, StoreError> {
+        let Some(url) = self.url.as_deref() else {
+            return Ok(false);
+        };
+        if !self.conn.connection_lost() {
+            return Ok(false);
+        }
+        let client = connect(url)?;
+        self.conn = Db::postgres(client, self.conn.busy_timeout());
+        Ok(true)
+    }
 }
 
 /// Connects to `url`. Must not run on a tokio runtime thread (the sync client runs
@@ -190,5 +209,36 @@ mod tests {
             take_param("postgres://db/x", "sslrootcert"),
             ("postgres://db/x".to_string(), None)
         );
+    }
+
+    /// A connection the database server closed (here: terminated from another
+    /// session, as a restart or fail-over would; the second argument waits until it
+    /// is gone) costs the call that meets it; the store then reconnects and the next
+    /// call works.
+    #[test]
+    fn a_lost_postgres_connection_is_replaced() {
+        let Some(pg) = crate::store::testdb::PgDatabase::create() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = StoreOptions::new(dir.path());
+        options.url = Some(pg.url.clone());
+        let mut store = Store::open(&options).unwrap();
+        assert!(!store.reconnect_if_lost().unwrap(), "nothing lost yet");
+        let backend: i32 = store
+            .conn
+            .query_row("SELECT pg_backend_pid()", [], |r| r.get(0))
+            .unwrap();
+        let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+        admin
+            .execute("SELECT pg_terminate_backend($1, 10000)", &[&backend])
+            .unwrap();
+        assert!(
+            store.password_status().is_err(),
+            "the closed connection fails"
+        );
+        assert!(store.reconnect_if_lost().unwrap(), "a new connection");
+        assert!(!store.password_status().unwrap().set);
+        store.generate_batch(1, None, "t", |_| {}).unwrap();
     }
 }
