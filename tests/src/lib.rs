@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod invariants;
-pub mod pg;
 pub mod rig;
 pub mod sim;
 pub mod sshd;

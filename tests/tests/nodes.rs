@@ -13,9 +13,9 @@ use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use vprov_core::store::test_database::PgDatabase;
 use vprov_tests::api::ApiClient;
 use vprov_tests::eventually;
-use vprov_tests::pg::PgDatabase;
 use vprov_tests::rig::Rig;
 use vprov_tests::Sandbox;
 

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
+use vprov_core::store::test_database::PgDatabase;
 use vprov_tests::eventually;
-use vprov_tests::pg::PgDatabase;
 use vprov_tests::rig::Rig;
 
 #[test]

@@ -100,7 +100,16 @@ pub async fn import(
             ))
         }
     };
-    let (name, actor) = (body.name, caller.actor());
+    store_chain(&state, body.name, chain, caller.actor()).await
+}
+
+/// Stores a checked chain under `name` (audited as `actor`) and answers 201 with it.
+async fn store_chain(
+    state: &State,
+    name: String,
+    chain: ProvisioningChain,
+    actor: String,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let record = state
         .store(move |s| s.add_provisioning_chain(&name, &chain, &actor))
         .await?;
@@ -132,12 +141,7 @@ pub async fn create_own_root(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (name, actor) = (body.name, caller.actor());
-    let record = state
-        .store(move |s| s.add_provisioning_chain(&name, &chain, &actor))
-        .await?;
-    let days = state.settings.expiry_warning_days;
-    Ok((StatusCode::CREATED, Json(chain_json(&record, days))))
+    store_chain(&state, body.name, chain, caller.actor()).await
 }
 
 /// Where the devices a setup.bin touches send their hellos (defaults: `[export]`).

@@ -492,6 +492,8 @@ pub(super) fn check_schema(state: &SchemaState, db_path: &Path) -> Result<(), St
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_database;
 #[cfg(test)]
 mod testdb;
 #[cfg(test)]
