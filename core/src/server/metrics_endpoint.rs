@@ -28,6 +28,11 @@ pub const DEVICE_COUNT_EVERY: Duration = Duration::from_secs(30);
 /// How long one scrape connection may stay open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Scrape connections open at once; one more is closed at once. A scraper needs one;
+/// without a cap, anyone who reaches the port could hold descriptors the provisioning
+/// jobs need.
+const MAX_CONNECTIONS: usize = 16;
+
 /// What the endpoint needs.
 struct Endpoint {
     token: Option<String>,
@@ -47,6 +52,7 @@ pub async fn serve(
         store,
         counted: Mutex::new(None),
     });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => return,
@@ -56,8 +62,12 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let endpoint = endpoint.clone();
                 async move { Ok::<_, Infallible>(endpoint.answer(&req).await) }
@@ -137,5 +147,35 @@ impl Endpoint {
             Ok(Err(e)) => tracing::warn!("metrics: cannot count devices: {e}"),
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// With MAX_CONNECTIONS connections held open, one more is closed at once
+    /// (end of file), not kept for the connection timeout.
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::store::StoreOptions::new(dir.path());
+        let store = crate::store::Store::open(&options).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stop) = watch::channel(false);
+        tokio::spawn(serve(listener, None, StoreHandle::spawn(store), stop));
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: the held ones take every slot first.
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(20), extra.read(&mut byte))
+            .await
+            .expect("the connection beyond the cap was kept open");
+        assert_eq!(read.unwrap(), 0);
     }
 }
